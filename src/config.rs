@@ -1,0 +1,329 @@
+//! Configuration: defaults, then a TOML file, then `INTERLUDE_*` environment variables, then
+//! command-line flags; validated whole before any port is bound.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::decision::Policy;
+use crate::store::delivery::SuppressionPolicy;
+
+/// gRPC address served by default: loopback, so a fresh `cargo run` exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Prometheus `/metrics` address served by default.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// Default relevance floor: an untargeted campaign (relevance 0.27) stays under it.
+pub const DEFAULT_RELEVANCE_FLOOR: f64 = 0.35;
+/// Default ad load: ads per listener per rolling hour.
+pub const DEFAULT_MAX_ADS_PER_HOUR: u32 = 8;
+/// Default category separation across breaks.
+pub const DEFAULT_CATEGORY_SEPARATION_SECS: u64 = 600;
+/// Default "not for me" suppression of the advertiser.
+pub const DEFAULT_NOT_FOR_ME_ADVERTISER_DAYS: u32 = 30;
+/// Default "not for me" suppression of the ad's categories (0 = off).
+pub const DEFAULT_NOT_FOR_ME_CATEGORY_DAYS: u32 = 0;
+/// Default half-life of genre affinity.
+pub const DEFAULT_TASTE_HALF_LIFE_DAYS: f64 = 30.0;
+/// Default impression-token lifetime (events later than this are refused).
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
+/// Default grace period for in-flight RPCs on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Default worker threads; 0 = a current-thread runtime (see docs/PERFORMANCE.md).
+pub const DEFAULT_WORKER_THREADS: usize = 0;
+/// Default log filter (tracing-subscriber `EnvFilter` syntax).
+pub const DEFAULT_LOG: &str = "info";
+/// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
+pub const ENV_PREFIX: &str = "INTERLUDE_";
+
+/// The validated configuration the server runs with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// None = no metrics endpoint.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Load the built-in demo catalog at start.
+    pub demo: bool,
+    pub policy: Policy,
+    pub suppression: SuppressionPolicy,
+    pub taste_half_life: Duration,
+    /// HMAC key for impression tokens; None = a random key per process.
+    pub token_key: Option<Vec<u8>>,
+    pub token_ttl: Duration,
+    pub shutdown_grace: Duration,
+    pub worker_threads: usize,
+    pub log: String,
+}
+
+/// Why the configuration is unusable. Printed to stderr; the process exits with 64 (EX_USAGE).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid environment variable {name}: {source}")]
+    Env { name: String, source: Box<toml::de::Error> },
+    #[error("invalid {field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+}
+
+/// Where configuration strings come from; a trait so tests can pass a map instead of the
+/// process environment.
+pub trait Strings {
+    /// Every `(name, value)` pair whose name starts with `prefix`.
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcessEnv;
+
+impl Strings for ProcessEnv {
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars().filter(|(k, _)| k.starts_with(prefix)).collect()
+    }
+}
+
+impl Strings for BTreeMap<String, String> {
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// Command-line flags. Every setting can also come from the file or the environment.
+#[derive(Clone, Debug, Default, clap::Parser)]
+#[command(name = "interlude", version, about = "Interlude ad decision server")]
+pub struct Cli {
+    /// TOML config file.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+macro_rules! settings {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty,)*) => {
+        /// Settings as read from one source; unset = defer to the source below.
+        #[derive(Clone, Debug, Default, PartialEq, Deserialize, clap::Args)]
+        #[serde(deny_unknown_fields)]
+        pub struct Settings {
+            $($(#[$doc])* #[arg(long)] pub $field: Option<$ty>,)*
+        }
+
+        impl Settings {
+            /// `self`, with unset fields taken from `lower`.
+            fn or(self, lower: Settings) -> Settings {
+                Settings { $($field: self.$field.or(lower.$field),)* }
+            }
+        }
+    };
+}
+
+settings! {
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    listen: SocketAddr,
+    /// Prometheus /metrics listen address, or "off" [default: 127.0.0.1:9464].
+    metrics_listen: String,
+    /// Load the built-in demo catalog [default: true].
+    demo: bool,
+    /// Default relevance floor in [0, 1] [default: 0.35].
+    relevance_floor: f64,
+    /// Ads per listener per rolling hour [default: 8].
+    max_ads_per_hour: u32,
+    /// Category separation across breaks, seconds [default: 600].
+    category_separation_secs: u64,
+    /// "Not for me" suppresses the advertiser this many days [default: 30].
+    not_for_me_advertiser_days: u32,
+    /// "Not for me" suppresses the ad's categories this many days; 0 = off [default: 0].
+    not_for_me_category_days: u32,
+    /// Half-life of genre affinity, days [default: 30].
+    taste_half_life_days: f64,
+    /// Impression-token HMAC key, hex, at least 32 bytes [default: random per process].
+    token_key: String,
+    /// Impression-token lifetime, seconds [default: 86400].
+    token_ttl_secs: u64,
+    /// Grace period for in-flight RPCs on shutdown, seconds [default: 10].
+    shutdown_grace_secs: u64,
+    /// Tokio worker threads; 0 = current-thread runtime [default: 0].
+    worker_threads: usize,
+    /// Log filter [default: info].
+    log: String,
+}
+
+impl Config {
+    /// Reads and validates the configuration from the command line, the file it names and `env`.
+    pub fn load(cli: Cli, env: &impl Strings) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source: Box::new(source) })?
+            }
+            None => Settings::default(),
+        };
+        let env = settings_from_env(env)?;
+        cli.settings.or(env).or(file).validate()
+    }
+}
+
+fn settings_from_env(env: &impl Strings) -> Result<Settings, ConfigError> {
+    let mut settings = Settings::default();
+    for (name, value) in env.with_prefix(ENV_PREFIX) {
+        let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
+        // A value that is not a TOML literal (an address, a hex key) is taken as a string.
+        let literal = format!("{key} = {value}");
+        let quoted = format!("{key} = {}", toml::Value::String(value.clone()));
+        let one: Settings = toml::from_str(&literal)
+            .or_else(|_| toml::from_str(&quoted))
+            .map_err(|source| ConfigError::Env { name: name.clone(), source: Box::new(source) })?;
+        settings = one.or(settings);
+    }
+    Ok(settings)
+}
+
+impl Settings {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let invalid =
+            |field: &'static str, reason: &str| ConfigError::Invalid { field, reason: reason.to_owned() };
+        let listen = match self.listen {
+            Some(addr) => addr,
+            None => DEFAULT_LISTEN.parse().map_err(|_| invalid("listen", "bad default"))?,
+        };
+        let metrics_listen = match self.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN) {
+            "off" => None,
+            addr => {
+                Some(addr.parse().map_err(|_| invalid("metrics_listen", "expected host:port or \"off\""))?)
+            }
+        };
+        let relevance_floor = self.relevance_floor.unwrap_or(DEFAULT_RELEVANCE_FLOOR);
+        if !(0.0..=1.0).contains(&relevance_floor) {
+            return Err(invalid("relevance_floor", "must be within [0, 1]"));
+        }
+        let max_ads_per_hour = self.max_ads_per_hour.unwrap_or(DEFAULT_MAX_ADS_PER_HOUR);
+        if max_ads_per_hour == 0 {
+            return Err(invalid("max_ads_per_hour", "must be at least 1"));
+        }
+        let category_separation_secs =
+            self.category_separation_secs.unwrap_or(DEFAULT_CATEGORY_SEPARATION_SECS);
+        if category_separation_secs > 7 * 24 * 3600 {
+            return Err(invalid("category_separation_secs", "must be at most 7 days"));
+        }
+        let half_life_days = self.taste_half_life_days.unwrap_or(DEFAULT_TASTE_HALF_LIFE_DAYS);
+        if !(half_life_days.is_finite() && (0.01..=3650.0).contains(&half_life_days)) {
+            return Err(invalid("taste_half_life_days", "must be within [0.01, 3650]"));
+        }
+        let token_key = match self.token_key {
+            Some(hex_key) => {
+                let key = hex::decode(hex_key.trim()).map_err(|_| invalid("token_key", "must be hex"))?;
+                if key.len() < 32 {
+                    return Err(invalid("token_key", "must be at least 32 bytes (64 hex digits)"));
+                }
+                Some(key)
+            }
+            None => None,
+        };
+        let token_ttl_secs = self.token_ttl_secs.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+        if !(60..=30 * 24 * 3600).contains(&token_ttl_secs) {
+            return Err(invalid("token_ttl_secs", "must be within [60, 2592000]"));
+        }
+        let worker_threads = self.worker_threads.unwrap_or(DEFAULT_WORKER_THREADS);
+        if worker_threads > 256 {
+            return Err(invalid("worker_threads", "must be at most 256"));
+        }
+        let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
+        tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| invalid("log", &e.to_string()))?;
+        const DAY_MS: i64 = 24 * 3600 * 1000;
+        Ok(Config {
+            listen,
+            metrics_listen,
+            demo: self.demo.unwrap_or(true),
+            policy: Policy {
+                relevance_floor,
+                max_ads_per_hour,
+                category_separation_ms: category_separation_secs as i64 * 1000,
+            },
+            suppression: SuppressionPolicy {
+                advertiser_ms: i64::from(
+                    self.not_for_me_advertiser_days.unwrap_or(DEFAULT_NOT_FOR_ME_ADVERTISER_DAYS),
+                ) * DAY_MS,
+                category_ms: i64::from(
+                    self.not_for_me_category_days.unwrap_or(DEFAULT_NOT_FOR_ME_CATEGORY_DAYS),
+                ) * DAY_MS,
+            },
+            taste_half_life: Duration::from_secs_f64(half_life_days * 86_400.0),
+            token_key,
+            token_ttl: Duration::from_secs(token_ttl_secs),
+            shutdown_grace: Duration::from_secs(
+                self.shutdown_grace_secs.unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
+            ),
+            worker_threads,
+            log,
+        })
+    }
+}
+
+impl Default for Config {
+    /// The configuration with nothing set: every default.
+    fn default() -> Self {
+        // The defaults are constants that validate; a test below keeps it so.
+        Settings::default().validate().unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn load(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let cli = Cli::try_parse_from(std::iter::once("interlude").chain(args.iter().copied())).unwrap();
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(cli, &env)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_loopback() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config, Config::default());
+        assert!(config.listen.ip().is_loopback());
+        assert!(config.demo);
+        assert_eq!(config.policy.relevance_floor, DEFAULT_RELEVANCE_FLOOR);
+    }
+
+    #[test]
+    fn flags_override_env_which_overrides_file() {
+        let dir = std::env::temp_dir().join(format!("interlude-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("interlude.toml");
+        std::fs::write(&path, "relevance_floor = 0.5\nmax_ads_per_hour = 3\ndemo = false\n").unwrap();
+        let path_arg = path.to_str().unwrap();
+        let config = load(
+            &["--config", path_arg, "--max-ads-per-hour", "5"],
+            &[
+                ("INTERLUDE_RELEVANCE_FLOOR", "0.6"),
+                ("INTERLUDE_MAX_ADS_PER_HOUR", "4"),
+                ("INTERLUDE_LISTEN", "127.0.0.1:7000"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(config.policy.relevance_floor, 0.6);
+        assert_eq!(config.policy.max_ads_per_hour, 5);
+        assert!(!config.demo);
+        assert_eq!(config.listen.port(), 7000);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let err = load(&["--relevance-floor", "1.5"], &[]).unwrap_err();
+        assert!(err.to_string().contains("relevance_floor"), "{err}");
+        let err = load(&[], &[("INTERLUDE_TOKEN_KEY", "abcd")]).unwrap_err();
+        assert!(err.to_string().contains("token_key"), "{err}");
+        let err = load(&[], &[("INTERLUDE_NO_SUCH_SETTING", "1")]).unwrap_err();
+        assert!(err.to_string().contains("INTERLUDE_NO_SUCH_SETTING"), "{err}");
+        assert!(load(&["--metrics-listen", "off"], &[]).unwrap().metrics_listen.is_none());
+    }
+}

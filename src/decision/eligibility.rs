@@ -1,0 +1,341 @@
+//! Pure predicates: may this campaign serve to this listener, now, in this break?
+//!
+//! Rules run cheapest and most selective first, contextual before profile-based, so that the
+//! rule reported for a rejection is the most useful one: a campaign that matched everything the
+//! request says but needs profile data reports `Consent`, not a targeting miss.
+
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::{Listener, Policy, Rule, SpendView};
+use crate::domain::{AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, Taste, UnixMillis};
+
+/// A listener's genre counts as an affinity when it holds at least this share of their taste.
+pub const MIN_AFFINITY_SHARE: f32 = 0.05;
+/// An excluded genre rejects a listener when it holds at least this share of their taste.
+pub const STRONG_AFFINITY_SHARE: f32 = 0.2;
+
+/// Everything about the request that every candidate is checked against.
+#[derive(Debug)]
+pub(super) struct Context<'a> {
+    listener: Listener<'a>,
+    request: &'a AdRequest,
+    policy: &'a Policy,
+    personalized: bool,
+    now: UnixMillis,
+    /// `now` shifted to the listener's local time.
+    local_ms: i64,
+    /// The member's taste when profile data may be used.
+    taste: Option<&'a Taste>,
+    total_weight: f32,
+    top_weight: f32,
+}
+
+/// A campaign that may serve, with its chosen creative and rank key.
+#[derive(Clone, Debug)]
+pub(super) struct Candidate {
+    pub(super) campaign: Arc<Campaign>,
+    pub(super) creative: usize,
+    pub(super) duration_ms: u32,
+    pub(super) relevance: f64,
+    pub(super) score: f64,
+}
+
+/// The verdict on one campaign.
+#[derive(Debug)]
+pub(super) enum Evaluation {
+    Eligible(Candidate),
+    Rejected(Rule),
+}
+
+/// The listener's genres that can satisfy an affinity rule.
+pub(super) fn affinity_candidates(taste: &Taste) -> impl Iterator<Item = GenreId> + '_ {
+    let total = taste.total_weight();
+    taste
+        .genres
+        .iter()
+        .filter(move |s| total > 0.0 && s.weight / total >= MIN_AFFINITY_SHARE)
+        .map(|s| s.genre)
+}
+
+impl<'a> Context<'a> {
+    pub(super) fn new(
+        listener: Listener<'a>,
+        request: &'a AdRequest,
+        policy: &'a Policy,
+        personalized: bool,
+        now: UnixMillis,
+    ) -> Self {
+        let taste = listener.taste.filter(|_| personalized);
+        Self {
+            listener,
+            request,
+            policy,
+            personalized,
+            now,
+            local_ms: now.0 + i64::from(request.utc_offset_minutes) * MINUTE_MS,
+            taste,
+            total_weight: taste.map_or(0.0, Taste::total_weight),
+            top_weight: taste.map_or(0.0, Taste::top_weight),
+        }
+    }
+
+    /// Checks every rule; on success picks a creative (randomly among the fitting, uncapped ones)
+    /// and scores the campaign.
+    pub(super) fn evaluate(
+        &self,
+        campaign: &Arc<Campaign>,
+        spend: &impl SpendView,
+        rng: &mut impl Rng,
+    ) -> Evaluation {
+        if let Err(rule) = self.check(campaign, spend) {
+            return Evaluation::Rejected(rule);
+        }
+        let relevance = self.relevance(campaign);
+        if campaign.tier.is_paid()
+            && relevance < campaign.relevance_floor.unwrap_or(self.policy.relevance_floor)
+        {
+            return Evaluation::Rejected(Rule::RelevanceFloor);
+        }
+        let creative = match self.pick_creative(campaign, rng) {
+            Ok(i) => i,
+            Err(rule) => return Evaluation::Rejected(rule),
+        };
+        let score =
+            if campaign.tier.is_paid() { campaign.bid_cpm_micros as f64 * relevance } else { relevance };
+        Evaluation::Eligible(Candidate {
+            campaign: campaign.clone(),
+            creative,
+            duration_ms: campaign.creatives[creative].duration_ms,
+            relevance,
+            score,
+        })
+    }
+
+    fn check(&self, c: &Campaign, spend: &impl SpendView) -> Result<(), Rule> {
+        let t = &c.targeting;
+        let req = self.request;
+        if c.status != CampaignStatus::Active {
+            return Err(Rule::Status);
+        }
+        if !c.in_flight(self.now) {
+            return Err(Rule::Flight);
+        }
+        // Contextual rules: what the request itself says.
+        if !t.devices.is_empty() && !req.device.is_some_and(|d| t.devices.contains(&d)) {
+            return Err(Rule::Device);
+        }
+        if !t.track_genres.is_empty() && !req.track_genres.iter().any(|g| t.track_genres.contains(g)) {
+            return Err(Rule::TrackGenre);
+        }
+        if req.track_genres.iter().any(|g| t.exclude_track_genres.contains(g)) {
+            return Err(Rule::TrackGenre);
+        }
+        if let Some(daypart) = t.daypart
+            && !daypart.contains(self.local_ms)
+        {
+            return Err(Rule::Daypart);
+        }
+        if !t.geo_use_home && !geo_matches(c, req.location.as_ref()) {
+            return Err(Rule::Geo);
+        }
+        // Profile-based rules.
+        if t.uses_profile_data() && !self.personalized {
+            return Err(Rule::Consent);
+        }
+        let profile = self.listener.profile;
+        if t.geo_use_home && !geo_matches(c, profile.and_then(|p| p.home.as_ref())) {
+            return Err(Rule::Geo);
+        }
+        if !t.affinity_genres.is_empty() {
+            let share: f32 = t.affinity_genres.iter().map(|&g| self.share(g)).sum();
+            if share < MIN_AFFINITY_SHARE {
+                return Err(Rule::AffinityGenre);
+            }
+        }
+        if t.exclude_affinity_genres.iter().any(|&g| self.share(g) >= STRONG_AFFINITY_SHARE) {
+            return Err(Rule::AffinityGenre);
+        }
+        if !t
+            .milestones
+            .iter()
+            .all(|m| self.taste.is_some_and(|ts| ts.lifetime_plays(m.genre) >= m.min_plays))
+        {
+            return Err(Rule::Milestone);
+        }
+        if !t.age_brackets.is_empty()
+            && !profile.and_then(|p| p.age_bracket).is_some_and(|a| t.age_brackets.contains(&a))
+        {
+            return Err(Rule::Age);
+        }
+        let fresh = |req: &crate::domain::SignalRequirement| {
+            profile
+                .and_then(|p| p.signal_asserted_at(&req.signal))
+                .is_some_and(|at| req.max_age_ms.is_none_or(|max| self.now.0 - at.0 <= max))
+        };
+        if !t.signals.iter().all(fresh) || t.exclude_signals.iter().any(fresh) {
+            return Err(Rule::Signal);
+        }
+        // Delivery rules: what the listener has heard, and what the advertiser can pay.
+        let history = self.listener.history;
+        if history.is_suppressed(&c.advertiser_id, &c.categories, self.now) {
+            return Err(Rule::Suppressed);
+        }
+        if c.tier.is_paid() && !within_budget(c, spend) {
+            return Err(Rule::Budget);
+        }
+        let capped = c.caps.iter().filter(|cap| cap.scope != CapScope::Creative).any(|cap| {
+            let n = history.count(
+                cap.scope,
+                &c.id,
+                &c.creatives[0].id,
+                &c.advertiser_id,
+                cap.window_ms,
+                self.now,
+            );
+            n >= cap.max_impressions
+        });
+        if capped {
+            return Err(Rule::FrequencyCap);
+        }
+        if self.policy.category_separation_ms > 0
+            && !c.categories.is_empty()
+            && history.heard_category_within(&c.categories, self.policy.category_separation_ms, self.now)
+        {
+            return Err(Rule::CategorySeparation);
+        }
+        Ok(())
+    }
+
+    fn pick_creative(&self, c: &Campaign, rng: &mut impl Rng) -> Result<usize, Rule> {
+        let max = self.request.max_duration_ms;
+        let fits = |i: &usize| c.creatives[*i].duration_ms <= max;
+        if !(0..c.creatives.len()).any(|i| fits(&i)) {
+            return Err(Rule::BreakDuration);
+        }
+        let history = self.listener.history;
+        let uncapped = |i: &usize| {
+            c.caps.iter().filter(|cap| cap.scope == CapScope::Creative).all(|cap| {
+                let n = history.count(
+                    CapScope::Creative,
+                    &c.id,
+                    &c.creatives[*i].id,
+                    &c.advertiser_id,
+                    cap.window_ms,
+                    self.now,
+                );
+                n < cap.max_impressions
+            })
+        };
+        let count = (0..c.creatives.len()).filter(fits).filter(uncapped).count();
+        if count == 0 {
+            return Err(Rule::FrequencyCap);
+        }
+        let nth = if count == 1 { 0 } else { rng.random_range(0..count) };
+        let pick = (0..c.creatives.len()).filter(fits).filter(uncapped).nth(nth);
+        // `nth < count` and both iterate the same filter, so there is an nth element.
+        pick.ok_or(Rule::FrequencyCap)
+    }
+
+    /// How relevant the campaign is to this listener now, in [0, 1]: 60 % genre fit (the
+    /// listener's affinity relative to their top genre, or the playing track), 25 % geo fit,
+    /// 15 % audience fit. Rules a campaign does not set count as a weak, neutral fit, so an
+    /// untargeted campaign stays under the default floor: it is relevant to nobody in particular.
+    pub(super) fn relevance(&self, c: &Campaign) -> f64 {
+        let t = &c.targeting;
+        let genre_fit = if t.targets_genres() {
+            let affinity = if t.affinity_genres.is_empty() || self.top_weight <= 0.0 {
+                0.0
+            } else {
+                let w: f32 =
+                    t.affinity_genres.iter().map(|&g| self.taste.map_or(0.0, |ts| ts.weight(g))).sum();
+                f64::from((w / self.top_weight).min(1.0))
+            };
+            let playing = self
+                .request
+                .track_genres
+                .iter()
+                .any(|g| t.track_genres.contains(g) || t.affinity_genres.contains(g));
+            if playing { 1.0 } else { affinity }
+        } else {
+            NEUTRAL_GENRE_FIT
+        };
+        let geo_fit = if t.geo_include.is_empty() { NEUTRAL_FIT } else { 1.0 };
+        let audience_fit = if t.age_brackets.is_empty() && t.signals.is_empty() && t.milestones.is_empty() {
+            NEUTRAL_FIT
+        } else {
+            1.0
+        };
+        0.6 * genre_fit + 0.25 * geo_fit + 0.15 * audience_fit
+    }
+
+    fn share(&self, genre: GenreId) -> f32 {
+        if self.total_weight <= 0.0 {
+            return 0.0;
+        }
+        self.taste.map_or(0.0, |t| t.weight(genre) / self.total_weight)
+    }
+
+    /// A human-readable reason for a rejection (explain only; allocates).
+    pub(super) fn describe(&self, c: &Campaign, rule: Rule) -> String {
+        let t = &c.targeting;
+        match rule {
+            Rule::Status => format!("campaign is {:?}", c.status).to_lowercase(),
+            Rule::Flight => "outside its flight dates".into(),
+            Rule::Device => format!("device {:?} not targeted", self.request.device),
+            Rule::TrackGenre => "track genre not targeted or excluded".into(),
+            Rule::Daypart => "outside its daypart in the listener's local time".into(),
+            Rule::Geo if t.geo_use_home => "listener's home location not targeted".into(),
+            Rule::Geo => "request location not targeted".into(),
+            Rule::Consent => "uses profile data; listener has not consented to personalised ads".into(),
+            Rule::AffinityGenre => {
+                let share: f32 = t.affinity_genres.iter().map(|&g| self.share(g)).sum();
+                format!(
+                    "affinity share {share:.2} of targeted genres < {MIN_AFFINITY_SHARE} or excluded genre"
+                )
+            }
+            Rule::Milestone => "listening milestone not reached".into(),
+            Rule::Age => "age bracket not targeted".into(),
+            Rule::Signal => "required signal missing or stale, or excluded signal present".into(),
+            Rule::Suppressed => "listener said \"not for me\" to this advertiser or category".into(),
+            Rule::Budget => "budget exhausted".into(),
+            Rule::FrequencyCap => "frequency cap reached".into(),
+            Rule::CategorySeparation => "same category heard too recently".into(),
+            Rule::AdLoad => "ad load limit reached".into(),
+            Rule::RelevanceFloor => format!(
+                "relevance {:.2} < floor {:.2}",
+                self.relevance(c),
+                c.relevance_floor.unwrap_or(self.policy.relevance_floor)
+            ),
+            Rule::BreakDuration => "no creative fits the break".into(),
+            Rule::Outranked => "outranked".into(),
+        }
+    }
+}
+
+/// The fit of a rule the campaign does not set.
+const NEUTRAL_FIT: f64 = 0.3;
+/// The genre fit of a campaign without genre targeting.
+const NEUTRAL_GENRE_FIT: f64 = 0.25;
+
+fn geo_matches(c: &Campaign, at: Option<&crate::domain::GeoLocation>) -> bool {
+    let t = &c.targeting;
+    if t.geo_include.is_empty() && t.geo_exclude.is_empty() {
+        return true;
+    }
+    let Some(at) = at else { return false };
+    (t.geo_include.is_empty() || t.geo_include.iter().any(|g| g.covers(at)))
+        && !t.geo_exclude.iter().any(|g| g.covers(at))
+}
+
+fn within_budget(c: &Campaign, spend: &impl SpendView) -> bool {
+    let b = &c.budget;
+    if b.lifetime_micros == 0 && b.daily_micros == 0 {
+        return true;
+    }
+    let s = spend.spend(&c.id);
+    let price = c.price_micros();
+    (b.lifetime_micros == 0 || s.lifetime_micros + price <= b.lifetime_micros)
+        && (b.daily_micros == 0 || s.today_micros + price <= b.daily_micros)
+}

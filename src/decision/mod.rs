@@ -1,0 +1,325 @@
+//! The decision engine: picks the ads for one break. Pure and synchronous.
+//!
+//! Invariant: nothing here does I/O or knows a wire type; time (`now`) and randomness (`rng`)
+//! are passed in, so the same inputs and seed always give the same decision.
+
+use std::sync::Arc;
+
+use rand::Rng;
+
+use crate::domain::{
+    AdRequest, Campaign, CampaignId, ConsentState, DeliveryHistory, HOUR_MS, ListenerProfile, Taste, Tier,
+    UnixMillis,
+};
+
+pub mod catalog;
+pub mod eligibility;
+mod ranking;
+
+pub use catalog::CatalogSnapshot;
+use eligibility::Evaluation;
+
+/// Server-wide rules of the engine, from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// Paid ads less relevant than this are not served (campaigns may override).
+    pub relevance_floor: f64,
+    /// At most this many ads per listener per rolling hour.
+    pub max_ads_per_hour: u32,
+    /// No two ads of one category within this window, across breaks.
+    pub category_separation_ms: i64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self { relevance_floor: 0.35, max_ads_per_hour: 8, category_separation_ms: 10 * 60_000 }
+    }
+}
+
+/// What a campaign has spent so far, as the engine needs it for budget checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spend {
+    pub lifetime_micros: i64,
+    pub today_micros: i64,
+}
+
+/// Read access to campaign spend; implemented by the delivery store and by test fixtures.
+pub trait SpendView {
+    /// Spend of `campaign` so far (zero when it never served).
+    fn spend(&self, campaign: &CampaignId) -> Spend;
+}
+
+/// No spend anywhere (anonymous tests, benchmarks).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSpend;
+
+impl SpendView for NoSpend {
+    fn spend(&self, _: &CampaignId) -> Spend {
+        Spend::default()
+    }
+}
+
+/// Who the decision is for: the listener's profile, the member's taste, and their history.
+#[derive(Clone, Copy, Debug)]
+pub struct Listener<'a> {
+    /// None = anonymous or unknown listener.
+    pub profile: Option<&'a ListenerProfile>,
+    /// The household member's taste (None = no plays yet).
+    pub taste: Option<&'a Taste>,
+    pub history: &'a DeliveryHistory,
+}
+
+/// How the break was filled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    Paid,
+    House,
+    Empty,
+}
+
+/// Why no paid ad was served, or `Served`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Served,
+    NoCandidates,
+    NoConsent,
+    Suppressed,
+    BudgetExhausted,
+    FrequencyCapped,
+    BelowRelevanceFloor,
+    DoesNotFitBreak,
+    AdLoadLimit,
+}
+
+/// The rule a candidate was stopped by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rule {
+    Status,
+    Flight,
+    AffinityGenre,
+    TrackGenre,
+    Milestone,
+    Geo,
+    Device,
+    Age,
+    Daypart,
+    Signal,
+    Consent,
+    Suppressed,
+    FrequencyCap,
+    CategorySeparation,
+    AdLoad,
+    Budget,
+    RelevanceFloor,
+    BreakDuration,
+    Outranked,
+}
+
+impl Rule {
+    /// The outcome reported when this rule stopped the paid candidate that got furthest.
+    fn reason(self) -> Reason {
+        match self {
+            Rule::Status
+            | Rule::Flight
+            | Rule::AffinityGenre
+            | Rule::TrackGenre
+            | Rule::Milestone
+            | Rule::Geo
+            | Rule::Device
+            | Rule::Age
+            | Rule::Daypart
+            | Rule::Signal => Reason::NoCandidates,
+            Rule::Consent => Reason::NoConsent,
+            Rule::Suppressed => Reason::Suppressed,
+            Rule::Budget => Reason::BudgetExhausted,
+            Rule::FrequencyCap | Rule::CategorySeparation => Reason::FrequencyCapped,
+            Rule::RelevanceFloor => Reason::BelowRelevanceFloor,
+            Rule::BreakDuration | Rule::Outranked => Reason::DoesNotFitBreak,
+            Rule::AdLoad => Reason::AdLoadLimit,
+        }
+    }
+}
+
+/// One ad chosen for the break.
+#[derive(Clone, Debug)]
+pub struct SelectedAd {
+    pub campaign: Arc<Campaign>,
+    /// Index into `campaign.creatives`.
+    pub creative: usize,
+    /// In [0, 1].
+    pub relevance: f64,
+    /// The rank key: bid x relevance (relevance alone for house ads).
+    pub score: f64,
+}
+
+/// Why one candidate did or did not serve (explain only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceEntry {
+    pub campaign_id: CampaignId,
+    pub tier: Tier,
+    /// None = served.
+    pub rejected_by: Option<Rule>,
+    pub relevance: f64,
+    pub score: f64,
+    pub detail: String,
+}
+
+/// The engine's answer for one break.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    /// In play order: highest tier and score first.
+    pub ads: Vec<SelectedAd>,
+    pub fill: Fill,
+    pub reason: Reason,
+    /// Empty unless the request asked to explain.
+    pub trace: Vec<TraceEntry>,
+}
+
+/// Decides one ad break.
+///
+/// Candidates come from the snapshot's indexes (all campaigns when explaining, so the trace can
+/// name the rule that stopped each one); the answer is the same either way.
+pub fn decide(
+    catalog: &CatalogSnapshot,
+    listener: Listener<'_>,
+    request: &AdRequest,
+    policy: &Policy,
+    spend: &impl SpendView,
+    now: UnixMillis,
+    rng: &mut impl Rng,
+) -> Decision {
+    let personalized = personalization_allowed(listener.profile, request.consent);
+    let ctx = eligibility::Context::new(listener, request, policy, personalized, now);
+
+    let mut slots = Vec::with_capacity(64);
+    if request.explain {
+        slots.extend(0..catalog.len() as catalog::Slot);
+    } else {
+        let affinity = listener
+            .taste
+            .filter(|_| personalized)
+            .map(eligibility::affinity_candidates)
+            .into_iter()
+            .flatten();
+        let country = request.location.as_ref().map(|l| &*l.country);
+        let home = listener.profile.filter(|_| personalized);
+        catalog.retrieve(affinity, &request.track_genres, country, home, &mut slots);
+    }
+
+    let mut trace = Vec::new();
+    let ad_load_reached =
+        listener.history.impressions_within(HOUR_MS, now) >= policy.max_ads_per_hour as usize;
+    if ad_load_reached {
+        if request.explain {
+            for &slot in &slots {
+                let c = catalog.get(slot);
+                let detail = format!("{} ads in the last hour", policy.max_ads_per_hour);
+                trace.push(rejected(c, Rule::AdLoad, detail));
+            }
+        }
+        return Decision { ads: Vec::new(), fill: Fill::Empty, reason: Reason::AdLoadLimit, trace };
+    }
+
+    let mut paid = Vec::new();
+    let mut house = Vec::new();
+    let mut furthest: Option<Rule> = None;
+    for &slot in &slots {
+        let campaign = catalog.get(slot);
+        match ctx.evaluate(campaign, spend, rng) {
+            Evaluation::Eligible(candidate) => {
+                if campaign.tier.is_paid() {
+                    paid.push(candidate);
+                } else {
+                    house.push(candidate);
+                }
+            }
+            Evaluation::Rejected(rule) => {
+                if campaign.tier.is_paid() && furthest.is_none_or(|f| rule.reason() > f.reason()) {
+                    furthest = Some(rule);
+                }
+                if request.explain {
+                    trace.push(rejected(campaign, rule, ctx.describe(campaign, rule)));
+                }
+            }
+        }
+    }
+
+    let chosen = ranking::best_break(&mut paid, request.max_ads, request.max_duration_ms);
+    let (fill, reason, ads) = if !chosen.is_empty() {
+        (Fill::Paid, Reason::Served, chosen)
+    } else {
+        let reason = furthest.map_or(Reason::NoCandidates, Rule::reason);
+        match ranking::best_house(&house) {
+            Some(i) => (Fill::House, reason, vec![i]),
+            None => (Fill::Empty, reason, Vec::new()),
+        }
+    };
+
+    let pool = if fill == Fill::House { &house } else { &paid };
+    if request.explain {
+        for (i, c) in pool.iter().enumerate() {
+            let served = ads.contains(&i);
+            trace.push(TraceEntry {
+                campaign_id: c.campaign.id.clone(),
+                tier: c.campaign.tier,
+                rejected_by: (!served).then_some(Rule::Outranked),
+                relevance: c.relevance,
+                score: c.score,
+                detail: if served { "served".into() } else { "a better set filled the break".into() },
+            });
+        }
+        let other = if fill == Fill::House { &paid } else { &house };
+        for c in other {
+            trace.push(TraceEntry {
+                campaign_id: c.campaign.id.clone(),
+                tier: c.campaign.tier,
+                rejected_by: Some(Rule::Outranked),
+                relevance: c.relevance,
+                score: c.score,
+                detail: if c.campaign.tier.is_paid() {
+                    "not needed".into()
+                } else {
+                    "house ads fill only when no paid ad serves".into()
+                },
+            });
+        }
+        trace.sort_by(|a, b| a.campaign_id.cmp(&b.campaign_id));
+    }
+    let ads = ads
+        .into_iter()
+        .map(|i| {
+            let c = &pool[i];
+            SelectedAd {
+                campaign: c.campaign.clone(),
+                creative: c.creative,
+                relevance: c.relevance,
+                score: c.score,
+            }
+        })
+        .collect();
+    Decision { ads, fill, reason, trace }
+}
+
+/// Profile data may be used only when neither the request nor the stored profile denies it and
+/// at least one of them grants it.
+pub fn personalization_allowed(profile: Option<&ListenerProfile>, request: ConsentState) -> bool {
+    let stored = profile.map_or(ConsentState::Unspecified, |p| p.consent);
+    profile.is_some()
+        && request != ConsentState::Denied
+        && stored != ConsentState::Denied
+        && (request == ConsentState::Granted || stored == ConsentState::Granted)
+}
+
+fn rejected(campaign: &Campaign, rule: Rule, detail: String) -> TraceEntry {
+    TraceEntry {
+        campaign_id: campaign.id.clone(),
+        tier: campaign.tier,
+        rejected_by: Some(rule),
+        relevance: 0.0,
+        score: 0.0,
+        detail,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Decision engine tests.

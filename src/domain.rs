@@ -1,0 +1,490 @@
+//! Plain domain types shared by the engine, the stores and the transport edge; no wire types here.
+//!
+//! Everything in this module is validated data: values are built by `grpc::convert` (or the demo
+//! catalog) and are trusted afterwards.
+
+use std::fmt;
+use std::sync::Arc;
+
+pub mod history;
+pub mod taste;
+
+pub use history::{DeliveryHistory, ImpressionRecord};
+pub use taste::{GenreStat, Taste};
+
+/// Milliseconds since the Unix epoch (UTC). The engine's only notion of time; callers pass it in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixMillis(pub i64);
+
+/// One minute in milliseconds.
+pub const MINUTE_MS: i64 = 60_000;
+/// One hour in milliseconds.
+pub const HOUR_MS: i64 = 60 * MINUTE_MS;
+/// One day in milliseconds.
+pub const DAY_MS: i64 = 24 * HOUR_MS;
+
+macro_rules! string_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub Arc<str>);
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.0, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(Arc::from(s))
+            }
+        }
+    };
+}
+
+string_id!(
+    /// Identifies a campaign; unique across the catalog.
+    CampaignId
+);
+string_id!(
+    /// Identifies a creative within its campaign.
+    CreativeId
+);
+string_id!(
+    /// Identifies an advertiser; separation and "not for me" act on it.
+    AdvertiserId
+);
+string_id!(
+    /// Canonical id of a listener account (aliases resolve to it).
+    ListenerId
+);
+string_id!(
+    /// An IAB Content Taxonomy 3.1 unique id, the category of an ad.
+    Category
+);
+string_id!(
+    /// An interest or life-stage signal slug such as `parent-young-children`.
+    SignalName
+);
+
+/// An interned genre slug. Interning keeps profiles small (the slug is stored once per server)
+/// and makes genre matching an integer compare; `store::Vocabulary` owns the mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GenreId(pub u32);
+
+/// The kind of device the listener is playing on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceType {
+    Mobile,
+    Desktop,
+    SmartSpeaker,
+    ConnectedTv,
+    Car,
+    Wearable,
+    GameConsole,
+    Web,
+}
+
+/// Audience age brackets; exact ages are never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AgeBracket {
+    Age13To17,
+    Age18To24,
+    Age25To34,
+    Age35To44,
+    Age45To54,
+    Age55To64,
+    Age65Plus,
+}
+
+/// Priority tiers; the derived order is the serving priority (sponsorship first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    Sponsorship,
+    Standard,
+    Remnant,
+    House,
+}
+
+impl Tier {
+    /// House ads are our own promotions: never paid, never subject to the relevance floor.
+    pub fn is_paid(self) -> bool {
+        self != Tier::House
+    }
+}
+
+/// Consent for ads personalised with profile data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConsentState {
+    #[default]
+    Unspecified,
+    Granted,
+    Denied,
+}
+
+/// Lifecycle of a campaign.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CampaignStatus {
+    Active,
+    Paused,
+    Archived,
+}
+
+/// What a frequency cap counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CapScope {
+    Creative,
+    Campaign,
+    Advertiser,
+}
+
+/// How a budget is spread over the flight.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PacingMode {
+    #[default]
+    Asap,
+    Even,
+    FrontLoaded,
+}
+
+/// What happened to a decided ad, as reported by the player.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Impression,
+    Click,
+    Complete,
+    Skip,
+    NotForMe,
+}
+
+/// A place; empty optional parts match anything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GeoLocation {
+    /// ISO 3166-1 alpha-2, upper case.
+    pub country: Box<str>,
+    /// ISO 3166-2 subdivision, upper case; empty = unknown / any.
+    pub region: Box<str>,
+    /// Metro or city code, upper case; empty = unknown / any.
+    pub metro: Box<str>,
+}
+
+impl GeoLocation {
+    /// Whether `self`, used as a targeting rule, covers the place `at`.
+    pub fn covers(&self, at: &GeoLocation) -> bool {
+        self.country == at.country
+            && (self.region.is_empty() || self.region == at.region)
+            && (self.metro.is_empty() || self.metro == at.metro)
+    }
+}
+
+/// A campaign: who pays, what plays, whom it is for, and how often.
+#[derive(Clone, Debug)]
+pub struct Campaign {
+    pub id: CampaignId,
+    pub advertiser_id: AdvertiserId,
+    pub advertiser_name: Arc<str>,
+    pub name: Box<str>,
+    pub tier: Tier,
+    pub status: CampaignStatus,
+    /// Bid per thousand impressions in micros; 0 for house ads.
+    pub bid_cpm_micros: i64,
+    pub categories: Arc<[Category]>,
+    pub targeting: Targeting,
+    pub caps: Vec<FrequencyCap>,
+    /// Overrides the server-wide relevance floor.
+    pub relevance_floor: Option<f64>,
+    pub flight_start: Option<UnixMillis>,
+    pub flight_end: Option<UnixMillis>,
+    pub budget: Budget,
+    /// Never empty (validated on the way in).
+    pub creatives: Vec<Creative>,
+    pub updated_at: UnixMillis,
+}
+
+impl Campaign {
+    /// The price of one impression: a thousandth of the CPM bid.
+    pub fn price_micros(&self) -> i64 {
+        self.bid_cpm_micros / 1000
+    }
+
+    /// Whether the flight window contains `now`.
+    pub fn in_flight(&self, now: UnixMillis) -> bool {
+        self.flight_start.is_none_or(|s| now >= s) && self.flight_end.is_none_or(|e| now < e)
+    }
+}
+
+/// One audio ad.
+#[derive(Clone, Debug)]
+pub struct Creative {
+    pub id: CreativeId,
+    pub audio_url: Arc<str>,
+    pub duration_ms: u32,
+    pub companion: Option<Companion>,
+}
+
+/// A banner shown while the audio ad plays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Companion {
+    pub image_url: Arc<str>,
+    pub click_url: Arc<str>,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Whom a campaign is for. Every set rule must hold; within a list any entry may match.
+#[derive(Clone, Debug, Default)]
+pub struct Targeting {
+    pub affinity_genres: Vec<GenreId>,
+    pub exclude_affinity_genres: Vec<GenreId>,
+    pub track_genres: Vec<GenreId>,
+    pub exclude_track_genres: Vec<GenreId>,
+    pub milestones: Vec<Milestone>,
+    pub geo_include: Vec<GeoLocation>,
+    pub geo_exclude: Vec<GeoLocation>,
+    /// Match the listener's declared home instead of the request's location.
+    pub geo_use_home: bool,
+    pub devices: Vec<DeviceType>,
+    pub age_brackets: Vec<AgeBracket>,
+    pub daypart: Option<Daypart>,
+    pub signals: Vec<SignalRequirement>,
+    pub exclude_signals: Vec<SignalRequirement>,
+}
+
+impl Targeting {
+    /// Whether serving needs profile data, and so the listener's consent.
+    pub fn uses_profile_data(&self) -> bool {
+        !self.affinity_genres.is_empty()
+            || !self.exclude_affinity_genres.is_empty()
+            || !self.milestones.is_empty()
+            || self.geo_use_home
+            || !self.age_brackets.is_empty()
+            || !self.signals.is_empty()
+            || !self.exclude_signals.is_empty()
+    }
+
+    /// Whether any genre rule (affinity or contextual) is set.
+    pub fn targets_genres(&self) -> bool {
+        !self.affinity_genres.is_empty() || !self.track_genres.is_empty()
+    }
+}
+
+/// "At least `min_plays` lifetime plays of `genre`".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Milestone {
+    pub genre: GenreId,
+    pub min_plays: u64,
+}
+
+/// Days of the week and local hours a campaign may serve in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Daypart {
+    /// Bit `d` set = weekday `d` allowed (0 = Monday). 0x7f = every day.
+    pub days: u8,
+    /// Local hour the window opens, 0..=23.
+    pub start_hour: u8,
+    /// Local hour the window closes (exclusive), 1..=24; wraps past midnight when <= start.
+    pub end_hour: u8,
+}
+
+impl Daypart {
+    /// Whether local time `local_ms` (ms since the epoch, already shifted by the UTC offset)
+    /// falls in the window. The day that counts is the day the window opened on.
+    pub fn contains(&self, local_ms: i64) -> bool {
+        let day_index = local_ms.div_euclid(DAY_MS);
+        let hour = (local_ms.rem_euclid(DAY_MS) / HOUR_MS) as u8;
+        // 1970-01-01 was a Thursday (index 3 with Monday = 0).
+        let weekday = |day: i64| ((day + 3).rem_euclid(7)) as u8;
+        let allowed = |day: i64| self.days & (1 << weekday(day)) != 0;
+        if self.start_hour < self.end_hour {
+            allowed(day_index) && hour >= self.start_hour && hour < self.end_hour
+        } else if hour >= self.start_hour {
+            allowed(day_index)
+        } else {
+            hour < self.end_hour && allowed(day_index - 1)
+        }
+    }
+}
+
+/// A signal the listener must have (or, as an exclusion, must not have) asserted recently enough.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalRequirement {
+    pub signal: SignalName,
+    /// None = any age.
+    pub max_age_ms: Option<i64>,
+}
+
+/// At most `max_impressions` per listener per `window_ms` (None = lifetime).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrequencyCap {
+    pub scope: CapScope,
+    pub max_impressions: u32,
+    pub window_ms: Option<i64>,
+}
+
+/// Money limits of a campaign; 0 = no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub lifetime_micros: i64,
+    pub daily_micros: i64,
+    pub impression_goal: u64,
+    pub pacing: PacingMode,
+}
+
+/// A listener's declared attributes, consent and household; the listening side is per member.
+#[derive(Clone, Debug)]
+pub struct ListenerProfile {
+    pub id: ListenerId,
+    pub consent: ConsentState,
+    pub consent_at: Option<UnixMillis>,
+    pub age_bracket: Option<AgeBracket>,
+    pub home: Option<GeoLocation>,
+    pub language: Option<Box<str>>,
+    pub signals: Vec<Signal>,
+    /// Household members' tastes, sorted by member id; "" is the main profile.
+    pub members: Vec<MemberTaste>,
+}
+
+impl ListenerProfile {
+    /// A listener we know nothing about yet.
+    pub fn new(id: ListenerId) -> Self {
+        Self {
+            id,
+            consent: ConsentState::Unspecified,
+            consent_at: None,
+            age_bracket: None,
+            home: None,
+            language: None,
+            signals: Vec::new(),
+            members: Vec::new(),
+        }
+    }
+
+    /// The taste of one household member, if it has any plays.
+    pub fn member(&self, member_id: &str) -> Option<&Taste> {
+        self.members.binary_search_by(|m| (*m.member_id).cmp(member_id)).ok().map(|i| &self.members[i].taste)
+    }
+
+    /// The taste of a member, created on first use.
+    pub fn member_mut(&mut self, member_id: &str) -> &mut Taste {
+        let i = match self.members.binary_search_by(|m| (*m.member_id).cmp(member_id)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.members.insert(i, MemberTaste { member_id: member_id.into(), taste: Taste::default() });
+                i
+            }
+        };
+        &mut self.members[i].taste
+    }
+
+    /// The signal's assertion time, if the listener has it.
+    pub fn signal_asserted_at(&self, name: &SignalName) -> Option<UnixMillis> {
+        self.signals.iter().find(|s| s.name == *name).map(|s| s.asserted_at)
+    }
+}
+
+/// An interest or life-stage signal and when it was asserted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signal {
+    pub name: SignalName,
+    pub asserted_at: UnixMillis,
+}
+
+/// One household member's listening taste.
+#[derive(Clone, Debug)]
+pub struct MemberTaste {
+    pub member_id: Box<str>,
+    pub taste: Taste,
+}
+
+/// One ad break to fill, as validated from the request.
+#[derive(Clone, Debug)]
+pub struct AdRequest {
+    /// The identifier the caller sent (any alias); None = anonymous.
+    pub listener_id: Option<Box<str>>,
+    /// Household member; "" = main profile.
+    pub member_id: Box<str>,
+    pub track_id: Box<str>,
+    /// Genres of the playing track that the server knows (unknown slugs cannot match anything).
+    pub track_genres: Vec<GenreId>,
+    pub device: Option<DeviceType>,
+    pub location: Option<GeoLocation>,
+    pub consent: ConsentState,
+    pub utc_offset_minutes: i16,
+    /// 1..=10.
+    pub max_ads: u8,
+    /// Positive.
+    pub max_duration_ms: u32,
+    pub explain: bool,
+}
+
+/// One validated event from RecordEvents.
+#[derive(Clone, Debug)]
+pub struct AdEvent {
+    pub event_id: Box<str>,
+    pub kind: EventKind,
+    pub occurred_at: Option<UnixMillis>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geo_rule_covers_more_specific_places_only() {
+        let rule = GeoLocation { country: "DE".into(), region: "".into(), metro: "".into() };
+        let berlin = GeoLocation { country: "DE".into(), region: "DE-BE".into(), metro: "BER".into() };
+        let paris = GeoLocation { country: "FR".into(), region: "FR-IDF".into(), metro: "PAR".into() };
+        assert!(rule.covers(&berlin));
+        assert!(!rule.covers(&paris));
+        let munich_rule = GeoLocation { country: "DE".into(), region: "".into(), metro: "MUC".into() };
+        assert!(!munich_rule.covers(&berlin));
+    }
+
+    #[test]
+    fn daypart_handles_weekdays_and_midnight_wrap() {
+        // 1970-01-05 was a Monday.
+        let monday = 4 * DAY_MS;
+        let workday_mornings = Daypart { days: 0b001_1111, start_hour: 6, end_hour: 10 };
+        assert!(workday_mornings.contains(monday + 7 * HOUR_MS));
+        assert!(!workday_mornings.contains(monday + 11 * HOUR_MS));
+        assert!(!workday_mornings.contains(monday + 5 * DAY_MS + 7 * HOUR_MS), "saturday");
+
+        let friday_nights = Daypart { days: 1 << 4, start_hour: 22, end_hour: 4 };
+        let friday = monday + 4 * DAY_MS;
+        assert!(friday_nights.contains(friday + 23 * HOUR_MS));
+        assert!(friday_nights.contains(friday + DAY_MS + 2 * HOUR_MS), "saturday 2am belongs to friday");
+        assert!(!friday_nights.contains(friday + 2 * HOUR_MS), "friday 2am belongs to thursday");
+    }
+
+    #[test]
+    fn members_are_kept_apart() {
+        let mut profile = ListenerProfile::new("acct".into());
+        profile.member_mut("kid").genres.push(GenreStat {
+            genre: GenreId(1),
+            weight: 1.0,
+            lifetime_plays: 1,
+        });
+        assert!(profile.member("").is_none());
+        assert_eq!(profile.member("kid").map(|t| t.genres.len()), Some(1));
+    }
+}

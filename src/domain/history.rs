@@ -1,0 +1,217 @@
+//! What a listener (one household member) has heard: the facts frequency caps, ad load,
+//! category separation and "not for me" suppression are decided on.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::{AdvertiserId, CampaignId, CapScope, Category, CreativeId, DAY_MS, UnixMillis};
+
+/// Impressions older than this are dropped from the rolling record: no window is longer.
+pub const MAX_WINDOW_MS: i64 = 30 * DAY_MS;
+/// The rolling record keeps at most this many impressions; the ad-load limit keeps real
+/// listeners far below it, and lifetime counts do not depend on it.
+pub const MAX_RECENT: usize = 512;
+
+/// One recorded impression.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImpressionRecord {
+    pub at: UnixMillis,
+    pub campaign: CampaignId,
+    pub creative: CreativeId,
+    pub advertiser: AdvertiserId,
+    pub categories: Arc<[Category]>,
+}
+
+/// What a "not for me" suppresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SuppressionTarget {
+    Advertiser(AdvertiserId),
+    Category(Category),
+}
+
+/// A suppression and when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suppression {
+    pub target: SuppressionTarget,
+    pub until: UnixMillis,
+}
+
+/// Delivery facts for one listener member.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryHistory {
+    /// Oldest first, pruned to `MAX_WINDOW_MS` and `MAX_RECENT`.
+    recent: VecDeque<ImpressionRecord>,
+    /// Lifetime impression counts per cap key.
+    lifetime: Vec<(LifetimeKey, u32)>,
+    suppressions: Vec<Suppression>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LifetimeKey {
+    Creative(CampaignId, CreativeId),
+    Campaign(CampaignId),
+    Advertiser(AdvertiserId),
+}
+
+impl DeliveryHistory {
+    /// Records one impression at `record.at`.
+    pub fn record_impression(&mut self, record: ImpressionRecord) {
+        for key in [
+            LifetimeKey::Creative(record.campaign.clone(), record.creative.clone()),
+            LifetimeKey::Campaign(record.campaign.clone()),
+            LifetimeKey::Advertiser(record.advertiser.clone()),
+        ] {
+            match self.lifetime.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, n)) => *n = n.saturating_add(1),
+                None => self.lifetime.push((key, 1)),
+            }
+        }
+        // Keep the record ordered by time even when events arrive late.
+        let pos = self.recent.iter().rposition(|r| r.at <= record.at).map_or(0, |p| p + 1);
+        let newest = self.recent.back().map_or(record.at, |r| r.at.max(record.at));
+        self.recent.insert(pos, record);
+        while self.recent.len() > MAX_RECENT
+            || self.recent.front().is_some_and(|r| newest.0 - r.at.0 > MAX_WINDOW_MS)
+        {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Suppresses an advertiser or category until `until`.
+    pub fn suppress(&mut self, target: SuppressionTarget, until: UnixMillis) {
+        match self.suppressions.iter_mut().find(|s| s.target == target) {
+            Some(s) => s.until = s.until.max(until),
+            None => self.suppressions.push(Suppression { target, until }),
+        }
+    }
+
+    /// Impressions in scope within `window_ms` before `now` (or ever, with None).
+    pub fn count(
+        &self,
+        scope: CapScope,
+        campaign: &CampaignId,
+        creative: &CreativeId,
+        advertiser: &AdvertiserId,
+        window_ms: Option<i64>,
+        now: UnixMillis,
+    ) -> u32 {
+        match window_ms {
+            None => {
+                let key = match scope {
+                    CapScope::Creative => LifetimeKey::Creative(campaign.clone(), creative.clone()),
+                    CapScope::Campaign => LifetimeKey::Campaign(campaign.clone()),
+                    CapScope::Advertiser => LifetimeKey::Advertiser(advertiser.clone()),
+                };
+                self.lifetime.iter().find(|(k, _)| *k == key).map_or(0, |(_, n)| *n)
+            }
+            Some(window) => {
+                let since = now.0 - window;
+                let hits = self.recent.iter().rev().take_while(|r| r.at.0 > since).filter(|r| match scope {
+                    CapScope::Creative => r.campaign == *campaign && r.creative == *creative,
+                    CapScope::Campaign => r.campaign == *campaign,
+                    CapScope::Advertiser => r.advertiser == *advertiser,
+                });
+                hits.count() as u32
+            }
+        }
+    }
+
+    /// All impressions within `window_ms` before `now`, across advertisers.
+    pub fn impressions_within(&self, window_ms: i64, now: UnixMillis) -> usize {
+        let since = now.0 - window_ms;
+        self.recent.iter().rev().take_while(|r| r.at.0 > since).count()
+    }
+
+    /// Whether an ad sharing a category with `categories` was heard within `window_ms`.
+    pub fn heard_category_within(&self, categories: &[Category], window_ms: i64, now: UnixMillis) -> bool {
+        let since = now.0 - window_ms;
+        self.recent
+            .iter()
+            .rev()
+            .take_while(|r| r.at.0 > since)
+            .any(|r| r.categories.iter().any(|c| categories.contains(c)))
+    }
+
+    /// Whether the listener suppressed this advertiser or one of these categories, as of `now`.
+    pub fn is_suppressed(&self, advertiser: &AdvertiserId, categories: &[Category], now: UnixMillis) -> bool {
+        self.suppressions.iter().any(|s| {
+            s.until > now
+                && match &s.target {
+                    SuppressionTarget::Advertiser(a) => a == advertiser,
+                    SuppressionTarget::Category(c) => categories.contains(c),
+                }
+        })
+    }
+
+    /// Folds another history (a merged listener) into this one.
+    pub fn absorb(&mut self, other: &DeliveryHistory) {
+        for (key, n) in &other.lifetime {
+            match self.lifetime.iter_mut().find(|(k, _)| k == key) {
+                Some((_, m)) => *m = m.saturating_add(*n),
+                None => self.lifetime.push((key.clone(), *n)),
+            }
+        }
+        let mut merged: Vec<_> = self.recent.drain(..).chain(other.recent.iter().cloned()).collect();
+        merged.sort_by_key(|r| r.at);
+        let skip = merged.len().saturating_sub(MAX_RECENT);
+        self.recent = merged.into_iter().skip(skip).collect();
+        for s in &other.suppressions {
+            self.suppress(s.target.clone(), s.until);
+        }
+    }
+
+    /// Whether nothing is recorded (an empty history need not be stored).
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty() && self.lifetime.is_empty() && self.suppressions.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{HOUR_MS, MINUTE_MS};
+
+    fn imp(at: i64, campaign: &str, advertiser: &str, category: &str) -> ImpressionRecord {
+        ImpressionRecord {
+            at: UnixMillis(at),
+            campaign: campaign.into(),
+            creative: "c1".into(),
+            advertiser: advertiser.into(),
+            categories: Arc::from(vec![Category::from(category)]),
+        }
+    }
+
+    #[test]
+    fn windowed_and_lifetime_counts() {
+        let mut h = DeliveryHistory::default();
+        h.record_impression(imp(0, "camp", "adv", "653"));
+        h.record_impression(imp(2 * HOUR_MS, "camp", "adv", "653"));
+        h.record_impression(imp(2 * HOUR_MS + MINUTE_MS, "other", "adv", "1"));
+        let now = UnixMillis(2 * HOUR_MS + 2 * MINUTE_MS);
+        let (camp, cr, adv) = (CampaignId::from("camp"), CreativeId::from("c1"), AdvertiserId::from("adv"));
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, Some(HOUR_MS), now), 1);
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, None, now), 2);
+        assert_eq!(h.count(CapScope::Advertiser, &camp, &cr, &adv, Some(HOUR_MS), now), 2);
+        assert_eq!(h.impressions_within(HOUR_MS, now), 2);
+        assert!(h.heard_category_within(&[Category::from("1")], 10 * MINUTE_MS, now));
+        assert!(!h.heard_category_within(&[Category::from("653")], MINUTE_MS, now));
+    }
+
+    #[test]
+    fn late_impressions_keep_time_order() {
+        let mut h = DeliveryHistory::default();
+        h.record_impression(imp(10, "a", "x", "1"));
+        h.record_impression(imp(5, "b", "x", "1"));
+        let times: Vec<_> = h.recent.iter().map(|r| r.at.0).collect();
+        assert_eq!(times, vec![5, 10]);
+    }
+
+    #[test]
+    fn suppression_expires() {
+        let mut h = DeliveryHistory::default();
+        h.suppress(SuppressionTarget::Advertiser("adv".into()), UnixMillis(100));
+        assert!(h.is_suppressed(&"adv".into(), &[], UnixMillis(99)));
+        assert!(!h.is_suppressed(&"adv".into(), &[], UnixMillis(100)));
+        assert!(!h.is_suppressed(&"other".into(), &[], UnixMillis(0)));
+    }
+}

@@ -1,0 +1,262 @@
+//! `AdDecisionService`: Decide and RecordEvents, the hot path.
+
+use tokio::time::Instant;
+use tonic::{Request, Response, Status};
+
+use super::pb::ad_decision_service_server::AdDecisionService;
+use super::status::InvalidRequest;
+use super::{code_of, convert, now, pb};
+use crate::app::AppState;
+use crate::decision::{self, Decision, Fill, Listener, Reason};
+use crate::domain::{ListenerId, UnixMillis};
+use crate::store::delivery::{HistoryKey, VerifiedEvent};
+use crate::telemetry;
+use crate::token::ImpressionClaims;
+
+/// Serves `interlude.v1.AdDecisionService`. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct DecisionService {
+    state: AppState,
+}
+
+impl DecisionService {
+    /// A service over `state`.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    fn decide(&self, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
+        let state = &self.state;
+        let request = convert::ad_request(req, &state.vocabulary)?;
+        let now = now();
+        let profile = request.listener_id.as_deref().and_then(|id| state.listeners.get(id));
+        // Caps follow the resolved listener; an id we have no profile for still gets its own
+        // history, so an unknown listener does not hear the same ad again and again.
+        let key = request.listener_id.as_deref().map(|id| HistoryKey {
+            listener: profile.as_ref().map_or_else(|| ListenerId::from(id), |p| p.id.clone()),
+            member: request.member_id.clone(),
+        });
+        let snapshot = state.catalog.snapshot();
+        let decision = state.delivery.with_history(key.as_ref(), |history| {
+            let listener = Listener {
+                profile: profile.as_deref(),
+                taste: profile.as_deref().and_then(|p| p.member(&request.member_id)),
+                history,
+            };
+            let spend = state.delivery.spend_at(now);
+            decision::decide(&snapshot, listener, &request, &state.policy, &spend, now, &mut rand::rng())
+        });
+        telemetry::record_decision(
+            fill_label(decision.fill),
+            reason_label(decision.reason),
+            decision.ads.iter().map(|a| tier_label(a.campaign.tier)),
+        );
+        Ok(self.response(decision, key.as_ref(), now))
+    }
+
+    fn response(&self, decision: Decision, key: Option<&HistoryKey>, now: UnixMillis) -> pb::DecideResponse {
+        let ads = decision
+            .ads
+            .iter()
+            .map(|ad| {
+                let c = &ad.campaign;
+                let creative = &c.creatives[ad.creative];
+                let price_micros = if c.tier.is_paid() { c.price_micros() } else { 0 };
+                let token = self.state.signer.sign(&ImpressionClaims {
+                    listener: key.map(|k| k.listener.to_string()).unwrap_or_default(),
+                    member: key.map(|k| k.member.to_string()).unwrap_or_default(),
+                    campaign: c.id.to_string(),
+                    creative: creative.id.to_string(),
+                    price_micros,
+                    decided_at: now,
+                });
+                pb::DecidedAd {
+                    campaign_id: c.id.to_string(),
+                    creative_id: creative.id.to_string(),
+                    advertiser_id: c.advertiser_id.to_string(),
+                    advertiser_name: c.advertiser_name.to_string(),
+                    audio_url: creative.audio_url.to_string(),
+                    duration: Some(convert::ms_to_duration(i64::from(creative.duration_ms))),
+                    companion: creative.companion.as_ref().map(convert::companion_to_proto),
+                    price_micros,
+                    relevance_score: ad.relevance,
+                    impression_token: token,
+                    tier: convert::tier_to_proto(c.tier) as i32,
+                    iab_categories: c.categories.iter().map(ToString::to_string).collect(),
+                }
+            })
+            .collect();
+        let trace = decision
+            .trace
+            .iter()
+            .map(|t| pb::CandidateTrace {
+                campaign_id: t.campaign_id.to_string(),
+                tier: convert::tier_to_proto(t.tier) as i32,
+                rejected_by: t.rejected_by.map_or(pb::Rule::Unspecified, rule_to_proto) as i32,
+                served: t.rejected_by.is_none(),
+                relevance_score: t.relevance,
+                score: t.score,
+                detail: t.detail.clone(),
+            })
+            .collect();
+        pb::DecideResponse {
+            ads,
+            fill: match decision.fill {
+                Fill::Paid => pb::Fill::Paid,
+                Fill::House => pb::Fill::House,
+                Fill::Empty => pb::Fill::Empty,
+            } as i32,
+            reason: reason_to_proto(decision.reason) as i32,
+            trace,
+        }
+    }
+
+    fn record_events(&self, req: &pb::RecordEventsRequest) -> Result<pb::RecordEventsResponse, Status> {
+        let state = &self.state;
+        let events = convert::events(req)?;
+        let now = now();
+        let mut errors = InvalidRequest::default();
+        let mut verified = Vec::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            let claims = match state.signer.verify(e.token, now) {
+                Ok(claims) => claims,
+                Err(error) => {
+                    errors.add(format!("events[{i}].impression_token"), error.to_string());
+                    continue;
+                }
+            };
+            let Ok(campaign) = state.catalog.get(&claims.campaign) else {
+                errors.add(
+                    format!("events[{i}].impression_token"),
+                    "names a campaign this server does not have",
+                );
+                continue;
+            };
+            let Some(creative_index) =
+                campaign.creatives.iter().position(|c| c.id.as_str() == claims.creative)
+            else {
+                errors.add(
+                    format!("events[{i}].impression_token"),
+                    "names a creative the campaign no longer has",
+                );
+                continue;
+            };
+            let at = e.occurred_at.unwrap_or(now);
+            let skew = convert::MAX_CLOCK_SKEW_MS;
+            if at.0 < claims.decided_at.0 - skew || at.0 > now.0 + skew {
+                errors.add(format!("events[{i}].occurred_at"), "must lie between the decision and now");
+                continue;
+            }
+            verified.push(VerifiedEvent {
+                event_id: e.event_id.into(),
+                kind: e.kind,
+                at,
+                history: (!claims.listener.is_empty()).then(|| HistoryKey {
+                    listener: claims.listener.as_str().into(),
+                    member: claims.member.as_str().into(),
+                }),
+                campaign,
+                creative_index,
+                price_micros: claims.price_micros,
+            });
+        }
+        // All or nothing: one bad event rejects the batch, so a retry after fixing it is exact.
+        errors.into_result()?;
+        let applied = state.delivery.apply(&verified, state.suppression);
+        telemetry::record_events(applied.accepted, applied.duplicates);
+        Ok(pb::RecordEventsResponse { accepted: applied.accepted, duplicates: applied.duplicates })
+    }
+}
+
+#[tonic::async_trait]
+impl AdDecisionService for DecisionService {
+    async fn decide(
+        &self,
+        request: Request<pb::DecideRequest>,
+    ) -> Result<Response<pb::DecideResponse>, Status> {
+        let started = Instant::now();
+        let result = DecisionService::decide(self, request.get_ref());
+        telemetry::record_rpc("Decide", code_of(&result), started.elapsed());
+        result.map(Response::new)
+    }
+
+    async fn record_events(
+        &self,
+        request: Request<pb::RecordEventsRequest>,
+    ) -> Result<Response<pb::RecordEventsResponse>, Status> {
+        let started = Instant::now();
+        let result = DecisionService::record_events(self, request.get_ref());
+        telemetry::record_rpc("RecordEvents", code_of(&result), started.elapsed());
+        result.map(Response::new)
+    }
+}
+
+fn reason_to_proto(r: Reason) -> pb::DecisionReason {
+    match r {
+        Reason::Served => pb::DecisionReason::Served,
+        Reason::NoCandidates => pb::DecisionReason::NoCandidates,
+        Reason::NoConsent => pb::DecisionReason::NoConsent,
+        Reason::Suppressed => pb::DecisionReason::Suppressed,
+        Reason::BudgetExhausted => pb::DecisionReason::BudgetExhausted,
+        Reason::FrequencyCapped => pb::DecisionReason::FrequencyCapped,
+        Reason::BelowRelevanceFloor => pb::DecisionReason::BelowRelevanceFloor,
+        Reason::DoesNotFitBreak => pb::DecisionReason::DoesNotFitBreak,
+        Reason::AdLoadLimit => pb::DecisionReason::AdLoadLimit,
+    }
+}
+
+fn rule_to_proto(r: decision::Rule) -> pb::Rule {
+    use decision::Rule as R;
+    match r {
+        R::Status => pb::Rule::Status,
+        R::Flight => pb::Rule::Flight,
+        R::AffinityGenre => pb::Rule::AffinityGenre,
+        R::TrackGenre => pb::Rule::TrackGenre,
+        R::Milestone => pb::Rule::Milestone,
+        R::Geo => pb::Rule::Geo,
+        R::Device => pb::Rule::Device,
+        R::Age => pb::Rule::Age,
+        R::Daypart => pb::Rule::Daypart,
+        R::Signal => pb::Rule::Signal,
+        R::Consent => pb::Rule::Consent,
+        R::Suppressed => pb::Rule::Suppressed,
+        R::FrequencyCap => pb::Rule::FrequencyCap,
+        R::CategorySeparation => pb::Rule::CategorySeparation,
+        R::AdLoad => pb::Rule::AdLoad,
+        R::Budget => pb::Rule::Budget,
+        R::RelevanceFloor => pb::Rule::RelevanceFloor,
+        R::BreakDuration => pb::Rule::BreakDuration,
+        R::Outranked => pb::Rule::Outranked,
+    }
+}
+
+fn fill_label(f: Fill) -> &'static str {
+    match f {
+        Fill::Paid => "paid",
+        Fill::House => "house",
+        Fill::Empty => "empty",
+    }
+}
+
+fn reason_label(r: Reason) -> &'static str {
+    match r {
+        Reason::Served => "served",
+        Reason::NoCandidates => "no_candidates",
+        Reason::NoConsent => "no_consent",
+        Reason::Suppressed => "suppressed",
+        Reason::BudgetExhausted => "budget_exhausted",
+        Reason::FrequencyCapped => "frequency_capped",
+        Reason::BelowRelevanceFloor => "below_relevance_floor",
+        Reason::DoesNotFitBreak => "does_not_fit_break",
+        Reason::AdLoadLimit => "ad_load_limit",
+    }
+}
+
+fn tier_label(t: crate::domain::Tier) -> &'static str {
+    match t {
+        crate::domain::Tier::Sponsorship => "sponsorship",
+        crate::domain::Tier::Standard => "standard",
+        crate::domain::Tier::Remnant => "remnant",
+        crate::domain::Tier::House => "house",
+    }
+}

@@ -1,0 +1,177 @@
+//! `ListenerService`: profiles, identity, consent, erasure and listening ingestion.
+
+use tokio::time::Instant;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::pb::listener_service_server::ListenerService;
+use super::{code_of, convert, now, pb};
+use crate::app::AppState;
+use crate::domain::ListenerProfile;
+use crate::telemetry;
+
+/// Rejections reported back in detail per stream; the rest are only counted.
+pub const MAX_REPORTED_REJECTIONS: usize = 10;
+
+/// Serves `interlude.v1.ListenerService`. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ListenerAdmin {
+    state: AppState,
+}
+
+impl ListenerAdmin {
+    /// A service over `state`.
+    pub fn new(state: AppState) -> Self {
+        Self { state }
+    }
+
+    fn to_proto(&self, profile: &ListenerProfile) -> pb::Listener {
+        let aliases = self.state.listeners.aliases_of(&profile.id);
+        convert::listener_to_proto(profile, aliases, &self.state.vocabulary)
+    }
+
+    async fn record_plays(
+        &self,
+        mut stream: Streaming<pb::RecordPlaysRequest>,
+    ) -> Result<pb::RecordPlaysResponse, Status> {
+        let mut response = pb::RecordPlaysResponse::default();
+        let mut index = 0u64;
+        let half_life_ms = self.state.taste_half_life_ms;
+        while let Some(chunk) = stream.message().await? {
+            let now = now();
+            let mut plays = Vec::with_capacity(chunk.plays.len());
+            for play in &chunk.plays {
+                match convert::play(play, &self.state.vocabulary, now) {
+                    Ok(play) => plays.push(play),
+                    Err((field, reason)) => {
+                        response.rejected += 1;
+                        if response.rejections.len() < MAX_REPORTED_REJECTIONS {
+                            response.rejections.push(pb::PlayRejection { index, field, reason });
+                        }
+                    }
+                }
+                index += 1;
+            }
+            self.state.listeners.record_plays(&plays, half_life_ms);
+            response.accepted += plays.len() as u64;
+        }
+        telemetry::record_plays(response.accepted, response.rejected);
+        Ok(response)
+    }
+}
+
+fn observed<T>(rpc: &'static str, body: impl FnOnce() -> Result<T, Status>) -> Result<Response<T>, Status> {
+    let started = Instant::now();
+    let result = body();
+    telemetry::record_rpc(rpc, code_of(&result), started.elapsed());
+    result.map(Response::new)
+}
+
+#[tonic::async_trait]
+impl ListenerService for ListenerAdmin {
+    async fn upsert_listener(
+        &self,
+        request: Request<pb::UpsertListenerRequest>,
+    ) -> Result<Response<pb::UpsertListenerResponse>, Status> {
+        observed("UpsertListener", || {
+            let now = now();
+            let update = convert::listener_update(request.get_ref().listener.as_ref(), now)?;
+            let (profile, created) = self.state.listeners.update(&update.listener_id, |p| {
+                if p.consent != update.consent {
+                    p.consent_at = Some(now);
+                }
+                p.consent = update.consent;
+                p.age_bracket = update.age_bracket;
+                p.home = update.home;
+                p.language = update.language;
+                p.signals = update.signals;
+            });
+            tracing::info!(listener_id = %profile.id, created, "listener upserted");
+            Ok(pb::UpsertListenerResponse { listener: Some(self.to_proto(&profile)), created })
+        })
+    }
+
+    async fn get_listener(
+        &self,
+        request: Request<pb::GetListenerRequest>,
+    ) -> Result<Response<pb::GetListenerResponse>, Status> {
+        observed("GetListener", || {
+            let id = &request.get_ref().listener_id;
+            convert::listener_id("listener_id", id)?;
+            let profile = self
+                .state
+                .listeners
+                .get(id)
+                .ok_or_else(|| crate::store::StoreError::NotFound { kind: "listener", id: id.clone() })?;
+            Ok(pb::GetListenerResponse { listener: Some(self.to_proto(&profile)) })
+        })
+    }
+
+    async fn forget_listener(
+        &self,
+        request: Request<pb::ForgetListenerRequest>,
+    ) -> Result<Response<pb::ForgetListenerResponse>, Status> {
+        observed("ForgetListener", || {
+            let id = &request.get_ref().listener_id;
+            convert::listener_id("listener_id", id)?;
+            let canonical = self.state.listeners.forget(id)?;
+            self.state.delivery.forget(&canonical);
+            tracing::info!(listener_id = %canonical, "listener forgotten");
+            Ok(pb::ForgetListenerResponse {})
+        })
+    }
+
+    async fn link_identity(
+        &self,
+        request: Request<pb::LinkIdentityRequest>,
+    ) -> Result<Response<pb::LinkIdentityResponse>, Status> {
+        observed("LinkIdentity", || {
+            let req = request.get_ref();
+            let mut errors = super::status::InvalidRequest::default();
+            for (field, value) in [("listener_id", &req.listener_id), ("alias", &req.alias)] {
+                if let Err(e) = convert::listener_id(field, value) {
+                    errors.violations.extend(e.violations);
+                }
+            }
+            errors.into_result()?;
+            let profile = self.state.listeners.link(&req.listener_id, &req.alias)?;
+            tracing::info!(listener_id = %profile.id, "identity linked");
+            Ok(pb::LinkIdentityResponse { listener: Some(self.to_proto(&profile)) })
+        })
+    }
+
+    async fn merge_listeners(
+        &self,
+        request: Request<pb::MergeListenersRequest>,
+    ) -> Result<Response<pb::MergeListenersResponse>, Status> {
+        observed("MergeListeners", || {
+            let req = request.get_ref();
+            let mut errors = super::status::InvalidRequest::default();
+            for (field, value) in
+                [("into_listener_id", &req.into_listener_id), ("from_listener_id", &req.from_listener_id)]
+            {
+                if let Err(e) = convert::listener_id(field, value) {
+                    errors.violations.extend(e.violations);
+                }
+            }
+            errors.into_result()?;
+            let (profile, from) = self.state.listeners.merge(
+                &req.into_listener_id,
+                &req.from_listener_id,
+                self.state.taste_half_life_ms,
+            )?;
+            self.state.delivery.merge(&from, &profile.id);
+            tracing::info!(listener_id = %profile.id, merged = %from, "listeners merged");
+            Ok(pb::MergeListenersResponse { listener: Some(self.to_proto(&profile)) })
+        })
+    }
+
+    async fn record_plays(
+        &self,
+        request: Request<Streaming<pb::RecordPlaysRequest>>,
+    ) -> Result<Response<pb::RecordPlaysResponse>, Status> {
+        let started = Instant::now();
+        let result = ListenerAdmin::record_plays(self, request.into_inner()).await;
+        telemetry::record_rpc("RecordPlays", code_of(&result), started.elapsed());
+        result.map(Response::new)
+    }
+}

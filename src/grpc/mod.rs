@@ -1,0 +1,52 @@
+//! The transport boundary: gRPC services that convert, delegate and convert back.
+//!
+//! Invariant: only this module knows wire (`pb`) types; everything it hands inward is a
+//! validated domain value, and every error leaves through `status.rs`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tonic::Status;
+
+use crate::domain::UnixMillis;
+
+pub mod campaigns;
+pub mod convert;
+pub mod decisions;
+pub mod listeners;
+pub mod status;
+
+/// Generated protobuf types and service stubs of `interlude.v1`.
+pub mod pb {
+    #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+    tonic::include_proto!("interlude.v1");
+
+    /// Encoded descriptors of the contract (and its imports), for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("interlude_descriptor");
+}
+
+/// The wall clock, read once per request at the edge; the engine gets it as a value.
+pub fn now() -> UnixMillis {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    UnixMillis(since.as_millis() as i64)
+}
+
+/// The gRPC code of a handler result, for metrics.
+fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
+    match result {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    #[test]
+    fn file_descriptor_set_is_valid() {
+        let set = prost_types::FileDescriptorSet::decode(super::pb::FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<_> = set.file.iter().filter_map(|f| f.name.as_deref()).collect();
+        assert!(names.contains(&"interlude/v1/decision.proto"), "{names:?}");
+        assert!(names.contains(&"google/protobuf/timestamp.proto"), "imports are included: {names:?}");
+    }
+}

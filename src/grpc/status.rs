@@ -1,0 +1,69 @@
+//! The one mapping from every error type to `tonic::Status`.
+//!
+//! Invariant: handlers never build a `Status` by hand; they return these errors and `?` turns
+//! them into the restricted set of codes documented in ARCHITECTURE.md.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::store::StoreError;
+
+/// A request that failed validation: every offending field, with what is wrong with it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid request: {}", summary(.violations))]
+pub struct InvalidRequest {
+    /// (field path, description), e.g. ("break_constraints.max_ads", "must be 1..=10").
+    pub violations: Vec<(String, String)>,
+}
+
+fn summary(violations: &[(String, String)]) -> String {
+    violations.iter().map(|(f, d)| format!("{f}: {d}")).collect::<Vec<_>>().join("; ")
+}
+
+impl InvalidRequest {
+    /// Records a violation of `field`.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.violations.push((field.into(), description.into()));
+    }
+
+    /// Ok when nothing was recorded.
+    pub fn into_result(self) -> Result<(), InvalidRequest> {
+        if self.violations.is_empty() { Ok(()) } else { Err(self) }
+    }
+
+    /// A single-field error.
+    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut e = Self::default();
+        e.add(field, description);
+        e
+    }
+}
+
+impl From<InvalidRequest> for Status {
+    fn from(e: InvalidRequest) -> Status {
+        let violations: Vec<FieldViolation> =
+            e.violations.iter().map(|(f, d)| FieldViolation::new(f.clone(), d.clone())).collect();
+        Status::with_error_details(
+            Code::InvalidArgument,
+            e.to_string(),
+            ErrorDetails::with_bad_request(violations),
+        )
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(e: StoreError) -> Status {
+        let code = match &e {
+            StoreError::NotFound { .. } => Code::NotFound,
+            StoreError::Archived(_) | StoreError::SelfMerge(_) => Code::FailedPrecondition,
+            StoreError::AliasTaken { .. } => Code::AlreadyExists,
+            StoreError::VocabularyFull(_) => Code::ResourceExhausted,
+        };
+        Status::new(code, e.to_string())
+    }
+}
+
+/// An RPC the contract defines but this version does not implement yet.
+pub fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not implemented yet"))
+}

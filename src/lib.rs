@@ -1,0 +1,17 @@
+//! Interlude: an ad decision server for music-streaming free tiers.
+//!
+//! Crate map (see ARCHITECTURE.md): `domain` plain types; `decision` the pure engine; `store`
+//! in-memory state; `token` impression tokens; `grpc` the only module that knows wire types;
+//! `app` wiring and serving; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod decision;
+pub mod demo;
+pub mod domain;
+pub mod grpc;
+pub mod signal;
+pub mod store;
+pub mod telemetry;
+pub mod token;

@@ -1,0 +1,85 @@
+//! The `interlude` binary: read config, init telemetry, build the runtime, serve until a signal.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+
+use interlude::config::{Cli, Config, ProcessEnv};
+use interlude::{app, demo, grpc, signal, telemetry};
+
+/// BSD `EX_USAGE`: the configuration is unusable.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let config = match Config::load(Cli::parse(), &ProcessEnv) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("interlude: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    telemetry::init_tracing(&config.log);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "interlude failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = if config.worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.worker_threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = app::AppState::new(&config);
+    if config.token_key.is_none() {
+        tracing::warn!(
+            "no token_key configured: impression tokens use a random key and die with the process"
+        );
+    }
+    if config.demo {
+        let stats = demo::load(&state, grpc::now()).context("loading the demo catalog")?;
+        tracing::info!(campaigns = stats.campaigns, listeners = stats.listeners, "demo catalog loaded");
+    }
+    telemetry::record_campaigns(state.catalog.snapshot().len());
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding gRPC address {}", config.listen))?;
+    let grpc_addr = listener.local_addr()?;
+
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let handle = telemetry::install_metrics()?;
+            let metrics_listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding metrics address {addr}"))?;
+            let bound = metrics_listener.local_addr()?;
+            tokio::spawn(telemetry::serve_metrics(metrics_listener, handle, async {
+                let _ = metrics_stopped.await;
+            }));
+            Some(bound)
+        }
+        None => None,
+    };
+    tracing::info!(
+        grpc_addr = %grpc_addr,
+        metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        "serving"
+    );
+    app::serve(listener, state, signal::shutdown(), config.shutdown_grace).await?;
+    let _ = stop_metrics.send(());
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! The campaign catalog: a read-mostly snapshot swapped whole on every change.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use super::StoreError;
+use crate::decision::CatalogSnapshot;
+use crate::domain::{Campaign, CampaignId, CampaignStatus, UnixMillis};
+
+/// The campaigns. Cheap to clone: clones share one catalog.
+///
+/// Readers load the current `CatalogSnapshot` without locking; writers serialise on a mutex,
+/// rebuild the snapshot and swap it in, so a decision always sees one consistent catalog.
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    snapshot: ArcSwap<CatalogSnapshot>,
+    campaigns: Mutex<BTreeMap<CampaignId, Arc<Campaign>>>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                snapshot: ArcSwap::from_pointee(CatalogSnapshot::default()),
+                campaigns: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+}
+
+impl Catalog {
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<CatalogSnapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Inserts or replaces campaigns in one swap. Returns, per campaign, whether it was new.
+    /// An existing campaign keeps its status (status changes go through `set_status`), and an
+    /// archived one cannot be replaced: then nothing at all changes.
+    pub fn upsert_all(
+        &self,
+        campaigns: Vec<Campaign>,
+        now: UnixMillis,
+    ) -> Result<Vec<(Arc<Campaign>, bool)>, StoreError> {
+        let mut map = self.lock();
+        for c in &campaigns {
+            if map.get(&c.id).is_some_and(|old| old.status == CampaignStatus::Archived) {
+                return Err(StoreError::Archived(c.id.to_string()));
+            }
+        }
+        let mut out = Vec::with_capacity(campaigns.len());
+        for mut c in campaigns {
+            let created = match map.get(&c.id) {
+                Some(old) => {
+                    c.status = old.status;
+                    false
+                }
+                None => true,
+            };
+            c.updated_at = now;
+            let c = Arc::new(c);
+            map.insert(c.id.clone(), c.clone());
+            out.push((c, created));
+        }
+        self.publish(&map);
+        Ok(out)
+    }
+
+    /// Inserts or replaces one campaign (see `upsert_all`).
+    pub fn upsert(&self, campaign: Campaign, now: UnixMillis) -> Result<(Arc<Campaign>, bool), StoreError> {
+        let mut out = self.upsert_all(vec![campaign], now)?;
+        // upsert_all returns one entry per input campaign.
+        Ok(out.remove(0))
+    }
+
+    /// The campaign with `id`.
+    pub fn get(&self, id: &str) -> Result<Arc<Campaign>, StoreError> {
+        self.lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound { kind: "campaign", id: id.to_owned() })
+    }
+
+    /// Up to `limit` campaigns with ids after `after`, in id order, optionally of one status.
+    /// Also returns whether more follow.
+    pub fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        status: Option<CampaignStatus>,
+    ) -> (Vec<Arc<Campaign>>, bool) {
+        let map = self.lock();
+        let range = match after {
+            Some(a) => map.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
+            None => map.range::<str, _>(..),
+        };
+        let mut matching = range.map(|(_, c)| c).filter(|c| status.is_none_or(|s| c.status == s));
+        let page: Vec<_> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        (page, more)
+    }
+
+    /// Pauses, resumes or archives a campaign. Archived is final.
+    pub fn set_status(
+        &self,
+        id: &str,
+        status: CampaignStatus,
+        now: UnixMillis,
+    ) -> Result<Arc<Campaign>, StoreError> {
+        let mut map = self.lock();
+        let old = map.get(id).ok_or_else(|| StoreError::NotFound { kind: "campaign", id: id.to_owned() })?;
+        if old.status == CampaignStatus::Archived {
+            if status == CampaignStatus::Archived {
+                return Ok(old.clone());
+            }
+            return Err(StoreError::Archived(id.to_owned()));
+        }
+        let mut c = Campaign::clone(old);
+        c.status = status;
+        c.updated_at = now;
+        let c = Arc::new(c);
+        map.insert(c.id.clone(), c.clone());
+        self.publish(&map);
+        Ok(c)
+    }
+
+    fn publish(&self, map: &BTreeMap<CampaignId, Arc<Campaign>>) {
+        let snapshot = CatalogSnapshot::new(map.values().cloned().collect());
+        self.inner.snapshot.store(Arc::new(snapshot));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<CampaignId, Arc<Campaign>>> {
+        // Every mutation completes before its guard drops; a panic mid-way leaves the map valid.
+        self.inner.campaigns.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,225 @@
+//! Delivery state: per-listener histories (caps, suppression), per-campaign counters (spend),
+//! and the ids of events already applied (idempotent RecordEvents).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+
+use crate::decision::{Spend, SpendView};
+use crate::domain::history::SuppressionTarget;
+use crate::domain::{
+    AdvertiserId, Campaign, CampaignId, DAY_MS, DeliveryHistory, EventKind, ImpressionRecord, ListenerId,
+    UnixMillis,
+};
+
+/// Whose history: a listener account's household member ("" = main profile).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HistoryKey {
+    pub listener: ListenerId,
+    pub member: Box<str>,
+}
+
+/// Running totals of one campaign.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CampaignCounters {
+    pub impressions: u64,
+    pub spend_micros: i64,
+    pub clicks: u64,
+    pub completes: u64,
+    pub skips: u64,
+    pub not_for_me: u64,
+    /// The UTC day (days since the epoch) the `*_today` figures belong to.
+    pub day: i64,
+    pub impressions_today: u64,
+    pub spend_today_micros: i64,
+}
+
+/// One authenticated event, ready to apply.
+#[derive(Clone, Debug)]
+pub struct VerifiedEvent {
+    pub event_id: Box<str>,
+    pub kind: EventKind,
+    pub at: UnixMillis,
+    /// None for anonymous listeners (no history is kept for them).
+    pub history: Option<HistoryKey>,
+    pub campaign: Arc<Campaign>,
+    pub creative_index: usize,
+    pub price_micros: i64,
+}
+
+/// How long "not for me" suppresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SuppressionPolicy {
+    pub advertiser_ms: i64,
+    /// 0 = the category is not suppressed.
+    pub category_ms: i64,
+}
+
+/// Histories, counters and applied event ids. Cheap to clone: clones share one store.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    histories: DashMap<HistoryKey, DeliveryHistory>,
+    campaigns: DashMap<CampaignId, CampaignCounters>,
+    /// Applied event ids, kept as long as a token can be valid: an event whose token expired
+    /// is rejected anyway, so an older id can never be applied twice.
+    applied: moka::sync::Cache<Box<str>, ()>,
+}
+
+/// Outcome of applying a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub accepted: u32,
+    pub duplicates: u32,
+}
+
+static EMPTY_HISTORY: std::sync::LazyLock<DeliveryHistory> =
+    std::sync::LazyLock::new(DeliveryHistory::default);
+
+impl Delivery {
+    /// A store that remembers event ids for `dedupe_window` (at least the token lifetime).
+    pub fn new(dedupe_window: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                histories: DashMap::new(),
+                campaigns: DashMap::new(),
+                applied: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+            }),
+        }
+    }
+
+    /// Runs `f` with the history of `key` (an empty one when unknown or anonymous). Holds a
+    /// shard read guard while `f` runs: `f` must be short and synchronous.
+    pub fn with_history<R>(&self, key: Option<&HistoryKey>, f: impl FnOnce(&DeliveryHistory) -> R) -> R {
+        match key.and_then(|k| self.inner.histories.get(k)) {
+            Some(h) => f(&h),
+            None => f(&EMPTY_HISTORY),
+        }
+    }
+
+    /// Applies events once each (by event id). `suppression` says how long "not for me" lasts.
+    pub fn apply(&self, events: &[VerifiedEvent], suppression: SuppressionPolicy) -> Applied {
+        let mut out = Applied::default();
+        for event in events {
+            let fresh = self.inner.applied.entry(event.event_id.clone()).or_insert(()).is_fresh();
+            if !fresh {
+                out.duplicates += 1;
+                continue;
+            }
+            out.accepted += 1;
+            self.count(event);
+            if let Some(key) = &event.history {
+                self.remember(key, event, suppression);
+            }
+        }
+        out
+    }
+
+    fn count(&self, event: &VerifiedEvent) {
+        let mut counters = self.inner.campaigns.entry(event.campaign.id.clone()).or_default();
+        let day = event.at.0.div_euclid(DAY_MS);
+        if day > counters.day {
+            counters.day = day;
+            counters.impressions_today = 0;
+            counters.spend_today_micros = 0;
+        }
+        match event.kind {
+            EventKind::Impression => {
+                counters.impressions += 1;
+                counters.spend_micros += event.price_micros;
+                if day == counters.day {
+                    counters.impressions_today += 1;
+                    counters.spend_today_micros += event.price_micros;
+                }
+            }
+            EventKind::Click => counters.clicks += 1,
+            EventKind::Complete => counters.completes += 1,
+            EventKind::Skip => counters.skips += 1,
+            EventKind::NotForMe => counters.not_for_me += 1,
+        }
+    }
+
+    fn remember(&self, key: &HistoryKey, event: &VerifiedEvent, suppression: SuppressionPolicy) {
+        let c = &event.campaign;
+        match event.kind {
+            EventKind::Impression => {
+                let record = ImpressionRecord {
+                    at: event.at,
+                    campaign: c.id.clone(),
+                    creative: c.creatives[event.creative_index].id.clone(),
+                    advertiser: c.advertiser_id.clone(),
+                    categories: c.categories.clone(),
+                };
+                self.inner.histories.entry(key.clone()).or_default().record_impression(record);
+            }
+            EventKind::NotForMe => {
+                let mut history = self.inner.histories.entry(key.clone()).or_default();
+                let until = UnixMillis(event.at.0 + suppression.advertiser_ms);
+                history.suppress(SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id)), until);
+                if suppression.category_ms > 0 {
+                    let until = UnixMillis(event.at.0 + suppression.category_ms);
+                    for category in c.categories.iter() {
+                        history.suppress(SuppressionTarget::Category(category.clone()), until);
+                    }
+                }
+            }
+            EventKind::Click | EventKind::Complete | EventKind::Skip => {}
+        }
+    }
+
+    /// Totals of one campaign, with the `*_today` figures as of `now`.
+    pub fn counters(&self, campaign: &CampaignId, now: UnixMillis) -> CampaignCounters {
+        let mut c = self.inner.campaigns.get(campaign).map(|c| *c).unwrap_or_default();
+        if c.day < now.0.div_euclid(DAY_MS) {
+            c.impressions_today = 0;
+            c.spend_today_micros = 0;
+        }
+        c
+    }
+
+    /// Spend as of `now`, for the engine's budget checks.
+    pub fn spend_at(&self, now: UnixMillis) -> SpendAt<'_> {
+        SpendAt { delivery: self, now }
+    }
+
+    /// Folds every history of `from` into the same member's history of `into`.
+    pub fn merge(&self, from: &ListenerId, into: &ListenerId) {
+        let keys: Vec<HistoryKey> = self
+            .inner
+            .histories
+            .iter()
+            .filter(|e| e.key().listener == *from)
+            .map(|e| e.key().clone())
+            .collect();
+        for key in keys {
+            if let Some((_, history)) = self.inner.histories.remove(&key) {
+                let target = HistoryKey { listener: into.clone(), member: key.member };
+                self.inner.histories.entry(target).or_default().absorb(&history);
+            }
+        }
+    }
+
+    /// Drops every history of `listener` (erasure).
+    pub fn forget(&self, listener: &ListenerId) {
+        self.inner.histories.retain(|k, _| k.listener != *listener);
+    }
+}
+
+/// `SpendView` over the delivery counters at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct SpendAt<'a> {
+    delivery: &'a Delivery,
+    now: UnixMillis,
+}
+
+impl SpendView for SpendAt<'_> {
+    fn spend(&self, campaign: &CampaignId) -> Spend {
+        let c = self.delivery.counters(campaign, self.now);
+        Spend { lifetime_micros: c.spend_micros, today_micros: c.spend_today_micros }
+    }
+}

@@ -1,0 +1,29 @@
+//! In-memory state behind small, cloneable handles: the catalog, listener profiles, delivery.
+//!
+//! Invariant: no lock or map guard here is ever held across an `.await`; every method is
+//! synchronous and short.
+
+pub mod catalog;
+pub mod delivery;
+pub mod listeners;
+pub mod vocabulary;
+
+pub use catalog::Catalog;
+pub use delivery::Delivery;
+pub use listeners::Listeners;
+pub use vocabulary::Vocabulary;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("campaign {0:?} is archived and cannot change")]
+    Archived(String),
+    #[error("the genre vocabulary is full ({0} genres)")]
+    VocabularyFull(usize),
+    #[error("alias {alias:?} already belongs to listener {owner:?}")]
+    AliasTaken { alias: String, owner: String },
+    #[error("listener {0:?} cannot be merged into itself")]
+    SelfMerge(String),
+}

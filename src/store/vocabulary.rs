@@ -1,0 +1,75 @@
+//! Interns genre slugs as small integer ids, so profiles store 4 bytes per genre, not a string.
+
+use std::sync::{Arc, RwLock};
+
+use dashmap::DashMap;
+
+use super::StoreError;
+use crate::domain::GenreId;
+
+/// At most this many distinct genres; a bound on memory that real catalogs stay far below.
+pub const MAX_GENRES: usize = 65_536;
+
+/// Genre slug ↔ id. Append-only, so an id stays valid for the life of the process.
+/// Cheap to clone: clones share one table.
+#[derive(Clone, Debug, Default)]
+pub struct Vocabulary {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    ids: DashMap<Arc<str>, GenreId>,
+    names: RwLock<Vec<Arc<str>>>,
+}
+
+impl Vocabulary {
+    /// The id of `slug`, adding it if new.
+    pub fn intern(&self, slug: &str) -> Result<GenreId, StoreError> {
+        if let Some(id) = self.inner.ids.get(slug) {
+            return Ok(*id);
+        }
+        // A poisoned lock only means another thread panicked mid-push; the Vec is still valid.
+        let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
+        // Re-check under the write lock: another thread may have added it meanwhile.
+        if let Some(id) = self.inner.ids.get(slug) {
+            return Ok(*id);
+        }
+        if names.len() >= MAX_GENRES {
+            return Err(StoreError::VocabularyFull(MAX_GENRES));
+        }
+        let id = GenreId(names.len() as u32);
+        let name: Arc<str> = Arc::from(slug);
+        names.push(name.clone());
+        self.inner.ids.insert(name, id);
+        Ok(id)
+    }
+
+    /// The id of `slug`, if any campaign or play ever used it.
+    pub fn lookup(&self, slug: &str) -> Option<GenreId> {
+        self.inner.ids.get(slug).map(|id| *id)
+    }
+
+    /// The slug of `id`.
+    pub fn name(&self, id: GenreId) -> Arc<str> {
+        let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
+        names.get(id.0 as usize).cloned().unwrap_or_else(|| Arc::from("unknown"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_reversible() {
+        let v = Vocabulary::default();
+        let jazz = v.intern("jazz").unwrap();
+        let pop = v.intern("pop").unwrap();
+        assert_ne!(jazz, pop);
+        assert_eq!(v.intern("jazz").unwrap(), jazz);
+        assert_eq!(v.lookup("pop"), Some(pop));
+        assert_eq!(v.lookup("opera"), None);
+        assert_eq!(&*v.name(jazz), "jazz");
+    }
+}

@@ -1,0 +1,186 @@
+//! Logs and metrics: the tracing subscriber, every metric name, the helpers that record them,
+//! and the Prometheus `/metrics` endpoint.
+//!
+//! Invariant: metric names live only here, and only these helpers emit metrics (clippy.toml
+//! forbids the `metrics` macros elsewhere). Label values are bounded sets.
+
+// The one module allowed to emit metrics.
+#![allow(clippy::disallowed_macros)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+/// RPCs handled, by `rpc` and `grpc_status`.
+pub const RPC_REQUESTS: &str = "interlude_rpc_requests_total";
+/// RPC latency in seconds, by `rpc`.
+pub const RPC_DURATION: &str = "interlude_rpc_duration_seconds";
+/// Decisions, by `fill` (paid, house, empty) and `reason`.
+pub const DECISIONS: &str = "interlude_decisions_total";
+/// Ads served, by `tier`.
+pub const ADS_SERVED: &str = "interlude_ads_served_total";
+/// Events applied, by `kind` and `result` (accepted, duplicate).
+pub const EVENTS: &str = "interlude_events_total";
+/// Plays ingested, by `result` (accepted, rejected).
+pub const PLAYS: &str = "interlude_plays_total";
+/// Campaigns in the catalog.
+pub const CAMPAIGNS: &str = "interlude_campaigns";
+
+/// Latency buckets (seconds): decisions take microseconds, so the low end is fine-grained.
+const LATENCY_BUCKETS: &[f64] =
+    &[0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
+
+/// Installs the global tracing subscriber (stderr) with the validated filter.
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(crate::config::DEFAULT_LOG));
+    // Ignoring the error: a subscriber installed earlier (in tests) stays in place.
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Builds the Prometheus recorder with Interlude's buckets (not yet installed).
+pub fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(RPC_DURATION.into()),
+            LATENCY_BUCKETS,
+        )
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+        .build_recorder()
+}
+
+/// Installs the recorder globally; returns the handle that renders `/metrics`.
+pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
+    let recorder = prometheus_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder)?;
+    Ok(handle)
+}
+
+/// Records one finished RPC.
+pub fn record_rpc(rpc: &'static str, code: tonic::Code, elapsed: Duration) {
+    metrics::counter!(RPC_REQUESTS, "rpc" => rpc, "grpc_status" => code_label(code)).increment(1);
+    metrics::histogram!(RPC_DURATION, "rpc" => rpc).record(elapsed.as_secs_f64());
+}
+
+/// Records one decision's outcome.
+pub fn record_decision(fill: &'static str, reason: &'static str, tiers: impl Iterator<Item = &'static str>) {
+    metrics::counter!(DECISIONS, "fill" => fill, "reason" => reason).increment(1);
+    for tier in tiers {
+        metrics::counter!(ADS_SERVED, "tier" => tier).increment(1);
+    }
+}
+
+/// Records applied events.
+pub fn record_events(accepted: u32, duplicates: u32) {
+    metrics::counter!(EVENTS, "result" => "accepted").increment(u64::from(accepted));
+    metrics::counter!(EVENTS, "result" => "duplicate").increment(u64::from(duplicates));
+}
+
+/// Records ingested plays.
+pub fn record_plays(accepted: u64, rejected: u64) {
+    metrics::counter!(PLAYS, "result" => "accepted").increment(accepted);
+    metrics::counter!(PLAYS, "result" => "rejected").increment(rejected);
+}
+
+/// Records the catalog size.
+pub fn record_campaigns(n: usize) {
+    metrics::gauge!(CAMPAIGNS).set(n as f64);
+}
+
+/// Serves `GET /metrics` in Prometheus text format on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics accept failed");
+                    continue;
+                }
+            },
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let handle = handle.clone();
+                async move { Ok::<_, Infallible>(metrics_response(&req, &handle)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(error) = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await
+            {
+                tracing::debug!(%error, "metrics connection ended");
+            }
+        });
+    }
+}
+
+fn metrics_response(req: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
+    let mut response = if req.uri().path() == "/metrics" {
+        Response::new(Full::new(Bytes::from(handle.render())))
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(b"not found; try /metrics\n")));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    };
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// The `grpc_status` label: the code's canonical name, a bounded set.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_metrics_render_as_prometheus_text() {
+        let recorder = prometheus_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            record_rpc("Decide", tonic::Code::Ok, Duration::from_micros(80));
+            record_rpc("Decide", tonic::Code::InvalidArgument, Duration::from_micros(20));
+        });
+        let text = handle.render();
+        assert!(text.contains(r#"interlude_rpc_requests_total{rpc="Decide",grpc_status="OK"} 1"#), "{text}");
+        assert!(text.contains(r#"grpc_status="INVALID_ARGUMENT""#), "{text}");
+        assert!(text.contains("interlude_rpc_duration_seconds_bucket"), "{text}");
+    }
+}

@@ -1,0 +1,181 @@
+//! Impression tokens: an HMAC-SHA256-authenticated record of one decided ad.
+//!
+//! A token binds the resolved listener, member, campaign, creative, price and decision time, so
+//! RecordEvents can trust what it counts and nobody can forge or alter an impression.
+//! Format: `base64url(payload) "." base64url(mac)`; the payload is versioned binary.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::domain::UnixMillis;
+
+const VERSION: u8 = 1;
+/// Tokens longer than this are rejected before any decoding work.
+pub const MAX_TOKEN_LEN: usize = 1024;
+
+/// What a token asserts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImpressionClaims {
+    /// Canonical listener id; empty = anonymous.
+    pub listener: String,
+    pub member: String,
+    pub campaign: String,
+    pub creative: String,
+    pub price_micros: i64,
+    pub decided_at: UnixMillis,
+}
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("impression token is malformed")]
+    Malformed,
+    #[error("impression token signature does not match")]
+    BadSignature,
+    #[error("impression token expired")]
+    Expired,
+}
+
+/// Signs and verifies tokens with one secret key.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: Hmac<Sha256>,
+    ttl_ms: i64,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner").field("ttl_ms", &self.ttl_ms).finish_non_exhaustive()
+    }
+}
+
+impl TokenSigner {
+    /// A signer with `key` (at least 32 bytes, checked by config validation); tokens are valid
+    /// for `ttl_ms` after the decision.
+    pub fn new(key: &[u8], ttl_ms: i64) -> Self {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let key =
+            Hmac::<Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("hmac takes any key length"));
+        Self { key, ttl_ms }
+    }
+
+    /// How long a token stays valid.
+    pub fn ttl_ms(&self) -> i64 {
+        self.ttl_ms
+    }
+
+    /// Encodes and signs `claims`.
+    pub fn sign(&self, claims: &ImpressionClaims) -> String {
+        let mut payload = Vec::with_capacity(64);
+        payload.push(VERSION);
+        payload.extend_from_slice(&claims.decided_at.0.to_be_bytes());
+        payload.extend_from_slice(&claims.price_micros.to_be_bytes());
+        for s in [&claims.listener, &claims.member, &claims.campaign, &claims.creative] {
+            // Ids are validated to at most 128 bytes, so the length fits in a u16.
+            payload.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            payload.extend_from_slice(s.as_bytes());
+        }
+        let mut mac = self.key.clone();
+        mac.update(&payload);
+        let tag = mac.finalize().into_bytes();
+        let mut out = String::with_capacity(payload.len() * 4 / 3 + 48);
+        URL_SAFE_NO_PAD.encode_string(&payload, &mut out);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag, &mut out);
+        out
+    }
+
+    /// Checks the signature and age of `token` and returns its claims.
+    pub fn verify(&self, token: &str, now: UnixMillis) -> Result<ImpressionClaims, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let (payload, tag) = token.split_once('.').ok_or(TokenError::Malformed)?;
+        let payload = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Malformed)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| TokenError::Malformed)?;
+        let mut mac = self.key.clone();
+        mac.update(&payload);
+        // verify_slice compares in constant time.
+        mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+        let claims = decode(&payload).ok_or(TokenError::Malformed)?;
+        if now.0 - claims.decided_at.0 > self.ttl_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(claims)
+    }
+}
+
+fn decode(payload: &[u8]) -> Option<ImpressionClaims> {
+    let (&version, rest) = payload.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (decided_at, rest) = rest.split_first_chunk::<8>()?;
+    let (price, mut rest) = rest.split_first_chunk::<8>()?;
+    let mut next = || -> Option<String> {
+        let (len, tail) = rest.split_first_chunk::<2>()?;
+        let len = usize::from(u16::from_be_bytes(*len));
+        if tail.len() < len {
+            return None;
+        }
+        let (s, tail) = tail.split_at(len);
+        rest = tail;
+        String::from_utf8(s.to_vec()).ok()
+    };
+    let claims = ImpressionClaims {
+        listener: next()?,
+        member: next()?,
+        campaign: next()?,
+        creative: next()?,
+        price_micros: i64::from_be_bytes(*price),
+        decided_at: UnixMillis(i64::from_be_bytes(*decided_at)),
+    };
+    rest.is_empty().then_some(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims() -> ImpressionClaims {
+        ImpressionClaims {
+            listener: "acct-1".into(),
+            member: "kid".into(),
+            campaign: "camp".into(),
+            creative: "cr".into(),
+            price_micros: 12_000,
+            decided_at: UnixMillis(1_000),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let signer = TokenSigner::new(&[7; 32], 60_000);
+        let token = signer.sign(&claims());
+        assert_eq!(signer.verify(&token, UnixMillis(2_000)), Ok(claims()));
+    }
+
+    #[test]
+    fn rejects_forged_altered_and_expired_tokens() {
+        let signer = TokenSigner::new(&[7; 32], 60_000);
+        let token = signer.sign(&claims());
+        let other = TokenSigner::new(&[8; 32], 60_000);
+        assert_eq!(other.verify(&token, UnixMillis(2_000)), Err(TokenError::BadSignature));
+
+        let mut altered = claims();
+        altered.price_micros = 1;
+        let forged_payload = other.sign(&altered);
+        let (payload, _) = forged_payload.split_once('.').unwrap();
+        let (_, tag) = token.split_once('.').unwrap();
+        assert_eq!(
+            signer.verify(&format!("{payload}.{tag}"), UnixMillis(2_000)),
+            Err(TokenError::BadSignature)
+        );
+
+        assert_eq!(signer.verify(&token, UnixMillis(62_000)), Err(TokenError::Expired));
+        assert_eq!(signer.verify("garbage", UnixMillis(0)), Err(TokenError::Malformed));
+        assert_eq!(signer.verify("a.b.c", UnixMillis(0)), Err(TokenError::Malformed));
+    }
+}
