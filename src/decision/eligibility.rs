@@ -11,7 +11,8 @@ use rand::Rng;
 use super::{Listener, Policy, Rule, SpendView};
 use crate::domain::{AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, Taste, UnixMillis};
 
-/// A listener's genre counts as an affinity when it holds at least this share of their taste.
+/// A listener's genre counts as an affinity when it holds at least this share of their taste
+/// (the retrieval index relies on the same threshold).
 pub const MIN_AFFINITY_SHARE: f32 = 0.05;
 /// An excluded genre rejects a listener when it holds at least this share of their taste.
 pub const STRONG_AFFINITY_SHARE: f32 = 0.2;
@@ -148,11 +149,10 @@ impl<'a> Context<'a> {
         if t.geo_use_home && !geo_matches(c, profile.and_then(|p| p.home.as_ref())) {
             return Err(Rule::Geo);
         }
-        if !t.affinity_genres.is_empty() {
-            let share: f32 = t.affinity_genres.iter().map(|&g| self.share(g)).sum();
-            if share < MIN_AFFINITY_SHARE {
-                return Err(Rule::AffinityGenre);
-            }
+        if !t.affinity_genres.is_empty()
+            && !t.affinity_genres.iter().any(|&g| self.share(g) >= MIN_AFFINITY_SHARE)
+        {
+            return Err(Rule::AffinityGenre);
         }
         if t.exclude_affinity_genres.iter().any(|&g| self.share(g) >= STRONG_AFFINITY_SHARE) {
             return Err(Rule::AffinityGenre);
@@ -283,7 +283,10 @@ impl<'a> Context<'a> {
         match rule {
             Rule::Status => format!("campaign is {:?}", c.status).to_lowercase(),
             Rule::Flight => "outside its flight dates".into(),
-            Rule::Device => format!("device {:?} not targeted", self.request.device),
+            Rule::Device => match self.request.device {
+                Some(d) => format!("device {d:?} not targeted"),
+                None => "targets devices; the request names none".into(),
+            },
             Rule::TrackGenre => "track genre not targeted or excluded".into(),
             Rule::Daypart => "outside its daypart in the listener's local time".into(),
             Rule::Geo if t.geo_use_home => "listener's home location not targeted".into(),

@@ -191,19 +191,19 @@ pub fn decide(
     let personalized = personalization_allowed(listener.profile, request.consent);
     let ctx = eligibility::Context::new(listener, request, policy, personalized, now);
 
+    // Retrieval ignores consent on purpose: a campaign the listener would match but may not be
+    // shown for lack of consent is retrieved, rejected by the consent rule, and reported.
     let mut slots = Vec::with_capacity(64);
+    let affinity = listener.taste.map(eligibility::affinity_candidates).into_iter().flatten();
+    let country = request.location.as_ref().map(|l| &*l.country);
+    catalog.retrieve(affinity, &request.track_genres, country, listener.profile, &mut slots);
+    let retrieved = slots.len();
     if request.explain {
-        slots.extend(0..catalog.len() as catalog::Slot);
-    } else {
-        let affinity = listener
-            .taste
-            .filter(|_| personalized)
-            .map(eligibility::affinity_candidates)
-            .into_iter()
-            .flatten();
-        let country = request.location.as_ref().map(|l| &*l.country);
-        let home = listener.profile.filter(|_| personalized);
-        catalog.retrieve(affinity, &request.track_genres, country, home, &mut slots);
+        // Walk every campaign so the trace names the rule that stopped each one; only the
+        // retrieved ones count towards the decision, so explaining never changes it.
+        let rest: Vec<_> =
+            (0..catalog.len() as catalog::Slot).filter(|s| slots.binary_search(s).is_err()).collect();
+        slots.extend(rest);
     }
 
     let mut trace = Vec::new();
@@ -223,9 +223,13 @@ pub fn decide(
     let mut paid = Vec::new();
     let mut house = Vec::new();
     let mut furthest: Option<Rule> = None;
-    for &slot in &slots {
+    for (i, &slot) in slots.iter().enumerate() {
         let campaign = catalog.get(slot);
+        let counts = i < retrieved;
         match ctx.evaluate(campaign, spend, rng) {
+            Evaluation::Eligible(_) if !counts => {
+                debug_assert!(false, "retrieval must return every eligible campaign: {}", campaign.id);
+            }
             Evaluation::Eligible(candidate) => {
                 if campaign.tier.is_paid() {
                     paid.push(candidate);
@@ -234,7 +238,7 @@ pub fn decide(
                 }
             }
             Evaluation::Rejected(rule) => {
-                if campaign.tier.is_paid() && furthest.is_none_or(|f| rule.reason() > f.reason()) {
+                if counts && campaign.tier.is_paid() && furthest.is_none_or(|f| rule.reason() > f.reason()) {
                     furthest = Some(rule);
                 }
                 if request.explain {

@@ -1,0 +1,115 @@
+//! Black-box tests of the `interlude` binary: config errors, serving, /metrics and SIGTERM.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use interlude::grpc::pb;
+
+struct Running {
+    child: Child,
+    grpc: String,
+    metrics: String,
+    log: std::sync::mpsc::Receiver<String>,
+}
+
+/// Starts the binary on ephemeral ports and reads the addresses it logs.
+fn start() -> Running {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_interlude"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log", "info"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let serving = loop {
+        let line = rx.recv_timeout(TEST_TIMEOUT).expect("the server logs its addresses");
+        if line.contains("serving") {
+            break line;
+        }
+    };
+    let field = |name: &str| {
+        let start = serving.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        serving[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
+    };
+    Running { grpc: field("grpc_addr"), metrics: field("metrics_addr"), child, log: rx }
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(TEST_TIMEOUT)).unwrap();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+#[tokio::test]
+async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
+    let running = start();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::ad_decision_service_client::AdDecisionServiceClient::new(channel);
+    let mut request = break_for("listener-opera");
+    request.context = Some(pb::PlaybackContext { track_genres: vec!["opera".into()], ..Default::default() });
+    let response = client.decide(request).await.unwrap().into_inner();
+    assert_eq!(response.fill(), pb::Fill::Paid, "the demo catalog serves a paid ad");
+    let status = client.decide(break_for("bad id")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    let metrics = http_get(&running.metrics, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(
+        metrics.contains(r#"interlude_rpc_requests_total{rpc="Decide",grpc_status="OK"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"interlude_rpc_requests_total{rpc="Decide",grpc_status="INVALID_ARGUMENT"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("interlude_decisions_total"), "{metrics}");
+    assert!(http_get(&running.metrics, "/other").starts_with("HTTP/1.1 404"));
+
+    let killed = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    // Wait off the runtime: blocking it would stop the client from answering the server's GOAWAY,
+    // and the drain would last the whole grace period.
+    let mut child = running.child;
+    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "exits cleanly on SIGTERM: {status:?}");
+    let log: Vec<String> = running.log.try_iter().collect();
+    assert!(log.iter().any(|l| l.contains("NOT_SERVING")), "{log:?}");
+    assert!(log.iter().any(|l| l.contains("server stopped")), "{log:?}");
+    assert!(
+        !log.iter().any(|l| l.contains("grace period over")),
+        "idle connections do not hold the drain: {log:?}"
+    );
+}
+
+#[test]
+fn a_bad_config_exits_64_naming_the_setting_before_binding() {
+    let output = Command::new(env!("CARGO_BIN_EXE_interlude"))
+        .args(["--relevance-floor", "1.5", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("relevance_floor"), "{stderr}");
+    assert!(!stderr.contains("serving"), "{stderr}");
+}

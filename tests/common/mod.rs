@@ -1,0 +1,218 @@
+//! Shared helpers for the integration tests: a real server on 127.0.0.1:0, clients, fixtures.
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use interlude::app::{self, AppState};
+use interlude::config::Config;
+use interlude::grpc::pb;
+use interlude::grpc::pb::ad_decision_service_client::AdDecisionServiceClient;
+use interlude::grpc::pb::campaign_service_client::CampaignServiceClient;
+use interlude::grpc::pb::listener_service_client::ListenerServiceClient;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+/// A running server; `stop()` shuts it down and waits for it.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), app::ServeError>>>,
+}
+
+/// Starts a server with no demo data and the default policy.
+pub async fn start_server() -> TestServer {
+    start_server_with(Config { demo: false, ..Config::default() }).await
+}
+
+/// Starts a server with `config` on an ephemeral loopback port.
+pub async fn start_server_with(config: Config) -> TestServer {
+    let state = AppState::new(&config);
+    if config.demo {
+        interlude::demo::load(&state, interlude::grpc::now()).unwrap();
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(app::serve(
+        listener,
+        state.clone(),
+        async {
+            let _ = rx.await;
+        },
+        config.shutdown_grace,
+    ));
+    // The listener is bound already, so the connection succeeds at once.
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    TestServer { addr, channel, state, shutdown: Some(tx), handle: Some(handle) }
+}
+
+impl TestServer {
+    pub fn decisions(&self) -> AdDecisionServiceClient<Channel> {
+        AdDecisionServiceClient::new(self.channel.clone())
+    }
+
+    pub fn campaigns(&self) -> CampaignServiceClient<Channel> {
+        CampaignServiceClient::new(self.channel.clone())
+    }
+
+    pub fn listeners(&self) -> ListenerServiceClient<Channel> {
+        ListenerServiceClient::new(self.channel.clone())
+    }
+
+    /// Signals shutdown without waiting.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Shuts the server down and waits until it has stopped.
+    pub async fn stop(mut self) {
+        self.trigger_shutdown();
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    /// Upserts campaigns through the admin API.
+    pub async fn upsert(&self, campaigns: impl IntoIterator<Item = pb::Campaign>) {
+        let mut client = self.campaigns();
+        for campaign in campaigns {
+            client.upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(campaign) }).await.unwrap();
+        }
+    }
+
+    /// Creates a listener who consents to personalised ads.
+    pub async fn listener(&self, id: &str, configure: impl FnOnce(&mut pb::Listener)) {
+        let mut listener = pb::Listener {
+            listener_id: id.into(),
+            personalized_ads: pb::ConsentState::Granted as i32,
+            ..Default::default()
+        };
+        configure(&mut listener);
+        self.listeners()
+            .upsert_listener(pb::UpsertListenerRequest { listener: Some(listener) })
+            .await
+            .unwrap();
+    }
+
+    /// Streams `n` recent full plays of each genre for `listener` (member "").
+    pub async fn plays(
+        &self,
+        listener: &str,
+        member: &str,
+        genres: &[(&str, u32)],
+    ) -> pb::RecordPlaysResponse {
+        let now = interlude::grpc::now().0;
+        let mut plays = Vec::new();
+        for &(genre, n) in genres {
+            for i in 0..n {
+                plays.push(pb::PlayEvent {
+                    listener_id: listener.into(),
+                    member_id: member.into(),
+                    track_id: format!("track-{genre}-{i}"),
+                    genres: vec![genre.into()],
+                    artist: "Some Artist".into(),
+                    played_at: Some(ts(now - i64::from(i) * 60_000)),
+                    seconds_played: 200,
+                });
+            }
+        }
+        let request = tokio_stream::iter(vec![pb::RecordPlaysRequest { plays }]);
+        self.listeners().record_plays(request).await.unwrap().into_inner()
+    }
+
+    /// Decides one break for `listener`.
+    pub async fn decide(&self, request: pb::DecideRequest) -> pb::DecideResponse {
+        self.decisions().decide(request).await.unwrap().into_inner()
+    }
+
+    /// Records an impression for each ad of `response`, with fresh event ids.
+    pub async fn record_impressions(&self, response: &pb::DecideResponse, prefix: &str) {
+        let events = response
+            .ads
+            .iter()
+            .enumerate()
+            .map(|(i, ad)| pb::AdEvent {
+                event_id: format!("{prefix}-{i}"),
+                r#type: pb::EventType::Impression as i32,
+                impression_token: ad.impression_token.clone(),
+                occurred_at: None,
+            })
+            .collect();
+        self.decisions().record_events(pb::RecordEventsRequest { events }).await.unwrap();
+    }
+}
+
+/// A protobuf timestamp `ms` milliseconds after the epoch.
+pub fn ts(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+/// A protobuf duration of `secs` seconds.
+pub fn secs(secs: i64) -> prost_types::Duration {
+    prost_types::Duration { seconds: secs, nanos: 0 }
+}
+
+/// A paid standard campaign with one 30 s creative and no caps, targeting nothing yet.
+pub fn campaign(id: &str, advertiser: &str, cpm_usd: i64) -> pb::Campaign {
+    pb::Campaign {
+        campaign_id: id.into(),
+        advertiser_id: advertiser.into(),
+        advertiser_name: format!("{advertiser} Inc."),
+        name: format!("{id} campaign"),
+        tier: pb::PriorityTier::Standard as i32,
+        bid_cpm_micros: cpm_usd * 1_000_000,
+        iab_categories: Vec::new(),
+        targeting: Some(pb::Targeting::default()),
+        creatives: vec![pb::Creative {
+            creative_id: "c30".into(),
+            audio_url: format!("https://cdn.example/{id}.mp3"),
+            duration: Some(secs(30)),
+            companion: None,
+        }],
+        ..Default::default()
+    }
+}
+
+/// A campaign targeting listeners with affinity for `genres`.
+pub fn genre_campaign(id: &str, advertiser: &str, cpm_usd: i64, genres: &[&str]) -> pb::Campaign {
+    let mut c = campaign(id, advertiser, cpm_usd);
+    c.targeting = Some(pb::Targeting {
+        affinity_genres: genres.iter().map(|g| g.to_string()).collect(),
+        ..Default::default()
+    });
+    c
+}
+
+/// An untargeted house ad.
+pub fn house_ad(id: &str) -> pb::Campaign {
+    let mut c = campaign(id, "interlude", 0);
+    c.tier = pb::PriorityTier::House as i32;
+    c.bid_cpm_micros = 0;
+    c
+}
+
+/// A one-ad, 60 s break for `listener`.
+pub fn break_for(listener: &str) -> pb::DecideRequest {
+    pb::DecideRequest {
+        listener_id: listener.into(),
+        member_id: String::new(),
+        context: Some(pb::PlaybackContext::default()),
+        break_constraints: Some(pb::BreakConstraints { max_ads: 1, max_duration: Some(secs(60)) }),
+        explain: false,
+    }
+}
+
+/// The campaign ids of a response, in order.
+pub fn served(response: &pb::DecideResponse) -> Vec<&str> {
+    response.ads.iter().map(|a| a.campaign_id.as_str()).collect()
+}
+
+/// Waits at most this long for anything in a test (a hang is a failure, not a pass).
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);

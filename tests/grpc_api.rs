@@ -1,0 +1,213 @@
+//! End-to-end tests of the foundation through the generated clients: reflection, health,
+//! the first decision path, and error mapping.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use common::*;
+use interlude::grpc::pb;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+#[tokio::test]
+async fn reflection_lists_every_service_in_v1_and_v1alpha() {
+    let server = start_server().await;
+    let expected = [
+        "grpc.health.v1.Health",
+        "interlude.v1.AdDecisionService",
+        "interlude.v1.CampaignService",
+        "interlude.v1.ListenerService",
+    ];
+
+    use tonic_reflection::pb::v1 as r1;
+    let mut client = r1::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
+    let request = r1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(r1::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(r1::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in expected {
+        assert!(names.iter().any(|n| n == name), "v1 lists {name}: {names:?}");
+    }
+
+    use tonic_reflection::pb::v1alpha as ra;
+    let mut client = ra::server_reflection_client::ServerReflectionClient::new(server.channel.clone());
+    let request = ra::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(ra::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut stream =
+        client.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let response = stream.message().await.unwrap().unwrap();
+    let Some(ra::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("unexpected reflection response");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for name in expected {
+        assert!(names.iter().any(|n| n == name), "v1alpha lists {name}: {names:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn health_reports_serving_for_the_server_and_each_service() {
+    let server = start_server().await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    for service in
+        ["", "interlude.v1.AdDecisionService", "interlude.v1.CampaignService", "interlude.v1.ListenerService"]
+    {
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest { service: service.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            response.status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving,
+            "{service:?}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn classical_listener_gets_the_classical_ad_not_the_pricier_pop_ad() {
+    let server = start_server().await;
+    server
+        .upsert([
+            genre_campaign("pop-tour", "popstar", 50, &["pop"]),
+            genre_campaign("opera-season", "opera-house", 10, &["classical", "opera"]),
+        ])
+        .await;
+    server.listener("clara", |_| {}).await;
+    server.plays("clara", "", &[("classical", 40), ("opera", 20)]).await;
+    server.listener("max", |_| {}).await;
+    server.plays("max", "", &[("pop", 50)]).await;
+
+    let clara = server.decide(break_for("clara")).await;
+    assert_eq!(served(&clara), vec!["opera-season"]);
+    assert_eq!(clara.fill(), pb::Fill::Paid);
+    assert_eq!(clara.reason(), pb::DecisionReason::Served);
+    let ad = &clara.ads[0];
+    assert_eq!(ad.price_micros, 10_000, "a thousandth of the CPM");
+    assert!(ad.relevance_score > 0.5 && ad.relevance_score <= 1.0, "{}", ad.relevance_score);
+    assert!(!ad.impression_token.is_empty());
+    assert_eq!(ad.audio_url, "https://cdn.example/opera-season.mp3");
+
+    let max = server.decide(break_for("max")).await;
+    assert_eq!(served(&max), vec!["pop-tour"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_relevant_paid_ad_falls_back_to_the_house_ad() {
+    let server = start_server().await;
+    server.upsert([genre_campaign("metal-merch", "iron", 20, &["metal"]), house_ad("house-premium")]).await;
+    server.listener("nina", |_| {}).await;
+    server.plays("nina", "", &[("jazz", 30)]).await;
+
+    let response = server.decide(break_for("nina")).await;
+    assert_eq!(served(&response), vec!["house-premium"]);
+    assert_eq!(response.fill(), pb::Fill::House);
+    assert_eq!(response.reason(), pb::DecisionReason::NoCandidates);
+    assert_eq!(response.ads[0].price_micros, 0);
+    assert_eq!(response.ads[0].tier(), pb::PriorityTier::House);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_house_ad_the_break_is_empty_with_its_reason() {
+    let server = start_server().await;
+    server.upsert([genre_campaign("metal-merch", "iron", 20, &["metal"])]).await;
+    let response = server.decide(break_for("someone-new")).await;
+    assert!(response.ads.is_empty());
+    assert_eq!(response.fill(), pb::Fill::Empty);
+    assert_eq!(response.reason(), pb::DecisionReason::NoCandidates, "nothing targets an unknown listener");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_and_anonymous_listeners_are_decided_on_context() {
+    let server = start_server().await;
+    let mut contextual = campaign("fizz", "fizz-co", 5);
+    contextual.targeting = Some(pb::Targeting { track_genres: vec!["pop".into()], ..Default::default() });
+    server.upsert([contextual, genre_campaign("needs-profile", "other", 30, &["pop"])]).await;
+
+    for listener in ["never-seen-before", ""] {
+        let mut request = break_for(listener);
+        request.context =
+            Some(pb::PlaybackContext { track_genres: vec!["pop".into()], ..Default::default() });
+        let response = server.decide(request).await;
+        assert_eq!(served(&response), vec!["fizz"], "listener {listener:?}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_invalid_argument_naming_each_field() {
+    let server = start_server().await;
+    let mut request = break_for("has space");
+    request.break_constraints = Some(pb::BreakConstraints { max_ads: 0, max_duration: Some(secs(60)) });
+    let status = server.decisions().decide(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let bad_request = status.get_details_bad_request().expect("google.rpc.BadRequest details");
+    let fields: Vec<&str> = bad_request.field_violations.iter().map(|v| v.field.as_str()).collect();
+    assert_eq!(fields, vec!["listener_id", "break_constraints.max_ads"]);
+
+    let mut missing = break_for("ok");
+    missing.break_constraints = None;
+    let status = server.decisions().decide(missing).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("break_constraints"), "{}", status.message());
+
+    let mut bad = genre_campaign("bad", "adv", 10, &["Not-A-Slug"]);
+    bad.creatives.clear();
+    let status = server
+        .campaigns()
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(bad) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> =
+        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, vec!["campaign.targeting.affinity_genres[0]", "campaign.creatives"]);
+    let status = server
+        .campaigns()
+        .get_campaign(pb::GetCampaignRequest { campaign_id: "bad".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "a rejected upsert stores nothing");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_demo_catalog_serves_relevant_ads_out_of_the_box() {
+    let server = start_server_with(interlude::config::Config::default()).await;
+    let mut request = break_for("listener-opera");
+    request.context = Some(pb::PlaybackContext {
+        track_genres: vec!["opera".into()],
+        location: Some(pb::GeoLocation { country: "DE".into(), region: "DE-BE".into(), metro: "BER".into() }),
+        ..Default::default()
+    });
+    request.break_constraints = Some(pb::BreakConstraints { max_ads: 2, max_duration: Some(secs(60)) });
+    let response = server.decide(request.clone()).await;
+    assert_eq!(response.fill(), pb::Fill::Paid);
+    assert!(!served(&response).contains(&"popstar-world-tour"), "{:?}", served(&response));
+
+    // The same listener by e-mail alias.
+    request.listener_id = "email-sha256:5f2b9c0e".into();
+    let by_alias = server.decide(request).await;
+    assert_eq!(by_alias.fill(), pb::Fill::Paid);
+    server.stop().await;
+}
