@@ -1,0 +1,323 @@
+//! Relevance, repetition control and explain, end to end: each rule of the decision issue as a
+//! scenario driven through the real server (admin RPCs to set up, Decide + RecordEvents to act).
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::*;
+use interlude::grpc::pb;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+fn capped(mut c: pb::Campaign, max: u32, window_secs: Option<i64>) -> pb::Campaign {
+    c.frequency_caps.push(pb::FrequencyCap {
+        scope: pb::CapScope::Campaign as i32,
+        max_impressions: max,
+        window: window_secs.map(secs),
+    });
+    c
+}
+
+#[tokio::test]
+async fn caps_hold_across_a_hundred_decisions_with_impressions_recorded() {
+    let server = start_server_with(interlude::config::Config {
+        demo: false,
+        policy: interlude::decision::Policy {
+            max_ads_per_hour: 1000,
+            category_separation_ms: 0,
+            relevance_floor: 0.35,
+        },
+        ..interlude::config::Config::default()
+    })
+    .await;
+    server
+        .upsert([
+            capped(genre_campaign("jazz-a", "a", 30, &["jazz"]), 3, Some(3600)),
+            capped(genre_campaign("jazz-b", "b", 20, &["jazz"]), 5, None),
+            capped(genre_campaign("jazz-c", "c", 10, &["jazz"]), 2, Some(86_400)),
+            house_ad("house"),
+        ])
+        .await;
+    server.listener("nina", |_| {}).await;
+    server.plays("nina", "", &[("jazz", 30)]).await;
+
+    let mut served_count: HashMap<String, u32> = HashMap::new();
+    for i in 0..100 {
+        let response = server.decide(break_for("nina")).await;
+        for ad in &response.ads {
+            *served_count.entry(ad.campaign_id.clone()).or_default() += 1;
+        }
+        server.record_impressions(&response, &format!("d{i}")).await;
+    }
+    assert_eq!(served_count.get("jazz-a"), Some(&3));
+    assert_eq!(served_count.get("jazz-b"), Some(&5));
+    assert_eq!(served_count.get("jazz-c"), Some(&2));
+    assert_eq!(served_count.get("house"), Some(&90), "the house ad fills once every paid ad is capped");
+
+    let last = server.decide(break_for("nina")).await;
+    assert_eq!(last.fill(), pb::Fill::House);
+    assert_eq!(last.reason(), pb::DecisionReason::FrequencyCapped);
+
+    let stats = server
+        .campaigns()
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: "jazz-a".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.impressions, 3);
+    assert_eq!(stats.spend_micros, 3 * 30_000);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_break_never_repeats_an_advertiser_or_a_category() {
+    let server = start_server().await;
+    let mut campaigns = Vec::new();
+    for (i, advertiser) in ["a", "a", "a", "b", "b", "c", "d"].iter().enumerate() {
+        let mut c = genre_campaign(&format!("camp-{i}"), advertiser, 10 + i as i64, &["rock"]);
+        // c and d share a category.
+        if matches!(*advertiser, "c" | "d") {
+            c.iab_categories = vec!["653".into()];
+        }
+        campaigns.push(c);
+    }
+    server.upsert(campaigns).await;
+    server.listener("rocker", |_| {}).await;
+    server.plays("rocker", "", &[("rock", 20)]).await;
+
+    let mut request = break_for("rocker");
+    request.break_constraints = Some(pb::BreakConstraints { max_ads: 5, max_duration: Some(secs(300)) });
+    for _ in 0..20 {
+        let response = server.decide(request.clone()).await;
+        assert_eq!(response.ads.len(), 3, "a, b and one of c/d: {:?}", served(&response));
+        let mut advertisers: Vec<&str> = response.ads.iter().map(|a| a.advertiser_id.as_str()).collect();
+        advertisers.sort();
+        advertisers.dedup();
+        assert_eq!(advertisers.len(), response.ads.len(), "{:?}", served(&response));
+        let travel = response.ads.iter().filter(|a| a.iab_categories.contains(&"653".to_string())).count();
+        assert_eq!(travel, 1);
+        let total: i64 = response.ads.iter().map(|a| a.duration.unwrap().seconds).sum();
+        assert!(total <= 300);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_stale_life_stage_signal_no_longer_qualifies() {
+    let server = start_server().await;
+    let mut uniforms = campaign("uniforms", "tinysteps", 9);
+    uniforms.targeting = Some(pb::Targeting {
+        signals: vec![pb::SignalRequirement {
+            signal: "parent-young-children".into(),
+            max_age: Some(secs(3 * 365 * 86_400)),
+        }],
+        ..Default::default()
+    });
+    server.upsert([uniforms]).await;
+    let now = interlude::grpc::now().0;
+    let years_ago = |y: i64| now - y * 365 * 86_400_000;
+    server
+        .listener("grown-up-kids", |l| {
+            l.signals = vec![pb::Signal {
+                signal: "parent-young-children".into(),
+                asserted_at: Some(ts(years_ago(6))),
+            }]
+        })
+        .await;
+    server
+        .listener("toddler-parent", |l| {
+            l.signals = vec![pb::Signal {
+                signal: "parent-young-children".into(),
+                asserted_at: Some(ts(years_ago(1))),
+            }]
+        })
+        .await;
+
+    let mut request = break_for("grown-up-kids");
+    request.explain = true;
+    let stale = server.decide(request).await;
+    assert!(stale.ads.is_empty());
+    assert_eq!(stale.trace[0].rejected_by(), pb::Rule::Signal);
+    assert_eq!(served(&server.decide(break_for("toddler-parent")).await), vec!["uniforms"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_home_city_campaign_wins_over_another_citys() {
+    let server = start_server().await;
+    let from = |id: &str, metro: &str, cpm: i64| {
+        let mut c = campaign(id, &format!("skyways-{metro}"), cpm);
+        c.targeting = Some(pb::Targeting {
+            geo: Some(pb::GeoTargeting {
+                include: vec![pb::GeoLocation {
+                    country: "DE".into(),
+                    region: String::new(),
+                    metro: metro.into(),
+                }],
+                exclude: Vec::new(),
+                use_home_location: true,
+            }),
+            ..Default::default()
+        });
+        c
+    };
+    server.upsert([from("from-ber", "BER", 20), from("from-muc", "MUC", 30)]).await;
+    server
+        .listener("berliner", |l| {
+            l.home =
+                Some(pb::GeoLocation { country: "DE".into(), region: "DE-BE".into(), metro: "BER".into() })
+        })
+        .await;
+    let mut request = break_for("berliner");
+    // On a trip to Munich: the request's location says MUC, the listener's home says BER.
+    request.context = Some(pb::PlaybackContext {
+        location: Some(pb::GeoLocation { country: "DE".into(), region: "DE-BY".into(), metro: "MUC".into() }),
+        ..Default::default()
+    });
+    assert_eq!(served(&server.decide(request).await), vec!["from-ber"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_listener_without_consent_gets_contextual_or_house_ads_only() {
+    let server = start_server().await;
+    let mut contextual = campaign("soda", "fizz", 3);
+    contextual.targeting = Some(pb::Targeting { track_genres: vec!["hip-hop".into()], ..Default::default() });
+    server
+        .upsert([genre_campaign("sneakers", "kicks", 40, &["hip-hop"]), contextual, house_ad("house")])
+        .await;
+    server.listener("private", |l| l.personalized_ads = pb::ConsentState::Denied as i32).await;
+    server.plays("private", "", &[("hip-hop", 50)]).await;
+
+    let mut request = break_for("private");
+    request.context =
+        Some(pb::PlaybackContext { track_genres: vec!["hip-hop".into()], ..Default::default() });
+    assert_eq!(served(&server.decide(request.clone()).await), vec!["soda"]);
+
+    request.context = None;
+    let response = server.decide(request).await;
+    assert_eq!(served(&response), vec!["house"]);
+    assert_eq!(response.reason(), pb::DecisionReason::NoConsent);
+
+    // Consent in the request does not override a stored denial.
+    let mut granted = break_for("private");
+    granted.context = Some(pb::PlaybackContext {
+        personalized_ads: pb::ConsentState::Granted as i32,
+        ..Default::default()
+    });
+    assert_eq!(served(&server.decide(granted).await), vec!["house"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn explain_names_the_rule_that_stopped_each_campaign() {
+    let server = start_server().await;
+    let mut speaker_only = genre_campaign("speaker-only", "s", 50, &["jazz"]);
+    speaker_only.targeting.as_mut().unwrap().devices = vec![pb::DeviceType::SmartSpeaker as i32];
+    let mut picky = genre_campaign("picky", "p", 50, &["jazz"]);
+    picky.relevance_floor = Some(0.99);
+    server
+        .upsert([
+            genre_campaign("jazz", "j", 10, &["jazz"]),
+            genre_campaign("pop", "x", 99, &["pop"]),
+            speaker_only,
+            picky,
+            house_ad("house"),
+        ])
+        .await;
+    server.listener("nina", |_| {}).await;
+    server.plays("nina", "", &[("jazz", 10)]).await;
+    let mut request = break_for("nina");
+    request.explain = true;
+    request.context =
+        Some(pb::PlaybackContext { device: pb::DeviceType::Mobile as i32, ..Default::default() });
+    let response = server.decide(request.clone()).await;
+    assert_eq!(served(&response), vec!["jazz"]);
+    let rule = |id: &str| response.trace.iter().find(|t| t.campaign_id == id).unwrap().rejected_by();
+    assert_eq!(rule("jazz"), pb::Rule::Unspecified);
+    assert!(response.trace.iter().find(|t| t.campaign_id == "jazz").unwrap().served);
+    assert_eq!(rule("pop"), pb::Rule::AffinityGenre);
+    assert_eq!(rule("speaker-only"), pb::Rule::Device);
+    assert_eq!(rule("picky"), pb::Rule::RelevanceFloor);
+    assert_eq!(rule("house"), pb::Rule::Outranked);
+
+    request.explain = false;
+    let plain = server.decide(request).await;
+    assert!(plain.trace.is_empty());
+    assert_eq!(served(&plain), vec!["jazz"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn not_for_me_suppresses_the_advertiser_for_that_listener_only() {
+    let server = start_server().await;
+    server
+        .upsert([
+            genre_campaign("loud", "loudco", 50, &["metal"]),
+            genre_campaign("quiet", "quietco", 10, &["metal"]),
+        ])
+        .await;
+    for l in ["annoyed", "fine"] {
+        server.listener(l, |_| {}).await;
+        server.plays(l, "", &[("metal", 20)]).await;
+    }
+    let first = server.decide(break_for("annoyed")).await;
+    assert_eq!(served(&first), vec!["loud"]);
+    let event = pb::AdEvent {
+        event_id: "nfm-1".into(),
+        r#type: pb::EventType::NotForMe as i32,
+        impression_token: first.ads[0].impression_token.clone(),
+        occurred_at: None,
+    };
+    server.decisions().record_events(pb::RecordEventsRequest { events: vec![event] }).await.unwrap();
+    assert_eq!(served(&server.decide(break_for("annoyed")).await), vec!["quiet"]);
+    assert_eq!(served(&server.decide(break_for("fine")).await), vec!["loud"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn events_are_idempotent_and_forged_tokens_change_nothing() {
+    let server = start_server().await;
+    server.upsert([genre_campaign("jazz", "j", 10, &["jazz"])]).await;
+    server.listener("nina", |_| {}).await;
+    server.plays("nina", "", &[("jazz", 10)]).await;
+    let response = server.decide(break_for("nina")).await;
+    let token = response.ads[0].impression_token.clone();
+    let event = |id: &str, token: &str| pb::AdEvent {
+        event_id: id.into(),
+        r#type: pb::EventType::Impression as i32,
+        impression_token: token.into(),
+        occurred_at: None,
+    };
+    let mut decisions = server.decisions();
+    let first =
+        decisions.record_events(pb::RecordEventsRequest { events: vec![event("e1", &token)] }).await.unwrap();
+    assert_eq!((first.get_ref().accepted, first.get_ref().duplicates), (1, 0));
+    let retry =
+        decisions.record_events(pb::RecordEventsRequest { events: vec![event("e1", &token)] }).await.unwrap();
+    assert_eq!((retry.get_ref().accepted, retry.get_ref().duplicates), (0, 1));
+
+    // Flip one character of the signature: the whole batch is refused and nothing is counted.
+    let mut forged = token.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    let status = decisions
+        .record_events(pb::RecordEventsRequest { events: vec![event("e2", &token), event("e3", &forged)] })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let violations = status.get_details_bad_request().unwrap().field_violations;
+    assert_eq!(violations[0].field, "events[1].impression_token");
+
+    let stats = server
+        .campaigns()
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: "jazz".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.impressions, 1, "the retry and the rejected batch count nothing");
+    server.stop().await;
+}
