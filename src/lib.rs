@@ -13,5 +13,6 @@ pub mod domain;
 pub mod grpc;
 pub mod signal;
 pub mod store;
+pub mod synth;
 pub mod telemetry;
 pub mod token;

@@ -35,8 +35,8 @@ pub(super) struct Context<'a> {
 
 /// A campaign that may serve, with its chosen creative and rank key.
 #[derive(Clone, Debug)]
-pub(super) struct Candidate {
-    pub(super) campaign: Arc<Campaign>,
+pub(super) struct Candidate<'c> {
+    pub(super) campaign: &'c Arc<Campaign>,
     pub(super) creative: usize,
     pub(super) duration_ms: u32,
     pub(super) relevance: f64,
@@ -45,19 +45,9 @@ pub(super) struct Candidate {
 
 /// The verdict on one campaign.
 #[derive(Debug)]
-pub(super) enum Evaluation {
-    Eligible(Candidate),
+pub(super) enum Evaluation<'c> {
+    Eligible(Candidate<'c>),
     Rejected(Rule),
-}
-
-/// The listener's genres that can satisfy an affinity rule.
-pub(super) fn affinity_candidates(taste: &Taste) -> impl Iterator<Item = GenreId> + '_ {
-    let total = taste.total_weight();
-    taste
-        .genres
-        .iter()
-        .filter(move |s| total > 0.0 && s.weight / total >= MIN_AFFINITY_SHARE)
-        .map(|s| s.genre)
 }
 
 impl<'a> Context<'a> {
@@ -82,14 +72,43 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// The affinity index lists a decision reads, each with a factor bounding the relevance of a
+    /// campaign first found there relative to its rank bound: the listener's genres holding at
+    /// least `MIN_AFFINITY_SHARE` (a weak genre can reach at most `0.6 × fit + 0.4` of the
+    /// bound, as genre fit is the best targeted genre's weight relative to the top genre), and
+    /// the playing track's genres (fit 1). Profile data is read regardless of consent: the
+    /// consent rule then rejects, and reports, what the listener would otherwise have matched.
+    pub(super) fn affinity_lists(&self) -> impl Iterator<Item = (GenreId, f64)> + '_ {
+        let taste = self.listener.taste;
+        let total = taste.map_or(0.0, Taste::total_weight);
+        let top = taste.map_or(0.0, Taste::top_weight);
+        let playing = &self.request.track_genres;
+        let tasted = taste
+            .into_iter()
+            .flat_map(|t| &t.genres)
+            .filter(move |s| total > 0.0 && s.weight / total >= MIN_AFFINITY_SHARE);
+        let from_taste = tasted.map(move |s| {
+            let factor = if playing.contains(&s.genre) {
+                1.0
+            } else {
+                GENRE_WEIGHT * f64::from((s.weight / top).min(1.0)) + (1.0 - GENRE_WEIGHT)
+            };
+            (s.genre, factor)
+        });
+        let weak = move |g: &GenreId| {
+            taste.is_none_or(|t| total <= 0.0 || t.weight(*g) / total < MIN_AFFINITY_SHARE)
+        };
+        from_taste.chain(playing.iter().filter(move |g| weak(g)).map(|&g| (g, 1.0)))
+    }
+
     /// Checks every rule; on success picks a creative (randomly among the fitting, uncapped ones)
     /// and scores the campaign.
-    pub(super) fn evaluate(
+    pub(super) fn evaluate<'c>(
         &self,
-        campaign: &Arc<Campaign>,
+        campaign: &'c Arc<Campaign>,
         spend: &impl SpendView,
         rng: &mut impl Rng,
-    ) -> Evaluation {
+    ) -> Evaluation<'c> {
         if let Err(rule) = self.check(campaign, spend) {
             return Evaluation::Rejected(rule);
         }
@@ -106,7 +125,7 @@ impl<'a> Context<'a> {
         let score =
             if campaign.tier.is_paid() { campaign.bid_cpm_micros as f64 * relevance } else { relevance };
         Evaluation::Eligible(Candidate {
-            campaign: campaign.clone(),
+            campaign,
             creative,
             duration_ms: campaign.creatives[creative].duration_ms,
             relevance,
@@ -239,35 +258,32 @@ impl<'a> Context<'a> {
     }
 
     /// How relevant the campaign is to this listener now, in [0, 1]: 60 % genre fit (the
-    /// listener's affinity relative to their top genre, or the playing track), 25 % geo fit,
+    /// listener's affinity for the campaign's best-matching genre relative to their top genre,
+    /// or 1 when the playing track has a targeted genre), 25 % geo fit,
     /// 15 % audience fit. Rules a campaign does not set count as a weak, neutral fit, so an
     /// untargeted campaign stays under the default floor: it is relevant to nobody in particular.
     pub(super) fn relevance(&self, c: &Campaign) -> f64 {
         let t = &c.targeting;
         let genre_fit = if t.targets_genres() {
-            let affinity = if t.affinity_genres.is_empty() || self.top_weight <= 0.0 {
-                0.0
-            } else {
-                let w: f32 =
-                    t.affinity_genres.iter().map(|&g| self.taste.map_or(0.0, |ts| ts.weight(g))).sum();
-                f64::from((w / self.top_weight).min(1.0))
-            };
             let playing = self
                 .request
                 .track_genres
                 .iter()
                 .any(|g| t.track_genres.contains(g) || t.affinity_genres.contains(g));
-            if playing { 1.0 } else { affinity }
+            if playing || t.affinity_genres.is_empty() || self.top_weight <= 0.0 {
+                f64::from(u8::from(playing))
+            } else {
+                let w = t
+                    .affinity_genres
+                    .iter()
+                    .map(|&g| self.taste.map_or(0.0, |ts| ts.weight(g)))
+                    .fold(0.0, f32::max);
+                f64::from((w / self.top_weight).min(1.0))
+            }
         } else {
             NEUTRAL_GENRE_FIT
         };
-        let geo_fit = if t.geo_include.is_empty() { NEUTRAL_FIT } else { 1.0 };
-        let audience_fit = if t.age_brackets.is_empty() && t.signals.is_empty() && t.milestones.is_empty() {
-            NEUTRAL_FIT
-        } else {
-            1.0
-        };
-        0.6 * genre_fit + 0.25 * geo_fit + 0.15 * audience_fit
+        GENRE_WEIGHT * genre_fit + static_relevance(c)
     }
 
     fn share(&self, genre: GenreId) -> f32 {
@@ -321,6 +337,29 @@ impl<'a> Context<'a> {
 const NEUTRAL_FIT: f64 = 0.3;
 /// The genre fit of a campaign without genre targeting.
 const NEUTRAL_GENRE_FIT: f64 = 0.25;
+/// Share of relevance from the genre fit; geo and audience fits take the rest.
+const GENRE_WEIGHT: f64 = 0.6;
+const GEO_WEIGHT: f64 = 0.25;
+const AUDIENCE_WEIGHT: f64 = 0.15;
+
+/// The part of relevance that depends on the campaign alone: geo and audience fit. A rule the
+/// campaign sets counts fully (it has matched, or the campaign would not be eligible).
+fn static_relevance(c: &Campaign) -> f64 {
+    let t = &c.targeting;
+    let geo_fit = if t.geo_include.is_empty() { NEUTRAL_FIT } else { 1.0 };
+    let audience_fit = if t.age_brackets.is_empty() && t.signals.is_empty() && t.milestones.is_empty() {
+        NEUTRAL_FIT
+    } else {
+        1.0
+    };
+    GEO_WEIGHT * geo_fit + AUDIENCE_WEIGHT * audience_fit
+}
+
+/// The highest relevance the campaign can reach for anyone: its rank bound in the catalog.
+pub(super) fn max_relevance(c: &Campaign) -> f64 {
+    let genre_fit = if c.targeting.targets_genres() { 1.0 } else { NEUTRAL_GENRE_FIT };
+    GENRE_WEIGHT * genre_fit + static_relevance(c)
+}
 
 fn geo_matches(c: &Campaign, at: Option<&crate::domain::GeoLocation>) -> bool {
     let t = &c.targeting;

@@ -177,8 +177,9 @@ pub struct Decision {
 
 /// Decides one ad break.
 ///
-/// Candidates come from the snapshot's indexes (all campaigns when explaining, so the trace can
-/// name the rule that stopped each one); the answer is the same either way.
+/// Paid candidates are walked best rank first from the snapshot's indexes, and the walk stops
+/// once no remaining campaign could enter the ranking. When explaining, every other campaign is
+/// evaluated afterwards for the trace only, so explaining never changes the decision.
 pub fn decide(
     catalog: &CatalogSnapshot,
     listener: Listener<'_>,
@@ -188,63 +189,81 @@ pub fn decide(
     now: UnixMillis,
     rng: &mut impl Rng,
 ) -> Decision {
-    let personalized = personalization_allowed(listener.profile, request.consent);
-    let ctx = eligibility::Context::new(listener, request, policy, personalized, now);
-
-    // Retrieval ignores consent on purpose: a campaign the listener would match but may not be
-    // shown for lack of consent is retrieved, rejected by the consent rule, and reported.
-    let mut slots = Vec::with_capacity(64);
-    let affinity = listener.taste.map(eligibility::affinity_candidates).into_iter().flatten();
-    let country = request.location.as_ref().map(|l| &*l.country);
-    catalog.retrieve(affinity, &request.track_genres, country, listener.profile, &mut slots);
-    let retrieved = slots.len();
-    if request.explain {
-        // Walk every campaign so the trace names the rule that stopped each one; only the
-        // retrieved ones count towards the decision, so explaining never changes it.
-        let rest: Vec<_> =
-            (0..catalog.len() as catalog::Slot).filter(|s| slots.binary_search(s).is_err()).collect();
-        slots.extend(rest);
-    }
-
+    let explain = request.explain;
     let mut trace = Vec::new();
-    let ad_load_reached =
-        listener.history.impressions_within(HOUR_MS, now) >= policy.max_ads_per_hour as usize;
-    if ad_load_reached {
-        if request.explain {
-            for &slot in &slots {
-                let c = catalog.get(slot);
-                let detail = format!("{} ads in the last hour", policy.max_ads_per_hour);
-                trace.push(rejected(c, Rule::AdLoad, detail));
-            }
+    if listener.history.impressions_within(HOUR_MS, now) >= policy.max_ads_per_hour as usize {
+        if explain {
+            let detail = format!("{} ads in the last hour", policy.max_ads_per_hour);
+            trace.extend(catalog.campaigns().iter().map(|c| rejected(c, Rule::AdLoad, detail.clone())));
         }
         return Decision { ads: Vec::new(), fill: Fill::Empty, reason: Reason::AdLoadLimit, trace };
     }
 
-    let mut paid = Vec::new();
-    let mut house = Vec::new();
+    let personalized = personalization_allowed(listener.profile, request.consent);
+    let ctx = eligibility::Context::new(listener, request, policy, personalized, now);
+    // Retrieval ignores consent on purpose: a campaign the listener would match but may not be
+    // shown for lack of consent is retrieved, rejected by the consent rule, and reported.
     let mut furthest: Option<Rule> = None;
-    for (i, &slot) in slots.iter().enumerate() {
-        let campaign = catalog.get(slot);
-        let counts = i < retrieved;
-        match ctx.evaluate(campaign, spend, rng) {
-            Evaluation::Eligible(_) if !counts => {
-                debug_assert!(false, "retrieval must return every eligible campaign: {}", campaign.id);
-            }
-            Evaluation::Eligible(candidate) => {
-                if campaign.tier.is_paid() {
-                    paid.push(candidate);
-                } else {
-                    house.push(candidate);
+    let mut visited = Vec::new();
+    if !personalized {
+        // No campaign with an affinity rule can serve. Probe their lists only to learn whether
+        // one would have matched but for consent (the reason to report), then leave them out.
+        'probe: for (genre, _) in ctx.affinity_lists() {
+            for &slot in catalog.affinity_list(genre) {
+                let campaign = catalog.get(slot);
+                if let Evaluation::Rejected(rule) = ctx.evaluate(campaign, spend, rng) {
+                    if furthest.is_none_or(|f| rule.reason() > f.reason()) {
+                        furthest = Some(rule);
+                    }
+                    if rule == Rule::Consent {
+                        break 'probe;
+                    }
                 }
+            }
+        }
+    }
+    let country = request.location.as_ref().map(|l| &*l.country);
+    let affinity = ctx.affinity_lists().filter(|_| personalized);
+    let mut ranked = catalog.retrieve(affinity, &request.track_genres, country, listener.profile);
+
+    let width = ranking::search_width(request.max_ads);
+    let mut threshold = ranking::Threshold::new(width);
+    let mut paid = Vec::with_capacity(width);
+    let mut cut_at = None;
+    for catalog::Retrieved { slot, tier, bound } in ranked.by_ref() {
+        if !threshold.admits(tier, bound) {
+            cut_at = Some(slot);
+            break;
+        }
+        if explain {
+            visited.push(slot);
+        }
+        let campaign = catalog.get(slot);
+        match ctx.evaluate(campaign, spend, rng) {
+            Evaluation::Eligible(candidate) => {
+                threshold.insert(tier, candidate.score);
+                paid.push(candidate);
             }
             Evaluation::Rejected(rule) => {
-                if counts && campaign.tier.is_paid() && furthest.is_none_or(|f| rule.reason() > f.reason()) {
+                if furthest.is_none_or(|f| rule.reason() > f.reason()) {
                     furthest = Some(rule);
                 }
-                if request.explain {
+                if explain {
                     trace.push(rejected(campaign, rule, ctx.describe(campaign, rule)));
                 }
             }
+        }
+    }
+
+    let mut house = Vec::new();
+    for &slot in catalog.house() {
+        let campaign = catalog.get(slot);
+        match ctx.evaluate(campaign, spend, rng) {
+            Evaluation::Eligible(candidate) => house.push(candidate),
+            Evaluation::Rejected(rule) if explain => {
+                trace.push(rejected(campaign, rule, ctx.describe(campaign, rule)));
+            }
+            Evaluation::Rejected(_) => {}
         }
     }
 
@@ -258,9 +277,11 @@ pub fn decide(
             None => (Fill::Empty, reason, Vec::new()),
         }
     };
-
     let pool = if fill == Fill::House { &house } else { &paid };
-    if request.explain {
+
+    if explain {
+        let rest: Vec<catalog::Slot> = cut_at.into_iter().chain(ranked.map(|r| r.slot)).collect();
+        explain_rest(catalog, &ctx, spend, rng, (&visited, &rest, &threshold), &mut trace);
         for (i, c) in pool.iter().enumerate() {
             let served = ads.contains(&i);
             trace.push(TraceEntry {
@@ -281,7 +302,7 @@ pub fn decide(
                 relevance: c.relevance,
                 score: c.score,
                 detail: if c.campaign.tier.is_paid() {
-                    "not needed".into()
+                    "a better set filled the break".into()
                 } else {
                     "house ads fill only when no paid ad serves".into()
                 },
@@ -294,7 +315,7 @@ pub fn decide(
         .map(|i| {
             let c = &pool[i];
             SelectedAd {
-                campaign: c.campaign.clone(),
+                campaign: Arc::clone(c.campaign),
                 creative: c.creative,
                 relevance: c.relevance,
                 score: c.score,
@@ -302,6 +323,48 @@ pub fn decide(
         })
         .collect();
     Decision { ads, fill, reason, trace }
+}
+
+/// Traces the paid campaigns the decision did not look at: those retrieved but ranked below the
+/// cut (`rest`), and those no index retrieved — which must all be ineligible.
+fn explain_rest(
+    catalog: &CatalogSnapshot,
+    ctx: &eligibility::Context<'_>,
+    spend: &impl SpendView,
+    rng: &mut impl Rng,
+    (visited, rest, threshold): (&[catalog::Slot], &[catalog::Slot], &ranking::Threshold),
+    trace: &mut Vec<TraceEntry>,
+) {
+    let house = catalog.house();
+    for slot in 0..catalog.len() as catalog::Slot {
+        if visited.contains(&slot) || house.contains(&slot) {
+            continue;
+        }
+        let campaign = catalog.get(slot);
+        match ctx.evaluate(campaign, spend, rng) {
+            Evaluation::Eligible(c) => {
+                debug_assert!(
+                    rest.contains(&slot),
+                    "retrieval must return every eligible campaign: {}",
+                    campaign.id
+                );
+                debug_assert!(
+                    !threshold.admits(campaign.tier, c.score),
+                    "the cut dropped a contender: {}",
+                    campaign.id
+                );
+                trace.push(TraceEntry {
+                    campaign_id: campaign.id.clone(),
+                    tier: campaign.tier,
+                    rejected_by: Some(Rule::Outranked),
+                    relevance: c.relevance,
+                    score: c.score,
+                    detail: "ranked below the candidates searched".into(),
+                });
+            }
+            Evaluation::Rejected(rule) => trace.push(rejected(campaign, rule, ctx.describe(campaign, rule))),
+        }
+    }
 }
 
 /// Profile data may be used only when neither the request nor the stored profile denies it and

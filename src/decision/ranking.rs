@@ -2,20 +2,56 @@
 //!
 //! A break is a small knapsack: at most `max_ads` ads, durations within `max_duration`, no two
 //! ads of one advertiser or sharing a category. Candidates are ordered by tier, then score; a
-//! branch-and-bound search over the best `SEARCH_WIDTH` finds the set of greatest value, where
+//! branch-and-bound search over the best `search_width` finds the set of greatest value, where
 //! one ad of a higher tier is worth more than any number of ads of lower tiers.
 
 use super::eligibility::Candidate;
 use crate::domain::Tier;
 
-/// Only the best this-many candidates are searched; deeper ones cannot beat them in practice
-/// and the search stays bounded whatever the catalog size.
-const SEARCH_WIDTH: usize = 24;
+/// At most this many candidates are searched, whatever the break size.
+const MAX_SEARCH_WIDTH: usize = 24;
+
+/// How many of the best candidates (by tier, then score) the break is chosen from: enough
+/// spares per slot to work around advertiser, category and duration conflicts, and a bound
+/// on the work whatever the catalog size.
+pub(super) fn search_width(max_ads: u8) -> usize {
+    (4 + 4 * usize::from(max_ads)).min(MAX_SEARCH_WIDTH)
+}
+
+/// The rank key a candidate must beat to enter the best `width`: (tier, score), best first.
+#[derive(Debug)]
+pub(super) struct Threshold {
+    width: usize,
+    keys: Vec<(Tier, f64)>,
+}
+
+impl Threshold {
+    pub(super) fn new(width: usize) -> Self {
+        Self { width, keys: Vec::with_capacity(width + 1) }
+    }
+
+    /// Whether a campaign of `tier` that can score at most `bound` could still enter.
+    pub(super) fn admits(&self, tier: Tier, bound: f64) -> bool {
+        match self.keys.get(self.width.wrapping_sub(1)) {
+            None => true,
+            Some(&(t, score)) => tier < t || (tier == t && bound > score),
+        }
+    }
+
+    /// Records an eligible candidate.
+    pub(super) fn insert(&mut self, tier: Tier, score: f64) {
+        let at = self.keys.partition_point(|&(t, s)| t < tier || (t == tier && s >= score));
+        if at < self.width {
+            self.keys.insert(at, (tier, score));
+            self.keys.truncate(self.width);
+        }
+    }
+}
 /// Tier weight base: one ad of a tier outweighs ten ads of the tier below (each worth < 2).
 const TIER_BASE: f64 = 32.0;
 
 /// Sorts `candidates` into rank order and returns the indices of the best break, in play order.
-pub(super) fn best_break(candidates: &mut [Candidate], max_ads: u8, max_duration_ms: u32) -> Vec<usize> {
+pub(super) fn best_break(candidates: &mut [Candidate<'_>], max_ads: u8, max_duration_ms: u32) -> Vec<usize> {
     candidates.sort_by(|a, b| {
         a.campaign
             .tier
@@ -23,7 +59,7 @@ pub(super) fn best_break(candidates: &mut [Candidate], max_ads: u8, max_duration
             .then(b.score.total_cmp(&a.score))
             .then_with(|| a.campaign.id.cmp(&b.campaign.id))
     });
-    let width = candidates.len().min(SEARCH_WIDTH);
+    let width = candidates.len().min(search_width(max_ads));
     if width == 0 || max_ads == 0 {
         return Vec::new();
     }
@@ -43,14 +79,14 @@ pub(super) fn best_break(candidates: &mut [Candidate], max_ads: u8, max_duration
 }
 
 /// The most relevant house ad (ties: lower campaign id).
-pub(super) fn best_house(candidates: &[Candidate]) -> Option<usize> {
+pub(super) fn best_house(candidates: &[Candidate<'_>]) -> Option<usize> {
     (0..candidates.len()).min_by(|&a, &b| {
         let (a, b) = (&candidates[a], &candidates[b]);
         b.relevance.total_cmp(&a.relevance).then_with(|| a.campaign.id.cmp(&b.campaign.id))
     })
 }
 
-fn value(c: &Candidate, max_score: f64) -> f64 {
+fn value(c: &Candidate<'_>, max_score: f64) -> f64 {
     let level = match c.campaign.tier {
         Tier::Sponsorship => 2,
         Tier::Standard => 1,
@@ -61,7 +97,7 @@ fn value(c: &Candidate, max_score: f64) -> f64 {
 }
 
 struct Search<'a> {
-    candidates: &'a [Candidate],
+    candidates: &'a [Candidate<'a>],
     /// Non-increasing: candidates are sorted by tier, then score.
     values: &'a [f64],
     max_ads: usize,
@@ -99,7 +135,7 @@ impl Search<'_> {
     }
 
     /// No two ads of one advertiser, and no shared category, within a break.
-    fn compatible(&self, c: &Candidate) -> bool {
+    fn compatible(&self, c: &Candidate<'_>) -> bool {
         self.current.iter().all(|&j| {
             let other = &self.candidates[j].campaign;
             other.advertiser_id != c.campaign.advertiser_id

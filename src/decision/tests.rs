@@ -619,10 +619,10 @@ struct World {
 
 fn world() -> impl Strategy<Value = World> {
     (
-        proptest::collection::vec(spec(), 0..14),
+        proptest::collection::vec(spec(), 0..40),
         [0u32..40, 0u32..40, 0u32..40, 0u32..40],
         (0u8..4).prop_map(|c| [0, 1, 2, 1][c as usize]),
-        proptest::collection::vec((0usize..14, 0i64..2000), 0..10),
+        proptest::collection::vec((0usize..40, 0i64..2000), 0..10),
         (0u8..16, 0u8..4, 0u8..4, 0u8..4, 1u8..5, 10u32..150),
     )
         .prop_map(

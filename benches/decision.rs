@@ -1,0 +1,76 @@
+//! Criterion benchmarks of the pure engine: `decide()` on synthetic catalogs of 1k, 10k and
+//! 100k campaigns (the synthetic world of `interlude::synth`), for listeners with real tastes.
+//!
+//! Run: `cargo bench --bench decision`. Figures and machine: docs/PERFORMANCE.md.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use interlude::decision::{self, CatalogSnapshot, Listener, NoSpend, Policy};
+use interlude::domain::{AdRequest, ConsentState, DAY_MS, DeliveryHistory, DeviceType, UnixMillis};
+use interlude::store::Vocabulary;
+use interlude::synth::{self, WorldSpec};
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+const NOW: UnixMillis = UnixMillis(1_795_435_200_000);
+const LISTENERS: usize = 512;
+
+fn bench_decide(c: &mut Criterion) {
+    let mut group = c.benchmark_group("interlude::decision::decide");
+    group.throughput(Throughput::Elements(1));
+    for n in [1_000usize, 10_000, 100_000] {
+        let spec = WorldSpec { seed: 7, campaigns: n, listeners: LISTENERS };
+        let vocabulary = Vocabulary::default();
+        let campaigns = synth::campaigns(&spec, &vocabulary).expect("synthetic campaigns");
+        let snapshot = CatalogSnapshot::new(campaigns.into_iter().map(Arc::new).collect());
+        let listeners: Vec<_> = (0..LISTENERS)
+            .map(|i| synth::listener_with_taste(&spec, i, &vocabulary, NOW, 30 * DAY_MS).expect("listener"))
+            .collect();
+        let requests: Vec<AdRequest> = listeners
+            .iter()
+            .map(|l| {
+                let top = synth::top_genres(l, 0, 1);
+                AdRequest {
+                    listener_id: Some(l.profile.id.as_str().into()),
+                    member_id: "".into(),
+                    track_id: "t".into(),
+                    track_genres: top.iter().filter_map(|g| vocabulary.lookup(g)).collect(),
+                    device: Some(DeviceType::Mobile),
+                    location: l.profile.home.clone(),
+                    consent: ConsentState::Unspecified,
+                    utc_offset_minutes: 60,
+                    max_ads: 2,
+                    max_duration_ms: 60_000,
+                    explain: false,
+                }
+            })
+            .collect();
+        let history = DeliveryHistory::default();
+        let policy = Policy::default();
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("n_campaigns", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % LISTENERS;
+                let profile = &listeners[i].profile;
+                let listener =
+                    Listener { profile: Some(profile), taste: profile.member(""), history: &history };
+                black_box(decision::decide(
+                    &snapshot,
+                    listener,
+                    &requests[i],
+                    &policy,
+                    &NoSpend,
+                    NOW,
+                    &mut rng,
+                ))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_decide);
+criterion_main!(benches);
