@@ -273,7 +273,7 @@ pub fn listener_with_taste(
 /// The favourite genres of a member, strongest first (the quality measure of the load harness).
 pub fn top_genres(l: &SyntheticListener, member: usize, n: usize) -> Vec<&'static str> {
     let mut plays = l.members[member].1.clone();
-    plays.sort_by(|a, b| b.1.cmp(&a.1));
+    plays.sort_by_key(|p| std::cmp::Reverse(p.1));
     let mut out: Vec<&'static str> = Vec::new();
     for (g, _) in plays {
         if !out.contains(&GENRES[g]) {
