@@ -7,7 +7,6 @@
 //! (bid × the highest relevance it can reach) descending — so a decision can walk the lists
 //! merged, best first, and stop as soon as no remaining campaign can enter the ranking.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -21,18 +20,16 @@ pub type Slot = u32;
 pub struct CatalogSnapshot {
     /// Every campaign, any status, sorted by id (the explain trace walks all of them).
     campaigns: Vec<Arc<Campaign>>,
-    /// Per slot: (tier, score bound), the rank key of the index lists.
-    rank: Vec<(Tier, f64)>,
     /// Active paid campaigns with affinity targeting, under each targeted genre.
-    by_affinity_genre: HashMap<GenreId, Vec<Slot>>,
+    by_affinity_genre: HashMap<GenreId, Lists>,
     /// Active paid campaigns with track-genre targeting, under each track genre.
-    by_track_genre: HashMap<GenreId, Vec<Slot>>,
+    by_track_genre: HashMap<GenreId, Lists>,
     /// Active paid campaigns without genre targeting, under each country of their request-geo rule.
-    open_by_country: HashMap<Box<str>, Vec<Slot>>,
+    open_by_country: HashMap<Box<str>, Lists>,
     /// Active paid campaigns without genre targeting, under each country of their home-geo rule.
-    open_by_home_country: HashMap<Box<str>, Vec<Slot>>,
+    open_by_home_country: HashMap<Box<str>, Lists>,
     /// Active paid campaigns without genre or geo targeting.
-    open_anywhere: Vec<Slot>,
+    open_anywhere: Lists,
     /// Active house campaigns (always evaluated: there are few, and they are the fallback).
     house: Vec<Slot>,
     /// Per slot: whether the campaign sits in more than one index list (only those need
@@ -40,18 +37,49 @@ pub struct CatalogSnapshot {
     multi: Vec<bool>,
 }
 
+/// The campaigns under one index key, split by their static relevance (geo and audience fit,
+/// a handful of values), so that the relevance a list can reach is known exactly per request.
+type Lists = Vec<List>;
+
+/// Campaigns sharing an index key and a static relevance, in rank order.
+#[derive(Debug, Default)]
+pub struct List {
+    /// The geo and audience part of relevance, the same for every campaign here.
+    static_relevance: f64,
+    /// The lowest relevance-floor override here (infinite when none overrides).
+    min_floor_override: f64,
+    /// Whether some campaign here uses the server's default floor.
+    default_floor: bool,
+    entries: Vec<Entry>,
+}
+
+impl List {
+    /// The campaigns, in rank order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+}
+
+/// One campaign in an index list, with its rank key inline so a merge reads lists sequentially.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Entry {
+    /// Bid × the highest relevance the campaign can reach.
+    pub bound: f64,
+    pub slot: Slot,
+    pub tier: Tier,
+}
+
 impl CatalogSnapshot {
     /// Indexes `campaigns` (any order, unique ids).
     pub fn new(mut campaigns: Vec<Arc<Campaign>>) -> Self {
         campaigns.sort_by(|a, b| a.id.cmp(&b.id));
         debug_assert!(campaigns.windows(2).all(|w| w[0].id != w[1].id), "campaign ids are unique");
-        let mut snapshot = CatalogSnapshot {
-            rank: campaigns
-                .iter()
-                .map(|c| (c.tier, c.bid_cpm_micros as f64 * super::eligibility::max_relevance(c)))
-                .collect(),
-            ..CatalogSnapshot::default()
-        };
+        let mut by_affinity_genre: HashMap<GenreId, Vec<Slot>> = HashMap::new();
+        let mut by_track_genre: HashMap<GenreId, Vec<Slot>> = HashMap::new();
+        let mut open_by_country: HashMap<Box<str>, Vec<Slot>> = HashMap::new();
+        let mut open_by_home_country: HashMap<Box<str>, Vec<Slot>> = HashMap::new();
+        let mut open_anywhere = Vec::new();
+        let mut house = Vec::new();
         for (slot, campaign) in campaigns.iter().enumerate() {
             let slot = slot as Slot;
             if campaign.status != CampaignStatus::Active {
@@ -59,22 +87,18 @@ impl CatalogSnapshot {
             }
             let t = &campaign.targeting;
             if campaign.tier == Tier::House {
-                snapshot.house.push(slot);
+                house.push(slot);
             } else if t.targets_genres() {
                 for g in dedup(&t.affinity_genres) {
-                    snapshot.by_affinity_genre.entry(g).or_default().push(slot);
+                    by_affinity_genre.entry(g).or_default().push(slot);
                 }
                 // Also under the track genres (with or without affinity rules): a playing
                 // targeted genre makes the genre fit 1, and that list is read at full bound.
                 for g in dedup(&t.track_genres) {
-                    snapshot.by_track_genre.entry(g).or_default().push(slot);
+                    by_track_genre.entry(g).or_default().push(slot);
                 }
             } else if !t.geo_include.is_empty() {
-                let index = if t.geo_use_home {
-                    &mut snapshot.open_by_home_country
-                } else {
-                    &mut snapshot.open_by_country
-                };
+                let index = if t.geo_use_home { &mut open_by_home_country } else { &mut open_by_country };
                 let mut countries: Vec<&str> = t.geo_include.iter().map(|g| &*g.country).collect();
                 countries.sort_unstable();
                 countries.dedup();
@@ -82,37 +106,31 @@ impl CatalogSnapshot {
                     index.entry(country.into()).or_default().push(slot);
                 }
             } else {
-                snapshot.open_anywhere.push(slot);
+                open_anywhere.push(slot);
             }
         }
         let mut lists_per_slot = vec![0u8; campaigns.len()];
-        for list in snapshot
-            .by_affinity_genre
+        for list in by_affinity_genre
             .values()
-            .chain(snapshot.by_track_genre.values())
-            .chain(snapshot.open_by_country.values())
-            .chain(snapshot.open_by_home_country.values())
+            .chain(by_track_genre.values())
+            .chain(open_by_country.values())
+            .chain(open_by_home_country.values())
         {
             for &slot in list {
                 lists_per_slot[slot as usize] = lists_per_slot[slot as usize].saturating_add(1);
             }
         }
-        snapshot.multi = lists_per_slot.into_iter().map(|n| n > 1).collect();
-        let rank = std::mem::take(&mut snapshot.rank);
-        let order = |a: &Slot, b: &Slot| rank_order(&rank, *a, *b);
-        for list in snapshot
-            .by_affinity_genre
-            .values_mut()
-            .chain(snapshot.by_track_genre.values_mut())
-            .chain(snapshot.open_by_country.values_mut())
-            .chain(snapshot.open_by_home_country.values_mut())
-        {
-            list.sort_by(order);
+        let split = |slots: Vec<Slot>| split_lists(&campaigns, slots);
+        CatalogSnapshot {
+            by_affinity_genre: by_affinity_genre.into_iter().map(|(k, v)| (k, split(v))).collect(),
+            by_track_genre: by_track_genre.into_iter().map(|(k, v)| (k, split(v))).collect(),
+            open_by_country: open_by_country.into_iter().map(|(k, v)| (k, split(v))).collect(),
+            open_by_home_country: open_by_home_country.into_iter().map(|(k, v)| (k, split(v))).collect(),
+            open_anywhere: split(open_anywhere),
+            house,
+            multi: lists_per_slot.into_iter().map(|n| n > 1).collect(),
+            campaigns,
         }
-        snapshot.open_anywhere.sort_by(order);
-        snapshot.rank = rank;
-        snapshot.campaigns = campaigns;
-        snapshot
     }
 
     /// All campaigns, sorted by id.
@@ -123,11 +141,6 @@ impl CatalogSnapshot {
     /// The campaign in `slot`.
     pub fn get(&self, slot: Slot) -> &Arc<Campaign> {
         &self.campaigns[slot as usize]
-    }
-
-    /// The rank key of `slot`: its tier and the highest score it can reach.
-    pub fn rank(&self, slot: Slot) -> (Tier, f64) {
-        self.rank[slot as usize]
     }
 
     /// Number of campaigns of any status.
@@ -145,44 +158,81 @@ impl CatalogSnapshot {
         &self.house
     }
 
-    /// Active paid campaigns with an affinity rule on `genre`, in rank order.
-    pub fn affinity_list(&self, genre: GenreId) -> &[Slot] {
+    /// Active paid campaigns with an affinity rule on `genre`.
+    pub fn affinity_lists(&self, genre: GenreId) -> &[List] {
         self.by_affinity_genre.get(&genre).map_or(&[], Vec::as_slice)
     }
 
     /// The paid campaigns that could serve this request, each once, in descending order of an
-    /// upper bound of their score: a superset of the eligible ones. `affinity_genres` pairs each
-    /// genre whose affinity list should be read with a factor in (0, 1] that bounds how much of
-    /// its rank bound a campaign found there can reach (see `Context::affinity_lists`).
+    /// upper bound of their score: a superset of the eligible ones that can clear their floor.
+    /// `affinity_genres` pairs each genre whose affinity list should be read with the highest
+    /// genre fit a campaign found there can reach (see `Context::affinity_lists`).
     pub fn retrieve<'a>(
         &'a self,
         affinity_genres: impl Iterator<Item = (GenreId, f64)>,
         track_genres: &[GenreId],
         request_country: Option<&str>,
         home: Option<&ListenerProfile>,
+        default_floor: f64,
     ) -> Ranked<'a> {
-        let mut lists: Vec<(&'a [Slot], f64)> = Vec::with_capacity(16);
-        lists.extend(
-            affinity_genres.filter_map(|(g, f)| self.by_affinity_genre.get(&g).map(|l| (l.as_slice(), f))),
-        );
-        lists.extend(
-            track_genres.iter().filter_map(|g| self.by_track_genre.get(g)).map(|l| (l.as_slice(), 1.0)),
-        );
-        lists.extend(request_country.and_then(|c| self.open_by_country.get(c)).map(|l| (l.as_slice(), 1.0)));
+        let mut ranked = Ranked {
+            snapshot: self,
+            lists: Vec::with_capacity(16),
+            below_floor: Vec::new(),
+            seen: Vec::new(),
+        };
+        for (g, fit) in affinity_genres {
+            if let Some(lists) = self.by_affinity_genre.get(&g) {
+                ranked.add(lists, Some(fit), default_floor);
+            }
+        }
+        for g in track_genres {
+            if let Some(lists) = self.by_track_genre.get(g) {
+                ranked.add(lists, Some(1.0), default_floor);
+            }
+        }
+        if let Some(lists) = request_country.and_then(|c| self.open_by_country.get(c)) {
+            ranked.add(lists, None, default_floor);
+        }
         let home_country = home.and_then(|p| p.home.as_ref()).map(|h| &*h.country);
-        lists
-            .extend(home_country.and_then(|c| self.open_by_home_country.get(c)).map(|l| (l.as_slice(), 1.0)));
-        lists.push((&self.open_anywhere, 1.0));
-        lists.retain(|(l, _)| !l.is_empty());
-        Ranked { snapshot: self, lists, seen: Vec::new() }
+        if let Some(lists) = home_country.and_then(|c| self.open_by_home_country.get(c)) {
+            ranked.add(lists, None, default_floor);
+        }
+        ranked.add(&self.open_anywhere, None, default_floor);
+        ranked
     }
 }
 
-/// Tier first (sponsorship first), then score bound descending, then slot.
-fn rank_order(rank: &[(Tier, f64)], a: Slot, b: Slot) -> Ordering {
-    let (ta, sa) = rank[a as usize];
-    let (tb, sb) = rank[b as usize];
-    ta.cmp(&tb).then(sb.total_cmp(&sa)).then(a.cmp(&b))
+/// Splits `slots` by static relevance into rank-ordered lists.
+fn split_lists(campaigns: &[Arc<Campaign>], slots: Vec<Slot>) -> Lists {
+    use super::eligibility::{max_relevance, static_relevance};
+    let mut lists: Lists = Vec::new();
+    for slot in slots {
+        let c = &campaigns[slot as usize];
+        let s = static_relevance(c);
+        let i = match lists.iter().position(|l| l.static_relevance == s) {
+            Some(i) => i,
+            None => {
+                lists.push(List {
+                    static_relevance: s,
+                    min_floor_override: f64::INFINITY,
+                    ..List::default()
+                });
+                lists.len() - 1
+            }
+        };
+        let list = &mut lists[i];
+        match c.relevance_floor {
+            Some(floor) => list.min_floor_override = list.min_floor_override.min(floor),
+            None => list.default_floor = true,
+        }
+        list.entries.push(Entry { bound: c.bid_cpm_micros as f64 * max_relevance(c), slot, tier: c.tier });
+    }
+    for list in &mut lists {
+        list.entries
+            .sort_by(|a, b| a.tier.cmp(&b.tier).then(b.bound.total_cmp(&a.bound)).then(a.slot.cmp(&b.slot)));
+    }
+    lists
 }
 
 /// A retrieved candidate: its slot, tier and an upper bound of the score it can reach here.
@@ -200,9 +250,50 @@ pub struct Retrieved {
 pub struct Ranked<'a> {
     snapshot: &'a CatalogSnapshot,
     /// The unconsumed rest of each list, with its factor.
-    lists: Vec<(&'a [Slot], f64)>,
+    lists: Vec<(&'a [Entry], f64)>,
+    /// Lists set aside: every campaign in them is below its relevance floor here.
+    below_floor: Vec<&'a [Entry]>,
     /// Slots already yielded, sorted.
     seen: Vec<Slot>,
+}
+
+impl<'a> Ranked<'a> {
+    /// Adds the lists of one index key. `genre_fit` is the highest genre fit its campaigns can
+    /// reach (None: they target no genre, and have the neutral fit). Lists whose best relevance
+    /// is under every floor in them are set aside: nothing there can serve.
+    fn add(&mut self, lists: &'a [List], genre_fit: Option<f64>, default_floor: f64) {
+        use super::eligibility::{NEUTRAL_GENRE_FIT, relevance_of};
+        for list in lists {
+            let (reachable, best) = match genre_fit {
+                Some(fit) => {
+                    (relevance_of(fit, list.static_relevance), relevance_of(1.0, list.static_relevance))
+                }
+                None => {
+                    let r = relevance_of(NEUTRAL_GENRE_FIT, list.static_relevance);
+                    (r, r)
+                }
+            };
+            let floor = if list.default_floor {
+                list.min_floor_override.min(default_floor)
+            } else {
+                list.min_floor_override
+            };
+            if list.entries.is_empty() {
+                continue;
+            }
+            if reachable < floor {
+                self.below_floor.push(&list.entries);
+                continue;
+            }
+            // Entries hold bid × the campaign's best relevance; scale to what is reachable here.
+            self.lists.push((&list.entries, reachable / best));
+        }
+    }
+
+    /// The lists set aside because none of their campaigns can clear its relevance floor.
+    pub fn below_floor(&self) -> impl Iterator<Item = &'a Entry> + '_ {
+        self.below_floor.iter().flat_map(|l| l.iter())
+    }
 }
 
 impl Iterator for Ranked<'_> {
@@ -213,19 +304,18 @@ impl Iterator for Ranked<'_> {
             // Few lists (the listener's genres and a couple more): a linear scan beats a heap.
             let mut best: Option<(usize, Tier, f64)> = None;
             for (i, &(list, factor)) in self.lists.iter().enumerate() {
-                let Some(&head) = list.first() else { continue };
-                let (tier, bound) = self.snapshot.rank[head as usize];
-                let bound = bound * factor;
+                let Some(head) = list.first() else { continue };
+                let bound = head.bound * factor;
                 let better = match best {
                     None => true,
-                    Some((_, bt, bb)) => tier < bt || (tier == bt && bound > bb),
+                    Some((_, bt, bb)) => head.tier < bt || (head.tier == bt && bound > bb),
                 };
                 if better {
-                    best = Some((i, tier, bound));
+                    best = Some((i, head.tier, bound));
                 }
             }
             let (i, tier, bound) = best?;
-            let slot = self.lists[i].0[0];
+            let slot = self.lists[i].0[0].slot;
             self.lists[i].0 = &self.lists[i].0[1..];
             if !self.snapshot.multi[slot as usize] {
                 return Some(Retrieved { slot, tier, bound });

@@ -72,11 +72,11 @@ impl<'a> Context<'a> {
         }
     }
 
-    /// The affinity index lists a decision reads, each with a factor bounding the relevance of a
-    /// campaign first found there relative to its rank bound: the listener's genres holding at
-    /// least `MIN_AFFINITY_SHARE` (a weak genre can reach at most `0.6 × fit + 0.4` of the
-    /// bound, as genre fit is the best targeted genre's weight relative to the top genre), and
-    /// the playing track's genres (fit 1). Profile data is read regardless of consent: the
+    /// The affinity index lists a decision reads, each with the highest genre fit a campaign
+    /// first found there can reach: the listener's genres holding at least `MIN_AFFINITY_SHARE`
+    /// (fit = the genre's weight relative to the top genre, since a campaign's fit is that of its
+    /// best targeted genre, and it is first found under that genre), and the playing track's
+    /// genres (fit 1). Profile data is read regardless of consent: the
     /// consent rule then rejects, and reports, what the listener would otherwise have matched.
     pub(super) fn affinity_lists(&self) -> impl Iterator<Item = (GenreId, f64)> + '_ {
         let taste = self.listener.taste;
@@ -88,12 +88,8 @@ impl<'a> Context<'a> {
             .flat_map(|t| &t.genres)
             .filter(move |s| total > 0.0 && s.weight / total >= MIN_AFFINITY_SHARE);
         let from_taste = tasted.map(move |s| {
-            let factor = if playing.contains(&s.genre) {
-                1.0
-            } else {
-                GENRE_WEIGHT * f64::from((s.weight / top).min(1.0)) + (1.0 - GENRE_WEIGHT)
-            };
-            (s.genre, factor)
+            let fit = if playing.contains(&s.genre) { 1.0 } else { f64::from((s.weight / top).min(1.0)) };
+            (s.genre, fit)
         });
         let weak = move |g: &GenreId| {
             taste.is_none_or(|t| total <= 0.0 || t.weight(*g) / total < MIN_AFFINITY_SHARE)
@@ -198,11 +194,15 @@ impl<'a> Context<'a> {
         }
         // Delivery rules: what the listener has heard, and what the advertiser can pay.
         let history = self.listener.history;
-        if history.is_suppressed(&c.advertiser_id, &c.categories, self.now) {
+        let heard = !history.is_empty();
+        if heard && history.is_suppressed(&c.advertiser_id, &c.categories, self.now) {
             return Err(Rule::Suppressed);
         }
         if c.tier.is_paid() && !within_budget(c, spend) {
             return Err(Rule::Budget);
+        }
+        if !heard {
+            return Ok(());
         }
         let capped = c.caps.iter().filter(|cap| cap.scope != CapScope::Creative).any(|cap| {
             let n = history.count(
@@ -336,15 +336,20 @@ impl<'a> Context<'a> {
 /// The fit of a rule the campaign does not set.
 const NEUTRAL_FIT: f64 = 0.3;
 /// The genre fit of a campaign without genre targeting.
-const NEUTRAL_GENRE_FIT: f64 = 0.25;
+pub(super) const NEUTRAL_GENRE_FIT: f64 = 0.25;
 /// Share of relevance from the genre fit; geo and audience fits take the rest.
 const GENRE_WEIGHT: f64 = 0.6;
 const GEO_WEIGHT: f64 = 0.25;
 const AUDIENCE_WEIGHT: f64 = 0.15;
 
+/// Relevance from a genre fit and the static part.
+pub(super) fn relevance_of(genre_fit: f64, static_relevance: f64) -> f64 {
+    GENRE_WEIGHT * genre_fit + static_relevance
+}
+
 /// The part of relevance that depends on the campaign alone: geo and audience fit. A rule the
 /// campaign sets counts fully (it has matched, or the campaign would not be eligible).
-fn static_relevance(c: &Campaign) -> f64 {
+pub(super) fn static_relevance(c: &Campaign) -> f64 {
     let t = &c.targeting;
     let geo_fit = if t.geo_include.is_empty() { NEUTRAL_FIT } else { 1.0 };
     let audience_fit = if t.age_brackets.is_empty() && t.signals.is_empty() && t.milestones.is_empty() {

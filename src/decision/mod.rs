@@ -209,8 +209,8 @@ pub fn decide(
         // No campaign with an affinity rule can serve. Probe their lists only to learn whether
         // one would have matched but for consent (the reason to report), then leave them out.
         'probe: for (genre, _) in ctx.affinity_lists() {
-            for &slot in catalog.affinity_list(genre) {
-                let campaign = catalog.get(slot);
+            for entry in catalog.affinity_lists(genre).iter().flat_map(|l| l.entries()) {
+                let campaign = catalog.get(entry.slot);
                 if let Evaluation::Rejected(rule) = ctx.evaluate(campaign, spend, rng) {
                     if furthest.is_none_or(|f| rule.reason() > f.reason()) {
                         furthest = Some(rule);
@@ -224,7 +224,8 @@ pub fn decide(
     }
     let country = request.location.as_ref().map(|l| &*l.country);
     let affinity = ctx.affinity_lists().filter(|_| personalized);
-    let mut ranked = catalog.retrieve(affinity, &request.track_genres, country, listener.profile);
+    let mut ranked =
+        catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy.relevance_floor);
 
     let width = ranking::search_width(request.max_ads);
     let mut threshold = ranking::Threshold::new(width);
@@ -268,6 +269,20 @@ pub fn decide(
     }
 
     let chosen = ranking::best_break(&mut paid, request.max_ads, request.max_duration_ms);
+    if chosen.is_empty() && furthest.is_none_or(|f| f.reason() < Reason::BelowRelevanceFloor) {
+        // No paid ad: learn whether a campaign set aside as below its floor got that far, so
+        // the reason says "not relevant enough" rather than "nothing targets you".
+        for entry in ranked.below_floor() {
+            if let Evaluation::Rejected(rule) = ctx.evaluate(catalog.get(entry.slot), spend, rng) {
+                if furthest.is_none_or(|f| rule.reason() > f.reason()) {
+                    furthest = Some(rule);
+                }
+                if rule == Rule::RelevanceFloor {
+                    break;
+                }
+            }
+        }
+    }
     let (fill, reason, ads) = if !chosen.is_empty() {
         (Fill::Paid, Reason::Served, chosen)
     } else {

@@ -15,7 +15,7 @@ const MAX_SEARCH_WIDTH: usize = 24;
 /// spares per slot to work around advertiser, category and duration conflicts, and a bound
 /// on the work whatever the catalog size.
 pub(super) fn search_width(max_ads: u8) -> usize {
-    (4 + 4 * usize::from(max_ads)).min(MAX_SEARCH_WIDTH)
+    (2 + 3 * usize::from(max_ads)).min(MAX_SEARCH_WIDTH)
 }
 
 /// The rank key a candidate must beat to enter the best `width`: (tier, score), best first.
