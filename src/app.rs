@@ -103,7 +103,7 @@ pub async fn serve(
         .add_service(AdDecisionServiceServer::new(DecisionService::new(state.clone())))
         .add_service(CampaignServiceServer::new(CampaignAdmin::new(state.clone())))
         .add_service(ListenerServiceServer::new(ListenerAdmin::new(state)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop_accepting);
+        .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
@@ -114,6 +114,21 @@ pub async fn serve(
     }
     tracing::info!("server stopped");
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: a unary response is several small writes
+/// (headers, data, trailers), and Nagle plus delayed ACKs would hold them back ~40 ms.
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt as _;
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+        Ok(stream)
+    })
 }
 
 /// Reflection over our contract, health, both reflection versions, and google.rpc error details

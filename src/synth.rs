@@ -161,6 +161,12 @@ pub fn campaigns(spec: &WorldSpec, vocabulary: &Vocabulary) -> Result<Vec<Campai
             ];
         }
         let bid_usd = if is_house { 0.0 } else { 2.0 + 38.0 * rng.random::<f64>().powi(2) };
+        // One campaign in ten has a small lifetime budget that a load test exhausts.
+        let budget = if !is_house && rng.random_bool(0.1) {
+            Budget { lifetime_micros: rng.random_range(1..=5) * 1_000_000, ..Budget::default() }
+        } else {
+            Budget::default()
+        };
         out.push(Campaign {
             id: format!("{}-{i:06}", if is_house { "house" } else { "camp" }).as_str().into(),
             advertiser_id: advertiser.as_str().into(),
@@ -178,7 +184,7 @@ pub fn campaigns(spec: &WorldSpec, vocabulary: &Vocabulary) -> Result<Vec<Campai
             relevance_floor: None,
             flight_start: None,
             flight_end: None,
-            budget: Budget::default(),
+            budget,
             creatives: vec![
                 Creative {
                     id: "30s".into(),

@@ -259,8 +259,8 @@ impl<'a> Context<'a> {
 
     /// How relevant the campaign is to this listener now, in [0, 1]: 60 % genre fit (the
     /// listener's affinity for the campaign's best-matching genre relative to their top genre,
-    /// or 1 when the playing track has a targeted genre), 25 % geo fit,
-    /// 15 % audience fit. Rules a campaign does not set count as a weak, neutral fit, so an
+    /// or 1 when the playing track has a targeted genre), 25 % geo fit (1 for a matched city,
+    /// 0.8 for a region, 0.5 for a whole country), 15 % audience fit. Rules a campaign does not set count as a weak, neutral fit, so an
     /// untargeted campaign stays under the default floor: it is relevant to nobody in particular.
     pub(super) fn relevance(&self, c: &Campaign) -> f64 {
         let t = &c.targeting;
@@ -283,7 +283,18 @@ impl<'a> Context<'a> {
         } else {
             NEUTRAL_GENRE_FIT
         };
-        GENRE_WEIGHT * genre_fit + static_relevance(c)
+        let at = if t.geo_use_home {
+            self.listener.profile.and_then(|p| p.home.as_ref())
+        } else {
+            self.request.location.as_ref()
+        };
+        let geo_fit = match at {
+            Some(at) if !t.geo_include.is_empty() => {
+                t.geo_include.iter().filter(|g| g.covers(at)).map(geo_specificity).fold(0.0, f64::max)
+            }
+            _ => NEUTRAL_FIT,
+        };
+        GENRE_WEIGHT * genre_fit + GEO_WEIGHT * geo_fit + AUDIENCE_WEIGHT * audience_fit(c)
     }
 
     fn share(&self, genre: GenreId) -> f32 {
@@ -347,17 +358,32 @@ pub(super) fn relevance_of(genre_fit: f64, static_relevance: f64) -> f64 {
     GENRE_WEIGHT * genre_fit + static_relevance
 }
 
-/// The part of relevance that depends on the campaign alone: geo and audience fit. A rule the
-/// campaign sets counts fully (it has matched, or the campaign would not be eligible).
+/// The part of relevance that depends on the campaign alone, at its best: geo fit (the most
+/// specific rule it has) and audience fit. An upper bound, exact for one-place campaigns.
 pub(super) fn static_relevance(c: &Campaign) -> f64 {
+    let geo_fit = c.targeting.geo_include.iter().map(geo_specificity).fold(NEUTRAL_FIT, f64::max);
+    GEO_WEIGHT * geo_fit + AUDIENCE_WEIGHT * audience_fit(c)
+}
+
+/// A set audience rule (age, signals, milestones) has matched if the campaign is eligible.
+fn audience_fit(c: &Campaign) -> f64 {
     let t = &c.targeting;
-    let geo_fit = if t.geo_include.is_empty() { NEUTRAL_FIT } else { 1.0 };
-    let audience_fit = if t.age_brackets.is_empty() && t.signals.is_empty() && t.milestones.is_empty() {
+    if t.age_brackets.is_empty() && t.signals.is_empty() && t.milestones.is_empty() {
         NEUTRAL_FIT
     } else {
         1.0
-    };
-    GEO_WEIGHT * geo_fit + AUDIENCE_WEIGHT * audience_fit
+    }
+}
+
+/// How specifically a matched geo rule targets: a city is personal, a whole country barely.
+fn geo_specificity(rule: &crate::domain::GeoLocation) -> f64 {
+    if !rule.metro.is_empty() {
+        1.0
+    } else if !rule.region.is_empty() {
+        0.8
+    } else {
+        0.5
+    }
 }
 
 /// The highest relevance the campaign can reach for anyone: its rank bound in the catalog.

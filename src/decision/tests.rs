@@ -267,7 +267,7 @@ fn request_geo_targeting_uses_the_request_location() {
 #[test]
 fn device_age_and_daypart_rules() {
     let mut c = campaign("c", "adv", Tier::Standard, 10);
-    c.targeting.geo_include = vec![place("DE", "")];
+    c.targeting.geo_include = vec![place("DE", "BER")];
     c.targeting.devices = vec![DeviceType::SmartSpeaker];
     let mut f = fixture().with(c);
     assert_eq!(f.rejected_by("c"), Some(Rule::Device));
@@ -289,7 +289,7 @@ fn device_age_and_daypart_rules() {
 #[test]
 fn flight_and_status_bound_serving() {
     let mut c = campaign("c", "adv", Tier::Standard, 10);
-    c.targeting.geo_include = vec![place("DE", "")];
+    c.targeting.geo_include = vec![place("DE", "BER")];
     c.flight_start = Some(UnixMillis(NOW.0 + 1));
     let mut f = fixture().with(c);
     assert_eq!(f.rejected_by("c"), Some(Rule::Flight));

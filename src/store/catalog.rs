@@ -21,7 +21,17 @@ pub struct Catalog {
 #[derive(Debug)]
 struct Inner {
     snapshot: ArcSwap<CatalogSnapshot>,
-    campaigns: Mutex<BTreeMap<CampaignId, Arc<Campaign>>>,
+    campaigns: Mutex<Campaigns>,
+    /// The version of the map the current snapshot was built from. Held while building, so
+    /// concurrent writers queue here and one rebuild publishes all their changes (group commit).
+    published: Mutex<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Campaigns {
+    map: BTreeMap<CampaignId, Arc<Campaign>>,
+    /// Bumped on every change.
+    version: u64,
 }
 
 impl Default for Catalog {
@@ -29,7 +39,8 @@ impl Default for Catalog {
         Self {
             inner: Arc::new(Inner {
                 snapshot: ArcSwap::from_pointee(CatalogSnapshot::default()),
-                campaigns: Mutex::new(BTreeMap::new()),
+                campaigns: Mutex::new(Campaigns::default()),
+                published: Mutex::new(0),
             }),
         }
     }
@@ -49,7 +60,8 @@ impl Catalog {
         campaigns: Vec<Campaign>,
         now: UnixMillis,
     ) -> Result<Vec<(Arc<Campaign>, bool)>, StoreError> {
-        let mut map = self.lock();
+        let mut guard = self.lock();
+        let map = &mut guard.map;
         for c in &campaigns {
             if map.get(&c.id).is_some_and(|old| old.status == CampaignStatus::Archived) {
                 return Err(StoreError::Archived(c.id.to_string()));
@@ -69,7 +81,10 @@ impl Catalog {
             map.insert(c.id.clone(), c.clone());
             out.push((c, created));
         }
-        self.publish(&map);
+        guard.version += 1;
+        let version = guard.version;
+        drop(guard);
+        self.publish(version);
         Ok(out)
     }
 
@@ -83,6 +98,7 @@ impl Catalog {
     /// The campaign with `id`.
     pub fn get(&self, id: &str) -> Result<Arc<Campaign>, StoreError> {
         self.lock()
+            .map
             .get(id)
             .cloned()
             .ok_or_else(|| StoreError::NotFound { kind: "campaign", id: id.to_owned() })
@@ -96,7 +112,8 @@ impl Catalog {
         limit: usize,
         status: Option<CampaignStatus>,
     ) -> (Vec<Arc<Campaign>>, bool) {
-        let map = self.lock();
+        let guard = self.lock();
+        let map = &guard.map;
         let range = match after {
             Some(a) => map.range::<str, _>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
             None => map.range::<str, _>(..),
@@ -114,8 +131,9 @@ impl Catalog {
         status: CampaignStatus,
         now: UnixMillis,
     ) -> Result<Arc<Campaign>, StoreError> {
-        let mut map = self.lock();
-        let old = map.get(id).ok_or_else(|| StoreError::NotFound { kind: "campaign", id: id.to_owned() })?;
+        let mut guard = self.lock();
+        let old =
+            guard.map.get(id).ok_or_else(|| StoreError::NotFound { kind: "campaign", id: id.to_owned() })?;
         if old.status == CampaignStatus::Archived {
             if status == CampaignStatus::Archived {
                 return Ok(old.clone());
@@ -126,17 +144,32 @@ impl Catalog {
         c.status = status;
         c.updated_at = now;
         let c = Arc::new(c);
-        map.insert(c.id.clone(), c.clone());
-        self.publish(&map);
+        guard.map.insert(c.id.clone(), c.clone());
+        guard.version += 1;
+        let version = guard.version;
+        drop(guard);
+        self.publish(version);
         Ok(c)
     }
 
-    fn publish(&self, map: &BTreeMap<CampaignId, Arc<Campaign>>) {
-        let snapshot = CatalogSnapshot::new(map.values().cloned().collect());
-        self.inner.snapshot.store(Arc::new(snapshot));
+    /// Returns once a snapshot containing change `version` is published: the caller's write is
+    /// visible to every decision that starts afterwards.
+    fn publish(&self, version: u64) {
+        // Poisoning only means a rebuild panicked; the published version is still accurate.
+        let mut published = self.inner.published.lock().unwrap_or_else(|e| e.into_inner());
+        if *published >= version {
+            // A rebuild that started after our change already published it.
+            return;
+        }
+        let (campaigns, latest) = {
+            let guard = self.lock();
+            (guard.map.values().cloned().collect(), guard.version)
+        };
+        self.inner.snapshot.store(Arc::new(CatalogSnapshot::new(campaigns)));
+        *published = latest;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<CampaignId, Arc<Campaign>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Campaigns> {
         // Every mutation completes before its guard drops; a panic mid-way leaves the map valid.
         self.inner.campaigns.lock().unwrap_or_else(|e| e.into_inner())
     }

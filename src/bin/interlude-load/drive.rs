@@ -1,0 +1,434 @@
+//! Drives a server like a player backend: closed loop (each worker sends its next request when
+//! the last one answers) or open loop (requests at a constant rate; latency counted from the
+//! intended send time, so queueing is not hidden).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use interlude::grpc::pb;
+use interlude::grpc::pb::ad_decision_service_client::AdDecisionServiceClient;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use crate::world::{Member, World};
+
+/// What each request is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+pub(crate) enum Target {
+    /// Decide, then RecordEvents with an impression per decided ad.
+    DecideAndRecord,
+    /// Decide only.
+    Decide,
+    /// grpc.health.v1 Check: the cost of the gRPC stack itself.
+    HealthCheck,
+}
+
+/// How load is offered.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Mode {
+    Closed { concurrency: usize },
+    Open { rate: f64, max_in_flight: usize },
+}
+
+/// What one phase measured.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub(crate) target: Target,
+    pub(crate) elapsed: Duration,
+    pub(crate) ok: u64,
+    /// Latency in microseconds of the measured call.
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) errors: HashMap<String, u64>,
+    pub(crate) quality: Quality,
+    /// Open loop: requests not sent because too many were in flight.
+    pub(crate) shed_by_client: u64,
+}
+
+/// Decision quality, counted by the harness from what the server answered.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Quality {
+    pub(crate) decisions: u64,
+    pub(crate) paid_ads: u64,
+    pub(crate) paid_ads_matching_taste: u64,
+    /// Paid ads of campaigns without genre rules (geo or run-of-network).
+    pub(crate) paid_ads_without_genre_rule: u64,
+    pub(crate) house_breaks: u64,
+    pub(crate) empty_breaks: u64,
+    pub(crate) cap_violations: u64,
+    pub(crate) impressions_recorded: u64,
+}
+
+impl Quality {
+    fn merge(&mut self, o: &Quality) {
+        self.decisions += o.decisions;
+        self.paid_ads += o.paid_ads;
+        self.paid_ads_matching_taste += o.paid_ads_matching_taste;
+        self.paid_ads_without_genre_rule += o.paid_ads_without_genre_rule;
+        self.house_breaks += o.house_breaks;
+        self.empty_breaks += o.empty_breaks;
+        self.cap_violations += o.cap_violations;
+        self.impressions_recorded += o.impressions_recorded;
+    }
+}
+
+/// Everything a worker needs.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) world: Arc<World>,
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) seed: u64,
+    pub(crate) event_counter: Arc<AtomicU64>,
+}
+
+/// Runs one phase for `duration` (after `warmup`, not measured).
+pub(crate) async fn run(
+    shared: &Shared,
+    target: Target,
+    mode: Mode,
+    warmup: Duration,
+    duration: Duration,
+    progress: &ProgressBar,
+) -> Outcome {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring_from = Instant::now() + warmup;
+    let deadline = measuring_from + duration;
+    let results = match mode {
+        Mode::Closed { concurrency } => {
+            let mut handles = Vec::with_capacity(concurrency);
+            for w in 0..concurrency {
+                let worker = Worker::new(shared, target, w, concurrency);
+                let stop = stop.clone();
+                let progress = progress.clone();
+                handles.push(tokio::spawn(async move {
+                    worker.closed_loop(measuring_from, deadline, &stop, &progress).await
+                }));
+            }
+            let mut all = Vec::with_capacity(concurrency);
+            for h in handles {
+                if let Ok(r) = h.await {
+                    all.push(r);
+                }
+            }
+            all
+        }
+        Mode::Open { rate, max_in_flight } => {
+            vec![open_loop(shared, target, rate, max_in_flight, measuring_from, deadline, progress).await]
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut outcome = Outcome {
+        target,
+        elapsed: duration,
+        ok: 0,
+        latency: new_histogram(),
+        errors: HashMap::new(),
+        quality: Quality::default(),
+        shed_by_client: 0,
+    };
+    for r in results {
+        outcome.ok += r.ok;
+        let _ = outcome.latency.add(&r.latency);
+        for (k, v) in r.errors {
+            *outcome.errors.entry(k).or_default() += v;
+        }
+        outcome.quality.merge(&r.quality);
+        outcome.shed_by_client += r.shed;
+    }
+    outcome
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 60 s at 3 significant digits; the bounds are constants, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid histogram bounds"))
+}
+
+/// What one worker measured.
+struct WorkerResult {
+    ok: u64,
+    latency: Histogram<u64>,
+    errors: HashMap<String, u64>,
+    quality: Quality,
+    shed: u64,
+}
+
+/// One simulated player backend. In closed loop, worker `w` owns the members `i ≡ w (mod n)`,
+/// so no two requests of one listener overlap and the cap check below is exact.
+struct Worker {
+    shared: Shared,
+    target: Target,
+    client: AdDecisionServiceClient<Channel>,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
+    rng: SmallRng,
+    index: usize,
+    stride: usize,
+    /// Per (member, campaign): times of the impressions this worker recorded.
+    heard: HashMap<(usize, String), Vec<i64>>,
+    result: WorkerResult,
+}
+
+impl Worker {
+    fn new(shared: &Shared, target: Target, index: usize, stride: usize) -> Self {
+        let channel = shared.channels[index % shared.channels.len()].clone();
+        Worker {
+            shared: shared.clone(),
+            target,
+            client: AdDecisionServiceClient::new(channel.clone()),
+            health: tonic_health::pb::health_client::HealthClient::new(channel),
+            rng: SmallRng::seed_from_u64(shared.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9)),
+            index,
+            stride: stride.max(1),
+            heard: HashMap::new(),
+            result: WorkerResult {
+                ok: 0,
+                latency: new_histogram(),
+                errors: HashMap::new(),
+                quality: Quality::default(),
+                shed: 0,
+            },
+        }
+    }
+
+    async fn closed_loop(
+        mut self,
+        measuring_from: Instant,
+        deadline: Instant,
+        stop: &AtomicBool,
+        progress: &ProgressBar,
+    ) -> WorkerResult {
+        let members = self.shared.world.members.len();
+        let mine = members.saturating_sub(self.index).div_ceil(self.stride);
+        if mine == 0 {
+            return self.result;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let member = self.index + self.stride * self.rng.random_range(0..mine);
+            let measured = now >= measuring_from;
+            self.one(member, now, measured).await;
+            if measured {
+                progress.inc(1);
+            }
+        }
+        self.result
+    }
+
+    /// Sends one request for `member`; latency counts from `intended`.
+    async fn one(&mut self, member: usize, intended: Instant, measured: bool) {
+        match self.target {
+            Target::HealthCheck => {
+                let r =
+                    self.health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
+                self.account(intended, measured, r.map(|_| ()));
+            }
+            Target::Decide | Target::DecideAndRecord => {
+                let request = self.request(member);
+                let r = self.client.decide(request.clone()).await;
+                let response = match r {
+                    Ok(r) => r.into_inner(),
+                    Err(status) => {
+                        self.account(intended, measured, Err(status));
+                        return;
+                    }
+                };
+                self.account(intended, measured, Ok(()));
+                if measured {
+                    self.judge(member, &request, &response);
+                }
+                if self.target == Target::DecideAndRecord && !response.ads.is_empty() {
+                    self.record(member, &response, measured).await;
+                }
+            }
+        }
+    }
+
+    fn account(&mut self, intended: Instant, measured: bool, r: Result<(), tonic::Status>) {
+        if !measured {
+            return;
+        }
+        match r {
+            Ok(()) => {
+                self.result.ok += 1;
+                let us = intended.elapsed().as_micros().max(1) as u64;
+                let _ = self.result.latency.record(us);
+            }
+            Err(status) => *self.result.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+        }
+    }
+
+    fn request(&mut self, member: usize) -> pb::DecideRequest {
+        let m: &Member = &self.shared.world.members[member];
+        // Mostly one of the member's favourite genres plays; sometimes anything.
+        let track_genre = if self.rng.random_bool(0.7) && !m.top3.is_empty() {
+            m.top3[self.rng.random_range(0..m.top3.len())].to_string()
+        } else {
+            interlude::synth::GENRES[interlude::synth::zipf(&mut self.rng, interlude::synth::GENRES.len())]
+                .to_string()
+        };
+        let place = if self.rng.random_bool(0.9) {
+            m.home
+        } else {
+            self.rng.random_range(0..interlude::synth::PLACES.len())
+        };
+        let (country, region, metro) = interlude::synth::PLACES[place];
+        pb::DecideRequest {
+            listener_id: m.listener_id.clone(),
+            member_id: m.member_id.clone(),
+            context: Some(pb::PlaybackContext {
+                track_id: "track".into(),
+                track_genres: vec![track_genre],
+                device: [pb::DeviceType::Mobile, pb::DeviceType::Desktop, pb::DeviceType::SmartSpeaker]
+                    [self.rng.random_range(0..3)] as i32,
+                location: Some(pb::GeoLocation {
+                    country: country.into(),
+                    region: region.into(),
+                    metro: metro.into(),
+                }),
+                personalized_ads: pb::ConsentState::Unspecified as i32,
+                utc_offset_minutes: 0,
+            }),
+            break_constraints: Some(pb::BreakConstraints {
+                max_ads: 2,
+                max_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+            }),
+            explain: false,
+        }
+    }
+
+    /// Quality: does each paid ad match the member's top-3 genres or the playing track, and does
+    /// any break an already-capped campaign?
+    fn judge(&mut self, member: usize, request: &pb::DecideRequest, response: &pb::DecideResponse) {
+        let q = &mut self.result.quality;
+        q.decisions += 1;
+        match response.fill() {
+            pb::Fill::House => q.house_breaks += 1,
+            pb::Fill::Empty => q.empty_breaks += 1,
+            _ => {}
+        }
+        let m = &self.shared.world.members[member];
+        let track = request.context.as_ref().map(|c| c.track_genres.as_slice()).unwrap_or_default();
+        let now = interlude::grpc::now().0;
+        for ad in &response.ads {
+            let Some(facts) = self.shared.world.facts.get(&ad.campaign_id) else { continue };
+            if facts.house {
+                continue;
+            }
+            q.paid_ads += 1;
+            let matches = facts.affinity.iter().any(|g| m.top3.contains(&g.as_str()) || track.contains(g))
+                || facts.track.iter().any(|g| track.contains(g));
+            q.paid_ads_matching_taste += u64::from(matches);
+            q.paid_ads_without_genre_rule += u64::from(facts.affinity.is_empty() && facts.track.is_empty());
+            if let Some(times) = self.heard.get(&(member, ad.campaign_id.clone())) {
+                let violated = facts.caps.iter().any(|&(max, window)| {
+                    let n = times.iter().filter(|&&t| window.is_none_or(|w| now - t < w)).count();
+                    n >= max as usize
+                });
+                q.cap_violations += u64::from(violated);
+            }
+        }
+    }
+
+    async fn record(&mut self, member: usize, response: &pb::DecideResponse, measured: bool) {
+        let base = self.shared.event_counter.fetch_add(response.ads.len() as u64, Ordering::Relaxed);
+        let events = response
+            .ads
+            .iter()
+            .enumerate()
+            .map(|(i, ad)| pb::AdEvent {
+                event_id: format!("load-{}-{}", self.shared.seed, base + i as u64),
+                r#type: pb::EventType::Impression as i32,
+                impression_token: ad.impression_token.clone(),
+                occurred_at: None,
+            })
+            .collect();
+        // Stamped before sending, so the harness never counts an impression as more recent
+        // than the server does (and never reports a violation that is not one).
+        let now = interlude::grpc::now().0;
+        match self.client.record_events(pb::RecordEventsRequest { events }).await {
+            Ok(_) => {
+                for ad in &response.ads {
+                    self.heard.entry((member, ad.campaign_id.clone())).or_default().push(now);
+                }
+                if measured {
+                    self.result.quality.impressions_recorded += response.ads.len() as u64;
+                }
+            }
+            Err(status) if measured => {
+                *self.result.errors.entry(format!("RecordEvents {:?}", status.code())).or_default() += 1
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Open loop: one request every `1 / rate` seconds, each on its own task, from intended times.
+async fn open_loop(
+    shared: &Shared,
+    target: Target,
+    rate: f64,
+    max_in_flight: usize,
+    measuring_from: Instant,
+    deadline: Instant,
+    progress: &ProgressBar,
+) -> WorkerResult {
+    let start = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<WorkerResult>();
+    let members = shared.world.members.len().max(1);
+    let mut shed = 0;
+    let mut rng = SmallRng::seed_from_u64(shared.seed);
+    let mut i: u32 = 0;
+    loop {
+        let intended = start + interval * i;
+        if intended >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(intended).await;
+        i += 1;
+        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+            shed += u64::from(intended >= measuring_from);
+            continue;
+        };
+        let mut worker = Worker::new(shared, target, i as usize, 1);
+        let member = rng.random_range(0..members);
+        let tx = tx.clone();
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let measured = intended >= measuring_from;
+            worker.one(member, intended, measured).await;
+            if measured {
+                progress.inc(1);
+            }
+            drop(permit);
+            let _ = tx.send(worker.result);
+        });
+    }
+    drop(tx);
+    let mut total = WorkerResult {
+        ok: 0,
+        latency: new_histogram(),
+        errors: HashMap::new(),
+        quality: Quality::default(),
+        shed,
+    };
+    while let Some(r) = rx.recv().await {
+        total.ok += r.ok;
+        let _ = total.latency.add(&r.latency);
+        for (k, v) in r.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+        total.quality.merge(&r.quality);
+    }
+    // Cap violations are only exact when one worker owns a listener (closed loop).
+    total.quality.cap_violations = 0;
+    total
+}

@@ -1,0 +1,289 @@
+//! `interlude-load`: the load-test harness. Generates a synthetic world from a seed, seeds a
+//! running server through the admin RPCs, drives Decide + RecordEvents like a player backend,
+//! and reports throughput, latency percentiles, errors and decision quality.
+//!
+//! It is a client of the server, so unlike the server's library it speaks wire (`pb`) types.
+//!
+//! ```sh
+//! cargo run --release --bin interlude-load -- --campaigns 10000 --listeners 100000 --compare
+//! ```
+
+// The report is the program's output.
+#![allow(clippy::print_stdout)]
+
+mod drive;
+mod report;
+mod world;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use interlude::grpc::pb;
+use interlude::synth::WorldSpec;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use drive::{Mode, Shared, Target};
+use report::{BudgetReport, PhaseReport, Report};
+use world::World;
+
+/// Load-test an Interlude server.
+#[derive(Debug, Parser)]
+#[command(name = "interlude-load", version)]
+struct Args {
+    /// Server address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// World seed: the same seed gives the same campaigns, listeners and requests.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Synthetic campaigns to seed (ten of them house ads).
+    #[arg(long, default_value_t = 10_000)]
+    campaigns: usize,
+    /// Synthetic listener accounts to seed (about a fifth are households of 2-3 members).
+    #[arg(long, default_value_t = 10_000)]
+    listeners: usize,
+    /// Skip seeding (the server already holds this seed's world).
+    #[arg(long)]
+    no_seed: bool,
+    /// Concurrent workers (closed loop).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Open loop at this many requests per second instead of closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// HTTP/2 connections to spread requests over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured seconds per phase.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Unmeasured warm-up seconds per phase.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// What each request does.
+    #[arg(long, value_enum, default_value = "decide-and-record")]
+    workload: Target,
+    /// Also run Decide alone and grpc.health.v1 Check with the same load, and print the ratio.
+    #[arg(long)]
+    compare: bool,
+    /// Write the JSON report here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Write a gRPC-framed DecideRequest here (for h2load -d) and exit.
+    #[arg(long)]
+    write_h2load_body: Option<std::path::PathBuf>,
+    /// Exit non-zero if any request failed or a cap was violated (for CI smoke runs).
+    #[arg(long)]
+    strict: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let spec = WorldSpec { seed: args.seed, campaigns: args.campaigns, listeners: args.listeners };
+    let world = Arc::new(World::generate(spec)?);
+    if let Some(path) = &args.write_h2load_body {
+        return write_h2load_body(&world, path);
+    }
+    let mut channels = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        let channel = Endpoint::from_shared(args.target.clone())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {}", args.target))?;
+        channels.push(channel);
+    }
+
+    let seeding_started = Instant::now();
+    if !args.no_seed {
+        seed(&world, &channels, args.concurrency.max(8)).await?;
+    }
+    let seeding_seconds = seeding_started.elapsed().as_secs_f64();
+
+    let shared = Shared {
+        world: world.clone(),
+        channels: channels.clone(),
+        seed: args.seed,
+        event_counter: Arc::new(AtomicU64::new(0)),
+    };
+    let mode = match args.rate {
+        Some(rate) => Mode::Open { rate, max_in_flight: args.concurrency.max(1) * 64 },
+        None => Mode::Closed { concurrency: args.concurrency.max(1) },
+    };
+    // The comparison runs first: Decide alone changes no state, so it sees the fresh world.
+    let mut targets = if args.compare { vec![Target::Decide, Target::HealthCheck] } else { Vec::new() };
+    if !targets.contains(&args.workload) {
+        targets.push(args.workload);
+    }
+    let mut phases = Vec::new();
+    for target in targets {
+        let progress = progress_bar(target, args.duration);
+        let outcome = drive::run(
+            &shared,
+            target,
+            mode,
+            Duration::from_secs_f64(args.warmup),
+            Duration::from_secs_f64(args.duration),
+            &progress,
+        )
+        .await;
+        progress.finish_and_clear();
+        phases.push(PhaseReport::from_outcome(&outcome, matches!(mode, Mode::Closed { .. })));
+    }
+    let throughput = |t: Target| phases.iter().find(|p| p.target == t).map(|p| p.throughput_per_sec);
+    let decide_to_check_ratio = match (throughput(Target::Decide), throughput(Target::HealthCheck)) {
+        (Some(d), Some(c)) if c > 0.0 => Some(d / c),
+        _ => None,
+    };
+    let budgets = budget_report(&world, &channels[0]).await?;
+    let report = Report {
+        seed: args.seed,
+        campaigns: args.campaigns,
+        listeners: args.listeners,
+        mode: match mode {
+            Mode::Closed { concurrency } => format!("closed loop, {concurrency} workers"),
+            Mode::Open { rate, .. } => format!("open loop, {rate} req/s"),
+        },
+        seeding_seconds,
+        phases,
+        decide_to_check_ratio,
+        budgets: Some(budgets),
+    };
+    print!("{}", report.table());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if args.strict {
+        let failed: u64 = report.phases.iter().flat_map(|p| p.errors.values()).sum();
+        let violations: u64 =
+            report.phases.iter().filter_map(|p| p.quality.as_ref()).map(|q| q.cap_violations).sum();
+        let served: u64 = report.phases.iter().map(|p| p.requests_ok).sum();
+        anyhow::ensure!(failed == 0, "{failed} requests failed");
+        anyhow::ensure!(violations == 0, "{violations} frequency-cap violations");
+        anyhow::ensure!(served > 0, "no request succeeded");
+    }
+    Ok(())
+}
+
+fn progress_bar(target: Target, seconds: f64) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    let style = ProgressStyle::with_template("{spinner} {msg} {pos} requests ({per_sec}) {elapsed}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_message(format!("{target:?} for {seconds} s:"));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Seeds campaigns, listeners and plays through the admin RPCs, `concurrency` at a time.
+async fn seed(world: &Arc<World>, channels: &[Channel], concurrency: usize) -> anyhow::Result<()> {
+    let bar = ProgressBar::new((world.campaigns.len() + world.spec.listeners) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("seeding {bar:40} {pos}/{len} ({per_sec}) {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..concurrency {
+        let world = world.clone();
+        let channel = channels[w % channels.len()].clone();
+        let bar = bar.clone();
+        tasks.spawn(async move {
+            let mut campaigns = pb::campaign_service_client::CampaignServiceClient::new(channel.clone());
+            for c in world.campaigns.iter().skip(w).step_by(concurrency) {
+                campaigns.upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(c.clone()) }).await?;
+                bar.inc(1);
+            }
+            let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+            let now = interlude::grpc::now();
+            let mut chunk = Vec::new();
+            let mut chunks = Vec::new();
+            for i in (w..world.spec.listeners).step_by(concurrency) {
+                listeners.upsert_listener(world.listener_request(i)).await?;
+                chunk.extend(world.plays(i, now));
+                if chunk.len() >= 1000 {
+                    chunks.push(pb::RecordPlaysRequest { plays: std::mem::take(&mut chunk) });
+                }
+                bar.inc(1);
+            }
+            if !chunk.is_empty() {
+                chunks.push(pb::RecordPlaysRequest { plays: chunk });
+            }
+            let response = listeners.record_plays(tokio_stream::iter(chunks)).await?.into_inner();
+            anyhow::ensure!(
+                response.rejected == 0,
+                "the server rejected {} plays: {:?}",
+                response.rejected,
+                response.rejections
+            );
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result??;
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn budget_report(world: &World, channel: &Channel) -> anyhow::Result<BudgetReport> {
+    let mut client = pb::campaign_service_client::CampaignServiceClient::new(channel.clone());
+    let mut report = BudgetReport::default();
+    for (id, facts) in &world.facts {
+        if facts.lifetime_budget_micros == 0 {
+            continue;
+        }
+        report.budgeted_campaigns += 1;
+        let stats = client
+            .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: id.clone() })
+            .await?
+            .into_inner();
+        let over = stats.spend_micros - facts.lifetime_budget_micros;
+        if stats.pacing_status() == pb::PacingStatus::BudgetExhausted {
+            report.exhausted += 1;
+        }
+        if over > 0 {
+            report.total_overspend_micros += over;
+            report.max_overspend_share =
+                report.max_overspend_share.max(over as f64 / facts.lifetime_budget_micros as f64);
+        }
+    }
+    Ok(report)
+}
+
+/// A DecideRequest in gRPC framing (1-byte flag, 4-byte length, message) for `h2load -d`.
+fn write_h2load_body(world: &World, path: &std::path::Path) -> anyhow::Result<()> {
+    use prost::Message as _;
+    let member = world.members.first().context("the world has no listeners")?;
+    let request = pb::DecideRequest {
+        listener_id: member.listener_id.clone(),
+        member_id: member.member_id.clone(),
+        context: Some(pb::PlaybackContext {
+            track_genres: member.top3.iter().take(1).map(|g| g.to_string()).collect(),
+            device: pb::DeviceType::Mobile as i32,
+            ..Default::default()
+        }),
+        break_constraints: Some(pb::BreakConstraints {
+            max_ads: 2,
+            max_duration: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        }),
+        explain: false,
+    };
+    let body = request.encode_to_vec();
+    let mut framed = Vec::with_capacity(body.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&body);
+    std::fs::write(path, framed).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} ({} bytes) for listener {}", path.display(), body.len() + 5, member.listener_id);
+    Ok(())
+}

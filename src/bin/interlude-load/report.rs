@@ -1,0 +1,172 @@
+//! The report: throughput, latency percentiles, errors by status, decision quality, budgets;
+//! as JSON and as a table.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::drive::{Outcome, Target};
+
+/// One measured phase.
+#[derive(Debug, Serialize)]
+pub(crate) struct PhaseReport {
+    pub(crate) target: Target,
+    pub(crate) seconds: f64,
+    pub(crate) requests_ok: u64,
+    pub(crate) throughput_per_sec: f64,
+    pub(crate) latency_us: Percentiles,
+    pub(crate) errors: BTreeMap<String, u64>,
+    pub(crate) shed_by_client: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) quality: Option<QualityReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Percentiles {
+    pub(crate) p50: u64,
+    pub(crate) p90: u64,
+    pub(crate) p99: u64,
+    pub(crate) p999: u64,
+    pub(crate) max: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct QualityReport {
+    pub(crate) decisions: u64,
+    pub(crate) paid_ads: u64,
+    /// Share of paid ads matching the listener's top-3 genres or the playing track's genre.
+    pub(crate) paid_ads_matching_taste: f64,
+    /// Share of paid ads from campaigns without genre rules (geo-targeted or run-of-network).
+    pub(crate) paid_ads_without_genre_rule: f64,
+    pub(crate) house_break_share: f64,
+    pub(crate) empty_break_share: f64,
+    /// Must be 0 (closed loop only: one worker owns each listener).
+    pub(crate) cap_violations: u64,
+    pub(crate) impressions_recorded: u64,
+}
+
+/// Budget outcome over the campaigns with a lifetime budget.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct BudgetReport {
+    pub(crate) budgeted_campaigns: usize,
+    pub(crate) exhausted: usize,
+    /// Largest spend over budget, as a share of the budget.
+    pub(crate) max_overspend_share: f64,
+    pub(crate) total_overspend_micros: i64,
+}
+
+/// The whole run.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    pub(crate) seed: u64,
+    pub(crate) campaigns: usize,
+    pub(crate) listeners: usize,
+    pub(crate) mode: String,
+    pub(crate) seeding_seconds: f64,
+    pub(crate) phases: Vec<PhaseReport>,
+    /// Decide throughput over health Check throughput (with --compare).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) decide_to_check_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) budgets: Option<BudgetReport>,
+}
+
+impl PhaseReport {
+    pub(crate) fn from_outcome(o: &Outcome, closed_loop: bool) -> Self {
+        let h = &o.latency;
+        let seconds = o.elapsed.as_secs_f64();
+        let q = &o.quality;
+        let share = |n: u64, d: u64| if d == 0 { 0.0 } else { n as f64 / d as f64 };
+        PhaseReport {
+            target: o.target,
+            seconds,
+            requests_ok: o.ok,
+            throughput_per_sec: o.ok as f64 / seconds.max(1e-9),
+            latency_us: Percentiles {
+                p50: h.value_at_quantile(0.5),
+                p90: h.value_at_quantile(0.9),
+                p99: h.value_at_quantile(0.99),
+                p999: h.value_at_quantile(0.999),
+                max: h.max(),
+            },
+            errors: o.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            shed_by_client: o.shed_by_client,
+            quality: (o.target != Target::HealthCheck).then(|| QualityReport {
+                decisions: q.decisions,
+                paid_ads: q.paid_ads,
+                paid_ads_matching_taste: share(q.paid_ads_matching_taste, q.paid_ads),
+                paid_ads_without_genre_rule: share(q.paid_ads_without_genre_rule, q.paid_ads),
+                house_break_share: share(q.house_breaks, q.decisions),
+                empty_break_share: share(q.empty_breaks, q.decisions),
+                cap_violations: if closed_loop { q.cap_violations } else { 0 },
+                impressions_recorded: q.impressions_recorded,
+            }),
+        }
+    }
+}
+
+impl Report {
+    /// A human-readable table.
+    pub(crate) fn table(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "interlude-load: seed {} | {} campaigns | {} listeners | {} | seeding {:.1} s\n",
+            self.seed, self.campaigns, self.listeners, self.mode, self.seeding_seconds
+        ));
+        out.push_str(&format!(
+            "{:<18} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8}  errors\n",
+            "target", "ok", "req/s", "p50 µs", "p90", "p99", "p99.9", "max"
+        ));
+        for p in &self.phases {
+            let l = &p.latency_us;
+            let errors = if p.errors.is_empty() {
+                "none".to_string()
+            } else {
+                p.errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            };
+            out.push_str(&format!(
+                "{:<18} {:>10} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>8}  {}{}\n",
+                format!("{:?}", p.target),
+                p.requests_ok,
+                p.throughput_per_sec,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                errors,
+                if p.shed_by_client > 0 {
+                    format!(" (client shed {})", p.shed_by_client)
+                } else {
+                    String::new()
+                }
+            ));
+            if let Some(q) = &p.quality {
+                out.push_str(&format!(
+                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% have no genre rule), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
+                    q.decisions,
+                    q.paid_ads,
+                    100.0 * q.paid_ads_matching_taste,
+                    100.0 * q.paid_ads_without_genre_rule,
+                    100.0 * q.house_break_share,
+                    100.0 * q.empty_break_share,
+                    q.cap_violations,
+                    q.impressions_recorded
+                ));
+            }
+        }
+        if let Some(r) = self.decide_to_check_ratio {
+            out.push_str(&format!("Decide / health Check throughput: {r:.2}\n"));
+        }
+        if let Some(b) = &self.budgets {
+            out.push_str(&format!(
+                "budgets: {} budgeted, {} exhausted, max overspend {:.2}% of budget ({} micros in total)\n",
+                b.budgeted_campaigns,
+                b.exhausted,
+                100.0 * b.max_overspend_share,
+                b.total_overspend_micros
+            ));
+        }
+        out
+    }
+}

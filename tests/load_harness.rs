@@ -1,0 +1,63 @@
+//! Smoke run of the shipped load harness against the real server binary: it must seed a small
+//! world, drive Decide + RecordEvents and Check, and report no errors and no cap violations.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::TEST_TIMEOUT;
+
+#[test]
+fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
+    let mut server = Command::new(env!("CARGO_BIN_EXE_interlude"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--demo", "false"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let addr = loop {
+        let line = rx.recv_timeout(TEST_TIMEOUT).expect("the server logs its address");
+        if let Some(at) = line.find("grpc_addr=") {
+            break line[at + "grpc_addr=".len()..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let report_path = std::env::temp_dir().join(format!("interlude-load-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
+        .args(["--target", &format!("http://{addr}")])
+        .args(["--campaigns", "300", "--listeners", "300", "--concurrency", "4", "--connections", "2"])
+        .args(["--duration", "1.5", "--warmup", "0.2", "--compare", "--strict"])
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .unwrap();
+    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
+    let _ = server.wait();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("Decide / health Check throughput"), "{stdout}");
+
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    let phases = report["phases"].as_array().unwrap();
+    let targets: Vec<&str> = phases.iter().map(|p| p["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, vec!["Decide", "HealthCheck", "DecideAndRecord"]);
+    for phase in phases {
+        assert!(phase["requests_ok"].as_u64().unwrap() > 0, "{phase}");
+        assert!(phase["errors"].as_object().unwrap().is_empty(), "{phase}");
+        assert!(phase["latency_us"]["p99"].as_u64().unwrap() >= phase["latency_us"]["p50"].as_u64().unwrap());
+    }
+    let recorded = &phases[2]["quality"];
+    assert_eq!(recorded["cap_violations"].as_u64(), Some(0), "{recorded}");
+    assert!(recorded["impressions_recorded"].as_u64().unwrap() > 0, "{recorded}");
+    assert!(report["decide_to_check_ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["budgets"]["budgeted_campaigns"].as_u64().unwrap() > 0);
+    let _ = std::fs::remove_file(report_path);
+}
