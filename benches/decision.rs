@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use interlude::decision::{self, CatalogSnapshot, Listener, NoSpend, Policy};
-use interlude::domain::{AdRequest, ConsentState, DAY_MS, DeliveryHistory, DeviceType, UnixMillis};
+use interlude::domain::{
+    AdRequest, ConsentState, DAY_MS, DeliveryHistory, DeviceType, ImpressionRecord, MINUTE_MS, UnixMillis,
+};
 use interlude::store::Vocabulary;
 use interlude::synth::{self, WorldSpec};
 use rand::SeedableRng;
@@ -47,27 +49,53 @@ fn bench_decide(c: &mut Criterion) {
                 }
             })
             .collect();
-        let history = DeliveryHistory::default();
-        let policy = Policy::default();
+        let empty = DeliveryHistory::default();
+        // Impressions of three earlier breaks (40, 80 and 120 minutes ago) of each listener.
         let mut rng = SmallRng::seed_from_u64(1);
-        let mut i = 0usize;
-        group.bench_with_input(BenchmarkId::new("n_campaigns", n), &n, |b, _| {
-            b.iter(|| {
-                i = (i + 1) % LISTENERS;
+        let warm = Policy { max_ads_per_hour: 100, ..Policy::default() };
+        let histories: Vec<DeliveryHistory> = (0..LISTENERS)
+            .map(|i| {
                 let profile = &listeners[i].profile;
                 let listener =
-                    Listener { profile: Some(profile), taste: profile.member(""), history: &history };
-                black_box(decision::decide(
-                    &snapshot,
-                    listener,
-                    &requests[i],
-                    &policy,
-                    &NoSpend,
-                    NOW,
-                    &mut rng,
-                ))
+                    Listener { profile: Some(profile), taste: profile.member(""), history: &empty };
+                let mut history = DeliveryHistory::default();
+                for k in 0..3 {
+                    let d =
+                        decision::decide(&snapshot, listener, &requests[i], &warm, &NoSpend, NOW, &mut rng);
+                    for ad in d.ads {
+                        history.record_impression(ImpressionRecord {
+                            at: UnixMillis(NOW.0 - (k + 1) * 40 * MINUTE_MS),
+                            campaign: ad.campaign.id.clone(),
+                            creative: ad.campaign.creatives[ad.creative].id.clone(),
+                            advertiser: ad.campaign.advertiser_id.clone(),
+                            categories: ad.campaign.categories.clone(),
+                        });
+                    }
+                }
+                history
             })
-        });
+            .collect();
+        let policy = Policy::default();
+        for (name, with_history) in [("n_campaigns", false), ("n_campaigns_with_history", true)] {
+            let mut i = 0usize;
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    i = (i + 1) % LISTENERS;
+                    let profile = &listeners[i].profile;
+                    let history = if with_history { &histories[i] } else { &empty };
+                    let listener = Listener { profile: Some(profile), taste: profile.member(""), history };
+                    black_box(decision::decide(
+                        &snapshot,
+                        listener,
+                        &requests[i],
+                        &policy,
+                        &NoSpend,
+                        NOW,
+                        &mut rng,
+                    ))
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -26,8 +26,15 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[derive(Clone, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub Arc<str>);
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                // Ids in histories share the campaign's Arc: most equal pairs are one pointer.
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
 
         impl $name {
             /// The id as text.

@@ -105,14 +105,19 @@ impl<'a> Context<'a> {
         spend: &impl SpendView,
         rng: &mut impl Rng,
     ) -> Evaluation<'c> {
-        if let Err(rule) = self.check(campaign, spend) {
+        if let Err(rule) = self.check_targeting(campaign) {
             return Evaluation::Rejected(rule);
         }
+        // Relevance before delivery: most rejected candidates fail here, and a campaign that is
+        // not relevant enough is reported as such even if it is also capped.
         let relevance = self.relevance(campaign);
         if campaign.tier.is_paid()
             && relevance < campaign.relevance_floor.unwrap_or(self.policy.relevance_floor)
         {
             return Evaluation::Rejected(Rule::RelevanceFloor);
+        }
+        if let Err(rule) = self.check_delivery(campaign, spend) {
+            return Evaluation::Rejected(rule);
         }
         let creative = match self.pick_creative(campaign, rng) {
             Ok(i) => i,
@@ -129,7 +134,8 @@ impl<'a> Context<'a> {
         })
     }
 
-    fn check(&self, c: &Campaign, spend: &impl SpendView) -> Result<(), Rule> {
+    /// Status, flight and targeting: whether the campaign is for this listener and context.
+    fn check_targeting(&self, c: &Campaign) -> Result<(), Rule> {
         let t = &c.targeting;
         let req = self.request;
         if c.status != CampaignStatus::Active {
@@ -192,7 +198,11 @@ impl<'a> Context<'a> {
         if !t.signals.iter().all(fresh) || t.exclude_signals.iter().any(fresh) {
             return Err(Rule::Signal);
         }
-        // Delivery rules: what the listener has heard, and what the advertiser can pay.
+        Ok(())
+    }
+
+    /// Delivery: what the listener has heard, and what the advertiser can still pay.
+    fn check_delivery(&self, c: &Campaign, spend: &impl SpendView) -> Result<(), Rule> {
         let history = self.listener.history;
         let heard = !history.is_empty();
         if heard && history.is_suppressed(&c.advertiser_id, &c.categories, self.now) {

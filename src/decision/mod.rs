@@ -81,12 +81,13 @@ pub enum Fill {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Reason {
     Served,
+    // The rest in pipeline order: a later stage is "further" (see `Rule::reason`).
     NoCandidates,
     NoConsent,
+    BelowRelevanceFloor,
     Suppressed,
     BudgetExhausted,
     FrequencyCapped,
-    BelowRelevanceFloor,
     DoesNotFitBreak,
     AdLoadLimit,
 }
