@@ -1,0 +1,207 @@
+//! Listener profiles end to end: households, identity continuity, merging, erasure, and play
+//! ingestion that accepts the good events and reports the bad ones.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use common::*;
+use interlude::grpc::pb;
+use tonic::Code;
+
+fn member_break(listener: &str, member: &str) -> pb::DecideRequest {
+    let mut request = break_for(listener);
+    request.member_id = member.into();
+    request
+}
+
+#[tokio::test]
+async fn one_family_members_plays_do_not_change_anothers_decisions() {
+    let server = start_server().await;
+    server
+        .upsert([genre_campaign("kids-songs", "singalong", 10, &["kids"]), genre_campaign("guitars", "riff", 10, &["rock"])])
+        .await;
+    server.listener("family", |_| {}).await;
+    server.plays("family", "", &[("rock", 30)]).await;
+    assert_eq!(served(&server.decide(member_break("family", "")).await), vec!["guitars"]);
+
+    // The child listens to a lot of children's music on the same account.
+    server.plays("family", "kid", &[("kids", 200)]).await;
+    assert_eq!(served(&server.decide(member_break("family", "kid")).await), vec!["kids-songs"]);
+    assert_eq!(served(&server.decide(member_break("family", "")).await), vec!["guitars"], "the parent's profile is unchanged");
+
+    let listener = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "family".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    let members: Vec<&str> = listener.members.iter().map(|m| m.member_id.as_str()).collect();
+    assert_eq!(members, vec!["", "kid"]);
+    assert_eq!(listener.members[1].genres[0].genre, "kids");
+    assert_eq!(listener.members[1].genres[0].lifetime_plays, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn each_member_has_its_own_frequency_caps() {
+    let server = start_server().await;
+    let mut capped = genre_campaign("once", "adv", 10, &["jazz"]);
+    capped.frequency_caps =
+        vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: 1, window: None }];
+    server.upsert([capped]).await;
+    server.listener("home", |_| {}).await;
+    server.plays("home", "a", &[("jazz", 10)]).await;
+    server.plays("home", "b", &[("jazz", 10)]).await;
+    let first = server.decide(member_break("home", "a")).await;
+    server.record_impressions(&first, "a").await;
+    assert!(served(&server.decide(member_break("home", "a")).await).is_empty());
+    assert_eq!(served(&server.decide(member_break("home", "b")).await), vec!["once"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_email_alias_sees_the_old_history_and_caps() {
+    let server = start_server().await;
+    let mut capped = genre_campaign("once", "adv", 10, &["opera"]);
+    capped.frequency_caps =
+        vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: 1, window: None }];
+    server.upsert([capped, genre_campaign("other", "adv2", 5, &["opera"])]).await;
+    server.listener("email-sha256:old", |_| {}).await;
+    server.plays("email-sha256:old", "", &[("opera", 20)]).await;
+    let first = server.decide(break_for("email-sha256:old")).await;
+    assert_eq!(served(&first), vec!["once"]);
+    server.record_impressions(&first, "old").await;
+
+    let linked = server
+        .listeners()
+        .link_identity(pb::LinkIdentityRequest { listener_id: "email-sha256:old".into(), alias: "email-sha256:new".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(linked.aliases, vec!["email-sha256:new".to_string()]);
+    // By the new address: the same taste (opera ads) and the same caps ("once" was heard).
+    assert_eq!(served(&server.decide(break_for("email-sha256:new")).await), vec!["other"]);
+
+    // An alias cannot be taken over by another listener.
+    server.listener("someone-else", |_| {}).await;
+    let status = server
+        .listeners()
+        .link_identity(pb::LinkIdentityRequest { listener_id: "someone-else".into(), alias: "email-sha256:new".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_merged_profile_keeps_both_histories() {
+    let server = start_server().await;
+    let mut capped = genre_campaign("jazz-once", "adv", 10, &["jazz"]);
+    capped.frequency_caps =
+        vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: 1, window: None }];
+    server.upsert([capped, genre_campaign("jazz-more", "adv2", 5, &["jazz"])]).await;
+    server.listener("phone", |_| {}).await;
+    server.plays("phone", "", &[("jazz", 30)]).await;
+    server.listener("laptop", |_| {}).await;
+    server.plays("laptop", "", &[("classical", 20)]).await;
+    let heard = server.decide(break_for("laptop")).await;
+    assert!(heard.ads.is_empty(), "laptop has no jazz yet");
+    let heard = server.decide(break_for("phone")).await;
+    server.record_impressions(&heard, "phone").await;
+
+    let merged = server
+        .listeners()
+        .merge_listeners(pb::MergeListenersRequest { into_listener_id: "laptop".into(), from_listener_id: "phone".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    let genres: Vec<&str> = merged.members[0].genres.iter().map(|g| g.genre.as_str()).collect();
+    assert!(genres.contains(&"jazz") && genres.contains(&"classical"), "{genres:?}");
+    assert_eq!(merged.aliases, vec!["phone".to_string()]);
+    // The merged listener has phone's taste and phone's caps, by either id.
+    assert_eq!(served(&server.decide(break_for("laptop")).await), vec!["jazz-more"]);
+    assert_eq!(served(&server.decide(break_for("phone")).await), vec!["jazz-more"]);
+
+    let status = server
+        .listeners()
+        .merge_listeners(pb::MergeListenersRequest { into_listener_id: "laptop".into(), from_listener_id: "phone".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "phone is laptop now");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_forgotten_listener_is_treated_as_unknown() {
+    let server = start_server().await;
+    server.upsert([genre_campaign("jazz", "adv", 10, &["jazz"])]).await;
+    server.listener("leaving", |_| {}).await;
+    server.plays("leaving", "", &[("jazz", 30)]).await;
+    server
+        .listeners()
+        .link_identity(pb::LinkIdentityRequest { listener_id: "leaving".into(), alias: "device:123".into() })
+        .await
+        .unwrap();
+    assert_eq!(served(&server.decide(break_for("leaving")).await), vec!["jazz"]);
+
+    server.listeners().forget_listener(pb::ForgetListenerRequest { listener_id: "device:123".into() }).await.unwrap();
+    for id in ["leaving", "device:123"] {
+        let status = server.listeners().get_listener(pb::GetListenerRequest { listener_id: id.into() }).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{id}");
+        let response = server.decide(break_for(id)).await;
+        assert!(response.ads.is_empty(), "no profile data left for {id}");
+    }
+    let status =
+        server.listeners().forget_listener(pb::ForgetListenerRequest { listener_id: "leaving".into() }).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_play_stream_accepts_good_events_and_reports_bad_ones() {
+    let server = start_server().await;
+    let now = interlude::grpc::now().0;
+    let good = |i: i64| pb::PlayEvent {
+        listener_id: "streamer".into(),
+        track_id: format!("t{i}"),
+        genres: vec!["jazz".into()],
+        played_at: Some(ts(now - i * 1000)),
+        seconds_played: 200,
+        ..Default::default()
+    };
+    let mut no_genre = good(3);
+    no_genre.genres.clear();
+    let mut bad_slug = good(4);
+    bad_slug.genres = vec!["Jazz Fusion".into()];
+    let mut future = good(5);
+    future.played_at = Some(ts(now + 3_600_000));
+    let mut no_listener = good(6);
+    no_listener.listener_id.clear();
+    let chunks = vec![
+        pb::RecordPlaysRequest { plays: vec![good(1), good(2), no_genre, bad_slug] },
+        pb::RecordPlaysRequest { plays: vec![future, good(7), no_listener] },
+    ];
+    let response = server.listeners().record_plays(tokio_stream::iter(chunks)).await.unwrap().into_inner();
+    assert_eq!((response.accepted, response.rejected), (3, 4));
+    let reported: Vec<(u64, &str)> = response.rejections.iter().map(|r| (r.index, r.field.as_str())).collect();
+    assert_eq!(reported, vec![(2, "genres"), (3, "genres[0]"), (4, "played_at"), (6, "listener_id")]);
+
+    let listener = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "streamer".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(listener.members[0].genres.len(), 1, "no genre of a rejected play was recorded");
+    assert_eq!(listener.members[0].genres[0].lifetime_plays, 3);
+    server.stop().await;
+}
