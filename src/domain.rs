@@ -410,6 +410,15 @@ impl ListenerProfile {
         &mut self.members[i].taste
     }
 
+    /// Drops spare capacity (profiles are copied on write and kept for long).
+    pub fn shrink_to_fit(&mut self) {
+        self.signals.shrink_to_fit();
+        self.members.shrink_to_fit();
+        for m in &mut self.members {
+            m.taste.genres.shrink_to_fit();
+        }
+    }
+
     /// The signal's assertion time, if the listener has it.
     pub fn signal_asserted_at(&self, name: &SignalName) -> Option<UnixMillis> {
         self.signals.iter().find(|s| s.name == *name).map(|s| s.asserted_at)

@@ -19,7 +19,10 @@ fn member_break(listener: &str, member: &str) -> pb::DecideRequest {
 async fn one_family_members_plays_do_not_change_anothers_decisions() {
     let server = start_server().await;
     server
-        .upsert([genre_campaign("kids-songs", "singalong", 10, &["kids"]), genre_campaign("guitars", "riff", 10, &["rock"])])
+        .upsert([
+            genre_campaign("kids-songs", "singalong", 10, &["kids"]),
+            genre_campaign("guitars", "riff", 10, &["rock"]),
+        ])
         .await;
     server.listener("family", |_| {}).await;
     server.plays("family", "", &[("rock", 30)]).await;
@@ -28,7 +31,11 @@ async fn one_family_members_plays_do_not_change_anothers_decisions() {
     // The child listens to a lot of children's music on the same account.
     server.plays("family", "kid", &[("kids", 200)]).await;
     assert_eq!(served(&server.decide(member_break("family", "kid")).await), vec!["kids-songs"]);
-    assert_eq!(served(&server.decide(member_break("family", "")).await), vec!["guitars"], "the parent's profile is unchanged");
+    assert_eq!(
+        served(&server.decide(member_break("family", "")).await),
+        vec!["guitars"],
+        "the parent's profile is unchanged"
+    );
 
     let listener = server
         .listeners()
@@ -77,7 +84,10 @@ async fn a_new_email_alias_sees_the_old_history_and_caps() {
 
     let linked = server
         .listeners()
-        .link_identity(pb::LinkIdentityRequest { listener_id: "email-sha256:old".into(), alias: "email-sha256:new".into() })
+        .link_identity(pb::LinkIdentityRequest {
+            listener_id: "email-sha256:old".into(),
+            alias: "email-sha256:new".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -91,7 +101,10 @@ async fn a_new_email_alias_sees_the_old_history_and_caps() {
     server.listener("someone-else", |_| {}).await;
     let status = server
         .listeners()
-        .link_identity(pb::LinkIdentityRequest { listener_id: "someone-else".into(), alias: "email-sha256:new".into() })
+        .link_identity(pb::LinkIdentityRequest {
+            listener_id: "someone-else".into(),
+            alias: "email-sha256:new".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists);
@@ -116,7 +129,10 @@ async fn a_merged_profile_keeps_both_histories() {
 
     let merged = server
         .listeners()
-        .merge_listeners(pb::MergeListenersRequest { into_listener_id: "laptop".into(), from_listener_id: "phone".into() })
+        .merge_listeners(pb::MergeListenersRequest {
+            into_listener_id: "laptop".into(),
+            from_listener_id: "phone".into(),
+        })
         .await
         .unwrap()
         .into_inner()
@@ -131,7 +147,10 @@ async fn a_merged_profile_keeps_both_histories() {
 
     let status = server
         .listeners()
-        .merge_listeners(pb::MergeListenersRequest { into_listener_id: "laptop".into(), from_listener_id: "phone".into() })
+        .merge_listeners(pb::MergeListenersRequest {
+            into_listener_id: "laptop".into(),
+            from_listener_id: "phone".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "phone is laptop now");
@@ -151,15 +170,26 @@ async fn a_forgotten_listener_is_treated_as_unknown() {
         .unwrap();
     assert_eq!(served(&server.decide(break_for("leaving")).await), vec!["jazz"]);
 
-    server.listeners().forget_listener(pb::ForgetListenerRequest { listener_id: "device:123".into() }).await.unwrap();
+    server
+        .listeners()
+        .forget_listener(pb::ForgetListenerRequest { listener_id: "device:123".into() })
+        .await
+        .unwrap();
     for id in ["leaving", "device:123"] {
-        let status = server.listeners().get_listener(pb::GetListenerRequest { listener_id: id.into() }).await.unwrap_err();
+        let status = server
+            .listeners()
+            .get_listener(pb::GetListenerRequest { listener_id: id.into() })
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::NotFound, "{id}");
         let response = server.decide(break_for(id)).await;
         assert!(response.ads.is_empty(), "no profile data left for {id}");
     }
-    let status =
-        server.listeners().forget_listener(pb::ForgetListenerRequest { listener_id: "leaving".into() }).await.unwrap_err();
+    let status = server
+        .listeners()
+        .forget_listener(pb::ForgetListenerRequest { listener_id: "leaving".into() })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     server.stop().await;
 }
@@ -190,7 +220,8 @@ async fn a_play_stream_accepts_good_events_and_reports_bad_ones() {
     ];
     let response = server.listeners().record_plays(tokio_stream::iter(chunks)).await.unwrap().into_inner();
     assert_eq!((response.accepted, response.rejected), (3, 4));
-    let reported: Vec<(u64, &str)> = response.rejections.iter().map(|r| (r.index, r.field.as_str())).collect();
+    let reported: Vec<(u64, &str)> =
+        response.rejections.iter().map(|r| (r.index, r.field.as_str())).collect();
     assert_eq!(reported, vec![(2, "genres"), (3, "genres[0]"), (4, "played_at"), (6, "listener_id")]);
 
     let listener = server

@@ -7,8 +7,9 @@ use dashmap::DashMap;
 use super::StoreError;
 use crate::domain::{GenreId, ListenerId, ListenerProfile, UnixMillis};
 
-/// Profiles by canonical id, and every alias (including the canonical id itself) → canonical id.
-/// Cheap to clone: clones share one store.
+/// Profiles by canonical id, and every other alias → canonical id (a canonical id is not
+/// repeated in the alias map: that would cost a map entry per listener). Cheap to clone:
+/// clones share one store.
 ///
 /// Profiles are immutable `Arc`s replaced on write (copy-on-write), so a decision holds no map
 /// guard while it runs.
@@ -36,24 +37,25 @@ pub struct Play {
 impl Listeners {
     /// The canonical id `alias` resolves to.
     pub fn resolve(&self, alias: &str) -> Option<ListenerId> {
+        if let Some(entry) = self.inner.profiles.get(alias) {
+            return Some(entry.key().clone());
+        }
         self.inner.aliases.get(alias).map(|id| id.clone())
     }
 
     /// The profile of the listener `alias` resolves to.
     pub fn get(&self, alias: &str) -> Option<Arc<ListenerProfile>> {
-        let id = self.resolve(alias)?;
+        if let Some(profile) = self.inner.profiles.get(alias) {
+            return Some(profile.clone());
+        }
+        let id = self.inner.aliases.get(alias).map(|id| id.clone())?;
         self.inner.profiles.get(&id).map(|p| p.clone())
     }
 
     /// All aliases of a canonical id, sorted (admin reads only: walks the alias table).
     pub fn aliases_of(&self, id: &ListenerId) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .inner
-            .aliases
-            .iter()
-            .filter(|e| e.value() == id && *e.key().as_ref() != *id.as_str())
-            .map(|e| e.key().to_string())
-            .collect();
+        let mut out: Vec<String> =
+            self.inner.aliases.iter().filter(|e| e.value() == id).map(|e| e.key().to_string()).collect();
         out.sort();
         out
     }
@@ -65,13 +67,7 @@ impl Listeners {
         alias: &str,
         update: impl FnOnce(&mut ListenerProfile),
     ) -> (Arc<ListenerProfile>, bool) {
-        let id = match self.resolve(alias) {
-            Some(id) => id,
-            None => {
-                let id = ListenerId::from(alias);
-                self.inner.aliases.entry(alias.into()).or_insert_with(|| id.clone()).clone()
-            }
-        };
+        let id = self.resolve(alias).unwrap_or_else(|| ListenerId::from(alias));
         let mut created = false;
         let mut entry = self.inner.profiles.entry(id.clone()).or_insert_with(|| {
             created = true;
@@ -79,6 +75,7 @@ impl Listeners {
         });
         let mut profile = ListenerProfile::clone(&entry);
         update(&mut profile);
+        profile.shrink_to_fit();
         let profile = Arc::new(profile);
         *entry = profile.clone();
         (profile, created)
@@ -86,14 +83,13 @@ impl Listeners {
 
     /// Folds plays into the members' tastes. Plays of unknown listeners create them.
     pub fn record_plays(&self, plays: &[Play], half_life_ms: i64) {
-        for play in plays {
-            self.update(&play.listener, |p| {
-                p.member_mut(&play.member).record_play(
-                    &play.genres,
-                    play.played_at,
-                    play.seconds_played,
-                    half_life_ms,
-                );
+        // One copy-on-write per run of plays of the same listener, not one per play.
+        for run in plays.chunk_by(|a, b| a.listener == b.listener) {
+            self.update(&run[0].listener, |p| {
+                for play in run {
+                    let taste = p.member_mut(&play.member);
+                    taste.record_play(&play.genres, play.played_at, play.seconds_played, half_life_ms);
+                }
             });
         }
     }
@@ -101,6 +97,12 @@ impl Listeners {
     /// Adds `alias` for the listener `existing` resolves to.
     pub fn link(&self, existing: &str, alias: &str) -> Result<Arc<ListenerProfile>, StoreError> {
         let profile = self.get(existing).ok_or_else(|| not_found(existing))?;
+        if let Some(owner) = self.inner.profiles.get(alias).map(|e| e.key().clone()) {
+            if owner != profile.id {
+                return Err(StoreError::AliasTaken { alias: alias.into(), owner: owner.to_string() });
+            }
+            return Ok(profile);
+        }
         match self.inner.aliases.entry(alias.into()) {
             dashmap::Entry::Occupied(e) if *e.get() != profile.id => {
                 return Err(StoreError::AliasTaken { alias: alias.into(), owner: e.get().to_string() });
@@ -141,6 +143,8 @@ impl Listeners {
                 *alias.value_mut() = into_id.clone();
             }
         }
+        // The folded-in id keeps working, as an alias now.
+        self.inner.aliases.insert(from_id.as_str().into(), into_id.clone());
         let (profile, _) = self.update(into_id.as_str(), |p| {
             for member in &old.members {
                 p.member_mut(&member.member_id).absorb(&member.taste, half_life_ms);
