@@ -426,7 +426,13 @@ async fn open_loop(
         i += 1;
     }
     drop(senders);
-    let mut total = WorkerResult { ok: 0, latency: new_histogram(), errors: HashMap::new(), quality: Quality::default(), shed };
+    let mut total = WorkerResult {
+        ok: 0,
+        latency: new_histogram(),
+        errors: HashMap::new(),
+        quality: Quality::default(),
+        shed,
+    };
     for h in handles {
         if let Ok(r) = h.await {
             total.ok += r.ok;
