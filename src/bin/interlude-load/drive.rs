@@ -416,7 +416,7 @@ async fn open_loop(
         // otherwise send at once (each request's latency still counts from its intended time).
         if intended > Instant::now() + Duration::from_millis(1) {
             tokio::time::sleep_until(intended).await;
-        } else if i % 64 == 0 {
+        } else if i.is_multiple_of(64) {
             tokio::task::yield_now().await;
         }
         let member = rng.random_range(0..members);
