@@ -204,21 +204,28 @@ async fn seed(world: &Arc<World>, channels: &[Channel], concurrency: usize) -> a
                 bar.inc(1);
             }
             let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+            // Plays stream while listeners are upserted, in chunks through a small channel, so
+            // memory stays flat whatever the world's size.
+            let (chunks, rx) = tokio::sync::mpsc::channel::<pb::RecordPlaysRequest>(4);
+            let mut plays_client = listeners.clone();
+            let streaming = tokio::spawn(async move {
+                plays_client.record_plays(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+            });
             let now = interlude::grpc::now();
             let mut chunk = Vec::new();
-            let mut chunks = Vec::new();
             for i in (w..world.spec.listeners).step_by(concurrency) {
                 listeners.upsert_listener(world.listener_request(i)).await?;
                 chunk.extend(world.plays(i, now));
                 if chunk.len() >= 1000 {
-                    chunks.push(pb::RecordPlaysRequest { plays: std::mem::take(&mut chunk) });
+                    chunks.send(pb::RecordPlaysRequest { plays: std::mem::take(&mut chunk) }).await?;
                 }
                 bar.inc(1);
             }
             if !chunk.is_empty() {
-                chunks.push(pb::RecordPlaysRequest { plays: chunk });
+                chunks.send(pb::RecordPlaysRequest { plays: chunk }).await?;
             }
-            let response = listeners.record_plays(tokio_stream::iter(chunks)).await?.into_inner();
+            drop(chunks);
+            let response = streaming.await??.into_inner();
             anyhow::ensure!(
                 response.rejected == 0,
                 "the server rejected {} plays: {:?}",
