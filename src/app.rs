@@ -9,7 +9,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::decision::Policy;
 use crate::grpc::campaigns::CampaignAdmin;
 use crate::grpc::decisions::DecisionService;
@@ -69,13 +69,14 @@ impl AppState {
     }
 }
 
-/// Serves every gRPC service on `listener` until `shutdown` resolves, then reports
-/// NOT_SERVING on health, stops accepting, and drains in-flight RPCs for at most `grace`.
+/// Serves every gRPC service on `listener` with `limits` until `shutdown` resolves, then
+/// reports NOT_SERVING on health, stops accepting, and drains in-flight RPCs for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
+    limits: Limits,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AdDecisionServiceServer<DecisionService>>().await;
@@ -96,13 +97,35 @@ pub async fn serve(
         let _ = draining_tx.send(());
     };
 
+    let max = limits.max_message_bytes;
     let server = Server::builder()
+        // Over the in-flight limit a request is refused with RESOURCE_EXHAUSTED at once: an ad
+        // break cannot wait, and an unbounded queue would only turn overload into latency.
+        .concurrency_limit_per_connection(limits.max_in_flight_per_connection)
+        .load_shed(true)
+        .timeout(limits.request_timeout)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_interval))
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(AdDecisionServiceServer::new(DecisionService::new(state.clone())))
-        .add_service(CampaignServiceServer::new(CampaignAdmin::new(state.clone())))
-        .add_service(ListenerServiceServer::new(ListenerAdmin::new(state)))
+        .add_service(
+            AdDecisionServiceServer::new(DecisionService::new(state.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
+        .add_service(
+            ListenerServiceServer::new(ListenerAdmin::new(state))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
     tokio::pin!(server);
     tokio::select! {

@@ -33,6 +33,18 @@ pub const DEFAULT_TOKEN_TTL_SECS: u64 = 24 * 3600;
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 /// Default worker threads; 0 = a current-thread runtime (see docs/PERFORMANCE.md).
 pub const DEFAULT_WORKER_THREADS: usize = 0;
+/// Default largest request or response message.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Default concurrent HTTP/2 streams a client may open on one connection.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Default in-flight RPCs per connection; more are shed with RESOURCE_EXHAUSTED, never queued.
+pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// Default longest an RPC may run (a shorter grpc-timeout from the client wins).
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
+/// Default HTTP/2 keepalive ping interval.
+pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
+/// Default largest request header list.
+pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Default log filter (tracing-subscriber `EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 /// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
@@ -55,6 +67,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub worker_threads: usize,
     pub log: String,
+    pub limits: Limits,
+}
+
+/// Transport limits: what protects the server from oversized, slow or excessive requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_concurrent_streams: u32,
+    pub max_in_flight_per_connection: usize,
+    pub request_timeout: Duration,
+    pub keepalive_interval: Duration,
+    pub max_header_list_bytes: u32,
 }
 
 /// Why the configuration is unusable. Printed to stderr; the process exits with 64 (EX_USAGE).
@@ -151,6 +175,18 @@ settings! {
     worker_threads: usize,
     /// Log filter [default: info].
     log: String,
+    /// Largest request or response message, bytes [default: 1048576].
+    max_message_bytes: usize,
+    /// Concurrent HTTP/2 streams per connection [default: 256].
+    max_concurrent_streams: u32,
+    /// In-flight RPCs per connection before shedding with RESOURCE_EXHAUSTED [default: 256].
+    max_in_flight_per_connection: usize,
+    /// Longest an RPC may run, seconds; a shorter grpc-timeout wins [default: 30].
+    request_timeout_secs: u64,
+    /// HTTP/2 keepalive ping interval, seconds [default: 30].
+    keepalive_secs: u64,
+    /// Largest request header list, bytes [default: 16384].
+    max_header_list_bytes: u32,
 }
 
 impl Config {
@@ -234,6 +270,36 @@ impl Settings {
         if worker_threads > 256 {
             return Err(invalid("worker_threads", "must be at most 256"));
         }
+        let limits = Limits {
+            max_message_bytes: self.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            max_concurrent_streams: self.max_concurrent_streams.unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
+            max_in_flight_per_connection: self
+                .max_in_flight_per_connection
+                .unwrap_or(DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION),
+            request_timeout: Duration::from_secs(
+                self.request_timeout_secs.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
+            ),
+            keepalive_interval: Duration::from_secs(self.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS)),
+            max_header_list_bytes: self.max_header_list_bytes.unwrap_or(DEFAULT_MAX_HEADER_LIST_BYTES),
+        };
+        if !(1024..=64 * 1024 * 1024).contains(&limits.max_message_bytes) {
+            return Err(invalid("max_message_bytes", "must be within [1024, 67108864]"));
+        }
+        if limits.max_concurrent_streams == 0 {
+            return Err(invalid("max_concurrent_streams", "must be at least 1"));
+        }
+        if limits.max_in_flight_per_connection == 0 {
+            return Err(invalid("max_in_flight_per_connection", "must be at least 1"));
+        }
+        if limits.request_timeout.is_zero() || limits.request_timeout > Duration::from_secs(3600) {
+            return Err(invalid("request_timeout_secs", "must be within [1, 3600]"));
+        }
+        if limits.keepalive_interval.is_zero() {
+            return Err(invalid("keepalive_secs", "must be at least 1"));
+        }
+        if limits.max_header_list_bytes < 1024 {
+            return Err(invalid("max_header_list_bytes", "must be at least 1024"));
+        }
         let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| invalid("log", &e.to_string()))?;
         const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -262,6 +328,7 @@ impl Settings {
             ),
             worker_threads,
             log,
+            limits,
         })
     }
 }

@@ -84,7 +84,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "serving"
     );
-    app::serve(listener, state, signal::shutdown(), config.shutdown_grace).await?;
+    app::serve(listener, state, signal::shutdown(), config.shutdown_grace, config.limits).await?;
     let _ = stop_metrics.send(());
     Ok(())
 }

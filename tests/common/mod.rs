@@ -44,6 +44,7 @@ pub async fn start_server_with(config: Config) -> TestServer {
             let _ = rx.await;
         },
         config.shutdown_grace,
+        config.limits,
     ));
     // The listener is bound already, so the connection succeeds at once.
     let channel =

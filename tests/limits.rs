@@ -1,0 +1,125 @@
+//! Transport limits through the real server: oversized messages, load shedding instead of
+//! queueing, and request timeouts — after each, the server still answers.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use interlude::config::{Config, Limits};
+use interlude::grpc::pb;
+use tonic::Code;
+
+fn config(limits: impl FnOnce(&mut Limits)) -> Config {
+    let mut config = Config { demo: false, ..Config::default() };
+    limits(&mut config.limits);
+    config
+}
+
+fn play(listener: &str) -> pb::PlayEvent {
+    pb::PlayEvent {
+        listener_id: listener.into(),
+        track_id: "t".into(),
+        genres: vec!["jazz".into()],
+        played_at: Some(ts(interlude::grpc::now().0)),
+        seconds_played: 100,
+        ..Default::default()
+    }
+}
+
+async fn still_serving(server: &TestServer) {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+    assert_eq!(status.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    server.decide(break_for("anyone")).await;
+}
+
+/// Opens a RecordPlays stream and waits until the server has applied its first chunk, so the
+/// RPC is known to be in flight. Returns the sender that keeps it open, and the call.
+async fn open_stream(
+    server: &TestServer,
+    listener: &str,
+    timeout: Option<Duration>,
+) -> (
+    tokio::sync::mpsc::Sender<pb::RecordPlaysRequest>,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::RecordPlaysResponse>, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::RecordPlaysRequest { plays: vec![play(listener)] }).await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = timeout {
+        request.set_timeout(t);
+    }
+    let mut client = server.listeners();
+    let call = tokio::spawn(async move { client.record_plays(request).await });
+    let state = server.state.clone();
+    let listener = listener.to_string();
+    tokio::time::timeout(TEST_TIMEOUT, async move {
+        while state.listeners.get(&listener).is_none() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the first chunk is applied");
+    (tx, call)
+}
+
+#[tokio::test]
+async fn an_oversized_message_is_refused_and_the_server_stays_up() {
+    let server = start_server_with(config(|l| l.max_message_bytes = 16 * 1024)).await;
+    let plays: Vec<pb::PlayEvent> = (0..1000).map(|_| play("big")).collect();
+    assert!(prost::Message::encoded_len(&pb::RecordPlaysRequest { plays: plays.clone() }) > 16 * 1024);
+    let status = server
+        .listeners()
+        .record_plays(tokio_stream::iter(vec![pb::RecordPlaysRequest { plays }]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(status.message().contains("too large"), "{}", status.message());
+    assert!(server.state.listeners.get("big").is_none(), "nothing of it was applied");
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn overload_is_shed_with_resource_exhausted_not_queued() {
+    let server = start_server_with(config(|l| l.max_in_flight_per_connection = 1)).await;
+    let (tx, call) = open_stream(&server, "busy", None).await;
+
+    // The one in-flight slot of this connection is taken: the next RPC is refused at once.
+    let status = server.decisions().decide(break_for("anyone")).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+
+    drop(tx);
+    let response = call.await.unwrap().unwrap().into_inner();
+    assert_eq!(response.accepted, 1);
+    server.decide(break_for("anyone")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_server_ends_rpcs_that_exceed_its_request_timeout() {
+    let server = start_server_with(config(|l| l.request_timeout = Duration::from_millis(300))).await;
+    // No client deadline: only the server's limit can end this call.
+    let (tx, call) = open_stream(&server, "slow", None).await;
+    let status =
+        tokio::time::timeout(TEST_TIMEOUT, call).await.expect("ended by the server").unwrap().unwrap_err();
+    assert!(matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded), "{status:?}");
+    drop(tx);
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_deadline_is_honoured() {
+    let server = start_server().await;
+    let (tx, call) = open_stream(&server, "impatient", Some(Duration::from_millis(200))).await;
+    let status =
+        tokio::time::timeout(TEST_TIMEOUT, call).await.expect("ended by the deadline").unwrap().unwrap_err();
+    assert!(matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded), "{status:?}");
+    drop(tx);
+    still_serving(&server).await;
+    server.stop().await;
+}
