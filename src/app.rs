@@ -11,6 +11,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::{Config, Limits};
 use crate::decision::Policy;
+use crate::domain::UnixMillis;
 use crate::grpc::campaigns::CampaignAdmin;
 use crate::grpc::decisions::DecisionService;
 use crate::grpc::listeners::ListenerAdmin;
@@ -19,6 +20,7 @@ use crate::grpc::pb::ad_decision_service_server::AdDecisionServiceServer;
 use crate::grpc::pb::campaign_service_server::CampaignServiceServer;
 use crate::grpc::pb::listener_service_server::ListenerServiceServer;
 use crate::store::delivery::SuppressionPolicy;
+use crate::store::durable::{self, Change, Durable, DurableError};
 use crate::store::{Catalog, Delivery, Listeners, Vocabulary};
 use crate::token::TokenSigner;
 
@@ -33,6 +35,12 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     pub suppression: SuppressionPolicy,
     pub taste_half_life_ms: i64,
+    /// The embedded store; None = memory only.
+    pub durable: Option<Durable>,
+    /// How long applied event ids are remembered.
+    pub dedupe_window: Duration,
+    /// Held while a write is applied and its changes are queued (see `write`).
+    write_order: Arc<std::sync::Mutex<()>>,
 }
 
 /// Why serving failed.
@@ -48,25 +56,105 @@ impl AppState {
     /// Empty state configured by `config`. Without a configured token key, a random one is
     /// drawn: tokens then do not survive a restart.
     pub fn new(config: &Config) -> Self {
-        let key = config.token_key.clone().unwrap_or_else(|| {
-            use rand::RngCore as _;
-            let mut key = vec![0u8; 32];
-            rand::rng().fill_bytes(&mut key);
-            key
-        });
+        let key = config.token_key.clone().unwrap_or_else(random_token_key);
+        Self::with_key(config, &key)
+    }
+
+    fn with_key(config: &Config, key: &[u8]) -> Self {
         let token_ttl_ms = config.token_ttl.as_millis() as i64;
+        // Event ids are remembered a little longer than a token lives (clock skew).
+        let dedupe_window = config.token_ttl + Duration::from_secs(600);
         Self {
             catalog: Catalog::default(),
             listeners: Listeners::default(),
-            // Event ids are remembered a little longer than a token lives (clock skew).
-            delivery: Delivery::new(config.token_ttl + Duration::from_secs(600)),
+            delivery: Delivery::new(dedupe_window),
             vocabulary: Vocabulary::default(),
-            signer: Arc::new(TokenSigner::new(&key, token_ttl_ms)),
+            signer: Arc::new(TokenSigner::new(key, token_ttl_ms)),
             policy: Arc::new(config.policy.clone()),
             suppression: config.suppression,
             taste_half_life_ms: config.taste_half_life.as_millis() as i64,
+            durable: None,
+            dedupe_window,
+            write_order: Arc::default(),
         }
     }
+
+    /// State configured by `config`, with the embedded store opened and everything it holds
+    /// loaded back. Also returns whether the store was empty (a first start). Without a
+    /// configured token key, the key is kept in the data directory, so that tokens handed out
+    /// before a restart still verify after it.
+    pub fn open(config: &Config, now: UnixMillis) -> Result<(Self, bool), DurableError> {
+        let Some(dir) = &config.data_dir else { return Ok((Self::new(config), true)) };
+        let (durable, r) = Durable::open(dir)?;
+        let key = match &config.token_key {
+            Some(key) => key.clone(),
+            None => durable::token_key(dir, random_token_key)?,
+        };
+        let mut state = Self::with_key(config, &key);
+        let empty = r.campaigns.is_empty() && r.listeners.is_empty() && r.genres.is_empty();
+        for (id, name) in &r.genres {
+            state.vocabulary.restore(*id, name).map_err(|e| DurableError::Corrupt(e.to_string()))?;
+        }
+        state.catalog.restore(r.campaigns);
+        for profile in r.listeners {
+            state.listeners.restore(profile);
+        }
+        for (alias, id) in r.aliases {
+            state.listeners.restore_alias(&alias, id);
+        }
+        let window = state.dedupe_window.as_millis() as i64;
+        state.delivery.restore(r.histories, r.counters, r.events, window, now);
+        state.durable = Some(durable);
+        Ok((state, empty))
+    }
+
+    /// Applies a write to memory and makes it durable: `apply` runs under the write-order lock
+    /// and returns its result with the changes to persist (snapshots of what it changed), which
+    /// are queued before the lock is released — so the store receives snapshots in the order
+    /// they were taken, and a newer one is never overwritten by an older one. Returns once the
+    /// changes are committed. Without a store, only applies.
+    pub async fn write<T, E: From<DurableError>>(
+        &self,
+        apply: impl FnOnce() -> Result<(T, Vec<Change>), E>,
+    ) -> Result<T, E> {
+        let (value, commit, persisted) = {
+            // A poisoned lock guards no data; the order it gives still holds.
+            let _order = self.write_order.lock().unwrap_or_else(|e| e.into_inner());
+            let (value, mut changes) = apply()?;
+            let Some(durable) = &self.durable else { return Ok(value) };
+            let (from, genres) = self.vocabulary.pending();
+            let persisted = from + genres.len();
+            let mut all: Vec<Change> =
+                genres.into_iter().map(|(id, name)| Change::Genre { id, name }).collect();
+            all.append(&mut changes);
+            (value, durable.submit(all)?, persisted)
+        };
+        commit.wait().await?;
+        self.vocabulary.mark_persisted(persisted);
+        Ok(value)
+    }
+
+    /// Persists everything held in memory (after loading the demo catalog into a fresh store).
+    pub async fn persist_all(&self) -> Result<(), DurableError> {
+        let mut changes: Vec<Change> =
+            self.catalog.snapshot().campaigns().iter().map(|c| Change::Campaign(c.clone())).collect();
+        changes.extend(self.listeners.all().iter().map(|p| Change::Listener(p.clone())));
+        changes.extend(
+            self.listeners
+                .all_aliases()
+                .into_iter()
+                .map(|(alias, listener)| Change::Alias { alias, listener }),
+        );
+        self.write(|| Ok::<_, DurableError>(((), changes))).await
+    }
+}
+
+/// A fresh random 256-bit impression-token key.
+fn random_token_key() -> Vec<u8> {
+    use rand::RngCore as _;
+    let mut key = vec![0u8; 32];
+    rand::rng().fill_bytes(&mut key);
+    key
 }
 
 /// Serves every gRPC service on `listener` with `limits` until `shutdown` resolves, then

@@ -45,6 +45,8 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
 /// Default largest request header list.
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Default data directory of the embedded store, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "interlude-data";
 /// Default log filter (tracing-subscriber `EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 /// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
@@ -68,6 +70,8 @@ pub struct Config {
     pub worker_threads: usize,
     pub log: String,
     pub limits: Limits,
+    /// Where the embedded store lives; None = memory only (nothing survives a restart).
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Transport limits: what protects the server from oversized, slow or excessive requests.
@@ -187,6 +191,8 @@ settings! {
     keepalive_secs: u64,
     /// Largest request header list, bytes [default: 16384].
     max_header_list_bytes: u32,
+    /// Data directory of the embedded store, or "off" for memory only [default: interlude-data].
+    data_dir: String,
 }
 
 impl Config {
@@ -300,6 +306,11 @@ impl Settings {
         if limits.max_header_list_bytes < 1024 {
             return Err(invalid("max_header_list_bytes", "must be at least 1024"));
         }
+        let data_dir = match self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR) {
+            "off" => None,
+            "" => return Err(invalid("data_dir", "must be a path or \"off\"")),
+            dir => Some(PathBuf::from(dir)),
+        };
         let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| invalid("log", &e.to_string()))?;
         const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -329,6 +340,7 @@ impl Settings {
             worker_threads,
             log,
             limits,
+            data_dir,
         })
     }
 }

@@ -13,7 +13,9 @@ pub use history::{DeliveryHistory, ImpressionRecord};
 pub use taste::{GenreStat, Taste};
 
 /// Milliseconds since the Unix epoch (UTC). The engine's only notion of time; callers pass it in.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct UnixMillis(pub i64);
 
 /// One minute in milliseconds.
@@ -26,7 +28,8 @@ pub const DAY_MS: i64 = 24 * HOUR_MS;
 macro_rules! string_id {
     ($(#[$meta:meta])* $name:ident) => {
         $(#[$meta])*
-        #[derive(Clone, Eq, PartialOrd, Ord)]
+        #[derive(Clone, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(transparent)]
         pub struct $name(pub Arc<str>);
 
         impl std::hash::Hash for $name {
@@ -103,11 +106,11 @@ string_id!(
 
 /// An interned genre slug. Interning keeps profiles small (the slug is stored once per server)
 /// and makes genre matching an integer compare; `store::Vocabulary` owns the mapping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct GenreId(pub u32);
 
 /// The kind of device the listener is playing on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DeviceType {
     Mobile,
     Desktop,
@@ -120,7 +123,7 @@ pub enum DeviceType {
 }
 
 /// Audience age brackets; exact ages are never stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AgeBracket {
     Age13To17,
     Age18To24,
@@ -132,7 +135,7 @@ pub enum AgeBracket {
 }
 
 /// Priority tiers; the derived order is the serving priority (sponsorship first).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Tier {
     Sponsorship,
     Standard,
@@ -148,7 +151,7 @@ impl Tier {
 }
 
 /// Consent for ads personalised with profile data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ConsentState {
     #[default]
     Unspecified,
@@ -157,7 +160,7 @@ pub enum ConsentState {
 }
 
 /// Lifecycle of a campaign.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CampaignStatus {
     Active,
     Paused,
@@ -165,7 +168,7 @@ pub enum CampaignStatus {
 }
 
 /// What a frequency cap counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CapScope {
     Creative,
     Campaign,
@@ -173,7 +176,7 @@ pub enum CapScope {
 }
 
 /// How a budget is spread over the flight.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PacingMode {
     #[default]
     Asap,
@@ -192,7 +195,7 @@ pub enum EventKind {
 }
 
 /// A place; empty optional parts match anything.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct GeoLocation {
     /// ISO 3166-1 alpha-2, upper case.
     pub country: Box<str>,
@@ -212,7 +215,7 @@ impl GeoLocation {
 }
 
 /// A campaign: who pays, what plays, whom it is for, and how often.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Campaign {
     pub id: CampaignId,
     pub advertiser_id: AdvertiserId,
@@ -248,7 +251,7 @@ impl Campaign {
 }
 
 /// One audio ad.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Creative {
     pub id: CreativeId,
     pub audio_url: Arc<str>,
@@ -257,7 +260,7 @@ pub struct Creative {
 }
 
 /// A banner shown while the audio ad plays.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Companion {
     pub image_url: Arc<str>,
     pub click_url: Arc<str>,
@@ -266,7 +269,7 @@ pub struct Companion {
 }
 
 /// Whom a campaign is for. Every set rule must hold; within a list any entry may match.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Targeting {
     pub affinity_genres: Vec<GenreId>,
     pub exclude_affinity_genres: Vec<GenreId>,
@@ -303,14 +306,14 @@ impl Targeting {
 }
 
 /// "At least `min_plays` lifetime plays of `genre`".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Milestone {
     pub genre: GenreId,
     pub min_plays: u64,
 }
 
 /// Days of the week and local hours a campaign may serve in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Daypart {
     /// Bit `d` set = weekday `d` allowed (0 = Monday). 0x7f = every day.
     pub days: u8,
@@ -340,7 +343,7 @@ impl Daypart {
 }
 
 /// A signal the listener must have (or, as an exclusion, must not have) asserted recently enough.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SignalRequirement {
     pub signal: SignalName,
     /// None = any age.
@@ -348,7 +351,7 @@ pub struct SignalRequirement {
 }
 
 /// At most `max_impressions` per listener per `window_ms` (None = lifetime).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FrequencyCap {
     pub scope: CapScope,
     pub max_impressions: u32,
@@ -356,7 +359,7 @@ pub struct FrequencyCap {
 }
 
 /// Money limits of a campaign; 0 = no limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Budget {
     pub lifetime_micros: i64,
     pub daily_micros: i64,
@@ -365,7 +368,7 @@ pub struct Budget {
 }
 
 /// A listener's declared attributes, consent and household; the listening side is per member.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenerProfile {
     pub id: ListenerId,
     pub consent: ConsentState,
@@ -426,14 +429,14 @@ impl ListenerProfile {
 }
 
 /// An interest or life-stage signal and when it was asserted.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Signal {
     pub name: SignalName,
     pub asserted_at: UnixMillis,
 }
 
 /// One household member's listening taste.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MemberTaste {
     pub member_id: Box<str>,
     pub taste: Taste,

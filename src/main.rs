@@ -47,14 +47,29 @@ fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let state = app::AppState::new(&config);
-    if config.token_key.is_none() {
+    let started = tokio::time::Instant::now();
+    let (state, first_start) =
+        app::AppState::open(&config, grpc::now()).context("opening the data directory")?;
+    match &config.data_dir {
+        Some(dir) => tracing::info!(
+            data_dir = %dir.display(),
+            campaigns = state.catalog.snapshot().len(),
+            listeners = state.listeners.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "state recovered"
+        ),
+        None => tracing::warn!("data_dir is off: nothing survives a restart"),
+    }
+    if config.token_key.is_none() && config.data_dir.is_none() {
         tracing::warn!(
             "no token_key configured: impression tokens use a random key and die with the process"
         );
     }
-    if config.demo {
+    // The demo seeds a fresh store once; afterwards the store is the truth (a demo listener
+    // that was forgotten stays forgotten).
+    if config.demo && first_start {
         let stats = demo::load(&state, grpc::now()).context("loading the demo catalog")?;
+        state.persist_all().await.context("persisting the demo catalog")?;
         tracing::info!(campaigns = stats.campaigns, listeners = stats.listeners, "demo catalog loaded");
     }
     telemetry::record_campaigns(state.catalog.snapshot().len());

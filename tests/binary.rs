@@ -4,49 +4,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use interlude::grpc::pb;
-
-struct Running {
-    child: Child,
-    grpc: String,
-    metrics: String,
-    log: std::sync::mpsc::Receiver<String>,
-}
-
-/// Starts the binary on ephemeral ports and reads the addresses it logs.
-fn start() -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_interlude"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--log", "info"])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let serving = loop {
-        let line = rx.recv_timeout(TEST_TIMEOUT).expect("the server logs its addresses");
-        if line.contains("serving") {
-            break line;
-        }
-    };
-    let field = |name: &str| {
-        let start = serving.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        serving[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
-    };
-    Running { grpc: field("grpc_addr"), metrics: field("metrics_addr"), child, log: rx }
-}
 
 fn http_get(addr: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
@@ -59,12 +22,8 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
-    let running = start();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let running = Binary::start(["--metrics-listen", "127.0.0.1:0", "--log", "info", "--data-dir", "off"]);
+    let channel = running.channel().await;
     let mut client = pb::ad_decision_service_client::AdDecisionServiceClient::new(channel);
     let mut request = break_for("listener-opera");
     request.context = Some(pb::PlaybackContext { track_genres: vec!["opera".into()], ..Default::default() });
@@ -90,8 +49,13 @@ async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
     assert!(killed.success());
     // Wait off the runtime: blocking it would stop the client from answering the server's GOAWAY,
     // and the drain would last the whole grace period.
-    let mut child = running.child;
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    let (status, running) = tokio::task::spawn_blocking(move || {
+        let mut running = running;
+        (running.child.wait(), running)
+    })
+    .await
+    .unwrap();
+    let status = status.unwrap();
     assert!(status.success(), "exits cleanly on SIGTERM: {status:?}");
     let log: Vec<String> = running.log.try_iter().collect();
     assert!(log.iter().any(|l| l.contains("NOT_SERVING")), "{log:?}");

@@ -30,6 +30,7 @@ async fn caps_hold_across_a_hundred_decisions_with_impressions_recorded() {
             category_separation_ms: 0,
             relevance_floor: 0.35,
         },
+        data_dir: None,
         ..interlude::config::Config::default()
     })
     .await;

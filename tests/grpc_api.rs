@@ -193,7 +193,11 @@ async fn bad_requests_are_invalid_argument_naming_each_field() {
 
 #[tokio::test]
 async fn the_demo_catalog_serves_relevant_ads_out_of_the_box() {
-    let server = start_server_with(interlude::config::Config::default()).await;
+    let server = start_server_with(interlude::config::Config {
+        data_dir: None,
+        ..interlude::config::Config::default()
+    })
+    .await;
     let mut request = break_for("listener-opera");
     request.context = Some(pb::PlaybackContext {
         track_genres: vec!["opera".into()],

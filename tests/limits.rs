@@ -13,7 +13,7 @@ use interlude::grpc::pb;
 use tonic::Code;
 
 fn config(limits: impl FnOnce(&mut Limits)) -> Config {
-    let mut config = Config { demo: false, ..Config::default() };
+    let mut config = Config { demo: false, data_dir: None, ..Config::default() };
     limits(&mut config.limits);
     config
 }

@@ -5,31 +5,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::TEST_TIMEOUT;
+use common::Binary;
 
 #[test]
 fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_interlude"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--demo", "false"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = server.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let addr = loop {
-        let line = rx.recv_timeout(TEST_TIMEOUT).expect("the server logs its address");
-        if let Some(at) = line.find("grpc_addr=") {
-            break line[at + "grpc_addr=".len()..].split_whitespace().next().unwrap().to_string();
-        }
-    };
+    let server = Binary::start(["--metrics-listen", "off", "--demo", "false", "--data-dir", "off"]);
+    let addr = server.grpc.clone();
     let report_path = std::env::temp_dir().join(format!("interlude-load-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
         .args(["--target", &format!("http://{addr}")])
@@ -39,8 +22,7 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
         .arg(&report_path)
         .output()
         .unwrap();
-    let _ = Command::new("kill").args(["-TERM", &server.id().to_string()]).status();
-    let _ = server.wait();
+    drop(server);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("Decide / health Check throughput"), "{stdout}");

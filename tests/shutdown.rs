@@ -16,6 +16,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 async fn shutdown_reports_not_serving_and_drains_an_in_flight_stream() {
     let mut server = start_server_with(Config {
         demo: false,
+        data_dir: None,
         shutdown_grace: Duration::from_secs(20),
         ..Config::default()
     })
@@ -71,6 +72,7 @@ async fn shutdown_reports_not_serving_and_drains_an_in_flight_stream() {
 async fn the_grace_period_bounds_the_drain() {
     let server = start_server_with(Config {
         demo: false,
+        data_dir: None,
         shutdown_grace: Duration::from_millis(200),
         ..Config::default()
     })

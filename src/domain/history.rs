@@ -13,7 +13,7 @@ pub const MAX_WINDOW_MS: i64 = 30 * DAY_MS;
 pub const MAX_RECENT: usize = 512;
 
 /// One recorded impression.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ImpressionRecord {
     pub at: UnixMillis,
     pub campaign: CampaignId,
@@ -23,21 +23,21 @@ pub struct ImpressionRecord {
 }
 
 /// What a "not for me" suppresses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SuppressionTarget {
     Advertiser(AdvertiserId),
     Category(Category),
 }
 
 /// A suppression and when it ends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Suppression {
     pub target: SuppressionTarget,
     pub until: UnixMillis,
 }
 
 /// Delivery facts for one listener member.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryHistory {
     /// Oldest first, pruned to `MAX_WINDOW_MS` and `MAX_RECENT`.
     recent: VecDeque<ImpressionRecord>,
@@ -46,7 +46,7 @@ pub struct DeliveryHistory {
     suppressions: Vec<Suppression>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum LifetimeKey {
     Creative(CampaignId, CreativeId),
     Campaign(CampaignId),

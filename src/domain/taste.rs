@@ -14,7 +14,7 @@ pub const SKIPPED_PLAY_WEIGHT: f32 = 0.25;
 pub const MAX_GENRES: usize = 32;
 
 /// One member's listening taste.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Taste {
     /// The time the weights are expressed at.
     pub updated_at: UnixMillis,
@@ -22,7 +22,7 @@ pub struct Taste {
 }
 
 /// Affinity and history for one genre.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenreStat {
     pub genre: GenreId,
     /// Decayed weight as of `Taste::updated_at`.

@@ -1,12 +1,12 @@
 //! `CampaignService`: the campaign admin surface.
 
-use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::pb::campaign_service_server::CampaignService;
-use super::{code_of, convert, now, pb};
+use super::{convert, now, observe, pb};
 use crate::app::AppState;
 use crate::domain::CampaignStatus;
+use crate::store::durable::Change;
 use crate::telemetry;
 
 /// Serves `interlude.v1.CampaignService`. Cheap to clone.
@@ -21,20 +21,19 @@ impl CampaignAdmin {
         Self { state }
     }
 
-    fn set_status(&self, id: &str, status: CampaignStatus) -> Result<pb::Campaign, Status> {
+    async fn set_status(&self, id: &str, status: CampaignStatus) -> Result<pb::Campaign, Status> {
         convert::campaign_id("campaign_id", id)?;
-        let campaign = self.state.catalog.set_status(id, status, now())?;
+        let campaign = self
+            .state
+            .write(|| {
+                let c = self.state.catalog.set_status(id, status, now()).map_err(Status::from)?;
+                let changes = vec![Change::Campaign(c.clone())];
+                Ok::<_, Status>((c, changes))
+            })
+            .await?;
         tracing::info!(campaign_id = %campaign.id, status = ?status, "campaign status changed");
         Ok(convert::campaign_to_proto(&campaign, &self.state.vocabulary))
     }
-}
-
-/// Runs a synchronous handler body and records its metrics.
-fn observed<T>(rpc: &'static str, body: impl FnOnce() -> Result<T, Status>) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = body();
-    telemetry::record_rpc(rpc, code_of(&result), started.elapsed());
-    result.map(Response::new)
 }
 
 #[tonic::async_trait]
@@ -43,9 +42,16 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::UpsertCampaignRequest>,
     ) -> Result<Response<pb::UpsertCampaignResponse>, Status> {
-        observed("UpsertCampaign", || {
+        observe("UpsertCampaign", async {
             let campaign = convert::campaign(request.get_ref().campaign.as_ref(), &self.state.vocabulary)?;
-            let (campaign, created) = self.state.catalog.upsert(campaign, now())?;
+            let (campaign, created) = self
+                .state
+                .write(|| {
+                    let (c, created) = self.state.catalog.upsert(campaign, now()).map_err(Status::from)?;
+                    let changes = vec![Change::Campaign(c.clone())];
+                    Ok::<_, Status>(((c, created), changes))
+                })
+                .await?;
             telemetry::record_campaigns(self.state.catalog.snapshot().len());
             tracing::info!(campaign_id = %campaign.id, created, "campaign upserted");
             Ok(pb::UpsertCampaignResponse {
@@ -53,13 +59,14 @@ impl CampaignService for CampaignAdmin {
                 created,
             })
         })
+        .await
     }
 
     async fn get_campaign(
         &self,
         request: Request<pb::GetCampaignRequest>,
     ) -> Result<Response<pb::GetCampaignResponse>, Status> {
-        observed("GetCampaign", || {
+        observe("GetCampaign", async {
             let id = &request.get_ref().campaign_id;
             convert::campaign_id("campaign_id", id)?;
             let campaign = self.state.catalog.get(id)?;
@@ -67,13 +74,14 @@ impl CampaignService for CampaignAdmin {
                 campaign: Some(convert::campaign_to_proto(&campaign, &self.state.vocabulary)),
             })
         })
+        .await
     }
 
     async fn list_campaigns(
         &self,
         request: Request<pb::ListCampaignsRequest>,
     ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
-        observed("ListCampaigns", || {
+        observe("ListCampaigns", async {
             let (after, size, status) = convert::list_campaigns(request.get_ref())?;
             let (page, more) = self.state.catalog.list(after.as_deref(), size, status);
             let next_page_token = match page.last() {
@@ -88,43 +96,47 @@ impl CampaignService for CampaignAdmin {
                 next_page_token,
             })
         })
+        .await
     }
 
     async fn pause_campaign(
         &self,
         request: Request<pb::PauseCampaignRequest>,
     ) -> Result<Response<pb::PauseCampaignResponse>, Status> {
-        observed("PauseCampaign", || {
-            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Paused)?;
+        observe("PauseCampaign", async {
+            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Paused).await?;
             Ok(pb::PauseCampaignResponse { campaign: Some(campaign) })
         })
+        .await
     }
 
     async fn resume_campaign(
         &self,
         request: Request<pb::ResumeCampaignRequest>,
     ) -> Result<Response<pb::ResumeCampaignResponse>, Status> {
-        observed("ResumeCampaign", || {
-            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Active)?;
+        observe("ResumeCampaign", async {
+            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Active).await?;
             Ok(pb::ResumeCampaignResponse { campaign: Some(campaign) })
         })
+        .await
     }
 
     async fn archive_campaign(
         &self,
         request: Request<pb::ArchiveCampaignRequest>,
     ) -> Result<Response<pb::ArchiveCampaignResponse>, Status> {
-        observed("ArchiveCampaign", || {
-            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Archived)?;
+        observe("ArchiveCampaign", async {
+            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Archived).await?;
             Ok(pb::ArchiveCampaignResponse { campaign: Some(campaign) })
         })
+        .await
     }
 
     async fn get_delivery_stats(
         &self,
         request: Request<pb::GetDeliveryStatsRequest>,
     ) -> Result<Response<pb::GetDeliveryStatsResponse>, Status> {
-        observed("GetDeliveryStats", || {
+        observe("GetDeliveryStats", async {
             let id = &request.get_ref().campaign_id;
             convert::campaign_id("campaign_id", id)?;
             let campaign = self.state.catalog.get(id)?;
@@ -151,5 +163,6 @@ impl CampaignService for CampaignAdmin {
                 pacing_status: pacing_status as i32,
             })
         })
+        .await
     }
 }

@@ -8,8 +8,9 @@ use super::status::InvalidRequest;
 use super::{code_of, convert, now, pb};
 use crate::app::AppState;
 use crate::decision::{self, Decision, Fill, Listener, Reason};
-use crate::domain::{ListenerId, UnixMillis};
+use crate::domain::{CampaignId, ListenerId, UnixMillis};
 use crate::store::delivery::{HistoryKey, VerifiedEvent};
+use crate::store::durable::Change;
 use crate::telemetry;
 use crate::token::ImpressionClaims;
 
@@ -111,7 +112,7 @@ impl DecisionService {
         }
     }
 
-    fn record_events(&self, req: &pb::RecordEventsRequest) -> Result<pb::RecordEventsResponse, Status> {
+    async fn record_events(&self, req: &pb::RecordEventsRequest) -> Result<pb::RecordEventsResponse, Status> {
         let state = &self.state;
         let events = convert::events(req)?;
         let now = now();
@@ -162,7 +163,30 @@ impl DecisionService {
         }
         // All or nothing: one bad event rejects the batch, so a retry after fixing it is exact.
         errors.into_result()?;
-        let applied = state.delivery.apply(&verified, state.suppression);
+        let applied = state
+            .write(|| {
+                let applied = state.delivery.apply(&verified, state.suppression);
+                // Acknowledged events are durable: their ids, and what they changed.
+                let mut changes: Vec<Change> =
+                    verified.iter().map(|e| Change::Event { id: e.event_id.to_string(), at: e.at }).collect();
+                let mut keys: Vec<&HistoryKey> = verified.iter().filter_map(|e| e.history.as_ref()).collect();
+                keys.sort_by(|a, b| (&a.listener, &a.member).cmp(&(&b.listener, &b.member)));
+                keys.dedup();
+                changes.extend(
+                    keys.into_iter()
+                        .filter_map(|k| state.delivery.history(k).map(|h| Change::History(k.clone(), h))),
+                );
+                let mut campaigns: Vec<&CampaignId> = verified.iter().map(|e| &e.campaign.id).collect();
+                campaigns.sort();
+                campaigns.dedup();
+                changes.extend(
+                    campaigns
+                        .into_iter()
+                        .map(|id| Change::Counters(id.clone(), state.delivery.raw_counters(id))),
+                );
+                Ok::<_, Status>((applied, changes))
+            })
+            .await?;
         telemetry::record_events(applied.accepted, applied.duplicates);
         Ok(pb::RecordEventsResponse { accepted: applied.accepted, duplicates: applied.duplicates })
     }
@@ -185,7 +209,7 @@ impl AdDecisionService for DecisionService {
         request: Request<pb::RecordEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let started = Instant::now();
-        let result = DecisionService::record_events(self, request.get_ref());
+        let result = DecisionService::record_events(self, request.get_ref()).await;
         telemetry::record_rpc("RecordEvents", code_of(&result), started.elapsed());
         result.map(Response::new)
     }

@@ -4,9 +4,10 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::pb::listener_service_server::ListenerService;
-use super::{code_of, convert, now, pb};
+use super::{code_of, convert, now, observe, pb};
 use crate::app::AppState;
 use crate::domain::ListenerProfile;
+use crate::store::durable::Change;
 use crate::telemetry;
 
 /// Rejections reported back in detail per stream; the rest are only counted.
@@ -51,19 +52,26 @@ impl ListenerAdmin {
                 }
                 index += 1;
             }
-            self.state.listeners.record_plays(&plays, half_life_ms);
+            self.state
+                .write(|| {
+                    self.state.listeners.record_plays(&plays, half_life_ms);
+                    // Acknowledged plays are durable: persist every profile this chunk touched.
+                    let mut touched: Vec<&str> = plays.iter().map(|p| &*p.listener).collect();
+                    touched.sort_unstable();
+                    touched.dedup();
+                    let changes = touched
+                        .into_iter()
+                        .filter_map(|id| self.state.listeners.get(id))
+                        .map(Change::Listener)
+                        .collect();
+                    Ok::<_, Status>(((), changes))
+                })
+                .await?;
             response.accepted += plays.len() as u64;
         }
         telemetry::record_plays(response.accepted, response.rejected);
         Ok(response)
     }
-}
-
-fn observed<T>(rpc: &'static str, body: impl FnOnce() -> Result<T, Status>) -> Result<Response<T>, Status> {
-    let started = Instant::now();
-    let result = body();
-    telemetry::record_rpc(rpc, code_of(&result), started.elapsed());
-    result.map(Response::new)
 }
 
 #[tonic::async_trait]
@@ -72,29 +80,37 @@ impl ListenerService for ListenerAdmin {
         &self,
         request: Request<pb::UpsertListenerRequest>,
     ) -> Result<Response<pb::UpsertListenerResponse>, Status> {
-        observed("UpsertListener", || {
+        observe("UpsertListener", async {
             let now = now();
             let update = convert::listener_update(request.get_ref().listener.as_ref(), now)?;
-            let (profile, created) = self.state.listeners.update(&update.listener_id, |p| {
-                if p.consent != update.consent {
-                    p.consent_at = Some(now);
-                }
-                p.consent = update.consent;
-                p.age_bracket = update.age_bracket;
-                p.home = update.home;
-                p.language = update.language;
-                p.signals = update.signals;
-            });
+            let (profile, created) = self
+                .state
+                .write(|| {
+                    let (profile, created) = self.state.listeners.update(&update.listener_id, |p| {
+                        if p.consent != update.consent {
+                            p.consent_at = Some(now);
+                        }
+                        p.consent = update.consent;
+                        p.age_bracket = update.age_bracket;
+                        p.home = update.home;
+                        p.language = update.language;
+                        p.signals = update.signals;
+                    });
+                    let changes = vec![Change::Listener(profile.clone())];
+                    Ok::<_, Status>(((profile, created), changes))
+                })
+                .await?;
             tracing::info!(listener_id = %profile.id, created, "listener upserted");
             Ok(pb::UpsertListenerResponse { listener: Some(self.to_proto(&profile)), created })
         })
+        .await
     }
 
     async fn get_listener(
         &self,
         request: Request<pb::GetListenerRequest>,
     ) -> Result<Response<pb::GetListenerResponse>, Status> {
-        observed("GetListener", || {
+        observe("GetListener", async {
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
             let profile = self
@@ -104,27 +120,36 @@ impl ListenerService for ListenerAdmin {
                 .ok_or_else(|| crate::store::StoreError::NotFound { kind: "listener", id: id.clone() })?;
             Ok(pb::GetListenerResponse { listener: Some(self.to_proto(&profile)) })
         })
+        .await
     }
 
     async fn forget_listener(
         &self,
         request: Request<pb::ForgetListenerRequest>,
     ) -> Result<Response<pb::ForgetListenerResponse>, Status> {
-        observed("ForgetListener", || {
+        observe("ForgetListener", async {
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
-            let canonical = self.state.listeners.forget(id)?;
-            self.state.delivery.forget(&canonical);
+            let canonical = self
+                .state
+                .write(|| {
+                    let canonical = self.state.listeners.forget(id).map_err(Status::from)?;
+                    self.state.delivery.forget(&canonical);
+                    let changes = vec![Change::ForgetListener(canonical.clone())];
+                    Ok::<_, Status>((canonical, changes))
+                })
+                .await?;
             tracing::info!(listener_id = %canonical, "listener forgotten");
             Ok(pb::ForgetListenerResponse {})
         })
+        .await
     }
 
     async fn link_identity(
         &self,
         request: Request<pb::LinkIdentityRequest>,
     ) -> Result<Response<pb::LinkIdentityResponse>, Status> {
-        observed("LinkIdentity", || {
+        observe("LinkIdentity", async {
             let req = request.get_ref();
             let mut errors = super::status::InvalidRequest::default();
             for (field, value) in [("listener_id", &req.listener_id), ("alias", &req.alias)] {
@@ -133,17 +158,27 @@ impl ListenerService for ListenerAdmin {
                 }
             }
             errors.into_result()?;
-            let profile = self.state.listeners.link(&req.listener_id, &req.alias)?;
+            let profile = self
+                .state
+                .write(|| {
+                    let profile =
+                        self.state.listeners.link(&req.listener_id, &req.alias).map_err(Status::from)?;
+                    let changes =
+                        vec![Change::Alias { alias: req.alias.clone(), listener: profile.id.clone() }];
+                    Ok::<_, Status>((profile, changes))
+                })
+                .await?;
             tracing::info!(listener_id = %profile.id, "identity linked");
             Ok(pb::LinkIdentityResponse { listener: Some(self.to_proto(&profile)) })
         })
+        .await
     }
 
     async fn merge_listeners(
         &self,
         request: Request<pb::MergeListenersRequest>,
     ) -> Result<Response<pb::MergeListenersResponse>, Status> {
-        observed("MergeListeners", || {
+        observe("MergeListeners", async {
             let req = request.get_ref();
             let mut errors = super::status::InvalidRequest::default();
             for (field, value) in
@@ -154,15 +189,30 @@ impl ListenerService for ListenerAdmin {
                 }
             }
             errors.into_result()?;
-            let (profile, from) = self.state.listeners.merge(
-                &req.into_listener_id,
-                &req.from_listener_id,
-                self.state.taste_half_life_ms,
-            )?;
-            self.state.delivery.merge(&from, &profile.id);
+            let (profile, from) = self
+                .state
+                .write(|| {
+                    let (profile, from) = self
+                        .state
+                        .listeners
+                        .merge(&req.into_listener_id, &req.from_listener_id, self.state.taste_half_life_ms)
+                        .map_err(Status::from)?;
+                    self.state.delivery.merge(&from, &profile.id);
+                    let mut changes =
+                        vec![Change::ForgetListener(from.clone()), Change::Listener(profile.clone())];
+                    for alias in self.state.listeners.aliases_of(&profile.id) {
+                        changes.push(Change::Alias { alias, listener: profile.id.clone() });
+                    }
+                    for (key, history) in self.state.delivery.histories_of(&profile.id) {
+                        changes.push(Change::History(key, history));
+                    }
+                    Ok::<_, Status>(((profile, from), changes))
+                })
+                .await?;
             tracing::info!(listener_id = %profile.id, merged = %from, "listeners merged");
             Ok(pb::MergeListenersResponse { listener: Some(self.to_proto(&profile)) })
         })
+        .await
     }
 
     async fn record_plays(

@@ -30,6 +30,17 @@ pub fn now() -> UnixMillis {
     UnixMillis(since.as_millis() as i64)
 }
 
+/// Runs a handler body and records its metrics.
+async fn observe<T>(
+    rpc: &'static str,
+    body: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<tonic::Response<T>, Status> {
+    let started = tokio::time::Instant::now();
+    let result = body.await;
+    crate::telemetry::record_rpc(rpc, code_of(&result), started.elapsed());
+    result.map(tonic::Response::new)
+}
+
 /// The gRPC code of a handler result, for metrics.
 fn code_of<T>(result: &Result<T, Status>) -> tonic::Code {
     match result {

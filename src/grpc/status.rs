@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::store::StoreError;
+use crate::store::durable::DurableError;
 
 /// A request that failed validation: every offending field, with what is wrong with it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,8 +59,16 @@ impl From<StoreError> for Status {
             StoreError::Archived(_) | StoreError::SelfMerge(_) => Code::FailedPrecondition,
             StoreError::AliasTaken { .. } => Code::AlreadyExists,
             StoreError::VocabularyFull(_) => Code::ResourceExhausted,
+            StoreError::Corrupt(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<DurableError> for Status {
+    fn from(e: DurableError) -> Status {
+        tracing::error!(error = %e, "write not made durable");
+        Status::unavailable(format!("the write could not be made durable and was not acknowledged: {e}"))
     }
 }
 

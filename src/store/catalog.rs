@@ -88,6 +88,18 @@ impl Catalog {
         Ok(out)
     }
 
+    /// Puts back campaigns read from the durable store, exactly as stored.
+    pub fn restore(&self, campaigns: Vec<Campaign>) {
+        let mut guard = self.lock();
+        for c in campaigns {
+            guard.map.insert(c.id.clone(), Arc::new(c));
+        }
+        guard.version += 1;
+        let version = guard.version;
+        drop(guard);
+        self.publish(version);
+    }
+
     /// Inserts or replaces one campaign (see `upsert_all`).
     pub fn upsert(&self, campaign: Campaign, now: UnixMillis) -> Result<(Arc<Campaign>, bool), StoreError> {
         let mut out = self.upsert_all(vec![campaign], now)?;

@@ -14,14 +14,14 @@ use crate::domain::{
 };
 
 /// Whose history: a listener account's household member ("" = main profile).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct HistoryKey {
     pub listener: ListenerId,
     pub member: Box<str>,
 }
 
 /// Running totals of one campaign.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CampaignCounters {
     pub impressions: u64,
     pub spend_micros: i64,
@@ -200,6 +200,49 @@ impl Delivery {
             if let Some((_, history)) = self.inner.histories.remove(&key) {
                 let target = HistoryKey { listener: into.clone(), member: key.member };
                 self.inner.histories.entry(target).or_default().absorb(&history);
+            }
+        }
+    }
+
+    /// A copy of one history, to persist it.
+    pub fn history(&self, key: &HistoryKey) -> Option<DeliveryHistory> {
+        self.inner.histories.get(key).map(|h| h.clone())
+    }
+
+    /// Every history of `listener`, to persist them.
+    pub fn histories_of(&self, listener: &ListenerId) -> Vec<(HistoryKey, DeliveryHistory)> {
+        self.inner
+            .histories
+            .iter()
+            .filter(|e| e.key().listener == *listener)
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// The stored counters of one campaign, to persist them.
+    pub fn raw_counters(&self, campaign: &CampaignId) -> CampaignCounters {
+        self.inner.campaigns.get(campaign).map(|c| *c).unwrap_or_default()
+    }
+
+    /// Puts back what the durable store holds. Event ids older than the dedupe window are
+    /// skipped: their tokens have expired, so they cannot come back.
+    pub fn restore(
+        &self,
+        histories: Vec<(HistoryKey, DeliveryHistory)>,
+        counters: Vec<(CampaignId, CampaignCounters)>,
+        events: Vec<(String, UnixMillis)>,
+        window_ms: i64,
+        now: UnixMillis,
+    ) {
+        for (key, history) in histories {
+            self.inner.histories.insert(key, history);
+        }
+        for (id, c) in counters {
+            self.inner.campaigns.insert(id, c);
+        }
+        for (id, at) in events {
+            if now.0 - at.0 <= window_ms {
+                self.inner.applied.insert(id.into(), ());
             }
         }
     }

@@ -170,6 +170,26 @@ impl Listeners {
         Ok((profile, from_id))
     }
 
+    /// Puts back a profile read from the durable store.
+    pub fn restore(&self, profile: ListenerProfile) {
+        self.inner.profiles.insert(profile.id.clone(), Arc::new(profile));
+    }
+
+    /// Puts back an alias read from the durable store.
+    pub fn restore_alias(&self, alias: &str, listener: ListenerId) {
+        self.inner.aliases.insert(alias.into(), listener);
+    }
+
+    /// Every listener's profile (the demo's snapshot into the durable store).
+    pub fn all(&self) -> Vec<Arc<ListenerProfile>> {
+        self.inner.profiles.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Every (alias, canonical id).
+    pub fn all_aliases(&self) -> Vec<(String, ListenerId)> {
+        self.inner.aliases.iter().map(|e| (e.key().to_string(), e.value().clone())).collect()
+    }
+
     /// Number of listeners.
     pub fn len(&self) -> usize {
         self.inner.profiles.len()

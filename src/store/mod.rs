@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod delivery;
+pub mod durable;
 pub mod listeners;
 pub mod vocabulary;
 
@@ -26,4 +27,6 @@ pub enum StoreError {
     AliasTaken { alias: String, owner: String },
     #[error("listener {0:?} cannot be merged into itself")]
     SelfMerge(String),
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
 }

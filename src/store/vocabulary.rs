@@ -21,6 +21,8 @@ pub struct Vocabulary {
 struct Inner {
     ids: DashMap<Arc<str>, GenreId>,
     names: RwLock<Vec<Arc<str>>>,
+    /// How many of `names` are known to be in the durable store.
+    persisted: std::sync::atomic::AtomicUsize,
 }
 
 impl Vocabulary {
@@ -48,6 +50,28 @@ impl Vocabulary {
     /// The id of `slug`, if any campaign or play ever used it.
     pub fn lookup(&self, slug: &str) -> Option<GenreId> {
         self.inner.ids.get(slug).map(|id| *id)
+    }
+
+    /// Genres not yet known to be durable: `(first id, [(id, name)])`.
+    pub fn pending(&self) -> (usize, Vec<(u32, String)>) {
+        let from = self.inner.persisted.load(std::sync::atomic::Ordering::Acquire);
+        let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
+        (from, names.iter().enumerate().skip(from).map(|(i, n)| (i as u32, n.to_string())).collect())
+    }
+
+    /// Records that the first `n` genres are durable.
+    pub fn mark_persisted(&self, n: usize) {
+        self.inner.persisted.fetch_max(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Re-adds a stored genre at start; ids come back in order, so each must be the next.
+    pub fn restore(&self, id: u32, name: &str) -> Result<(), StoreError> {
+        let got = self.intern(name)?;
+        if got.0 != id {
+            return Err(StoreError::Corrupt(format!("genre {name:?} stored as {id}, restored as {}", got.0)));
+        }
+        self.mark_persisted(id as usize + 1);
+        Ok(())
     }
 
     /// The slug of `id`.

@@ -25,12 +25,13 @@ pub struct TestServer {
 
 /// Starts a server with no demo data and the default policy.
 pub async fn start_server() -> TestServer {
-    start_server_with(Config { demo: false, ..Config::default() }).await
+    start_server_with(Config { demo: false, data_dir: None, ..Config::default() }).await
 }
 
-/// Starts a server with `config` on an ephemeral loopback port.
+/// Starts a server with `config` on an ephemeral loopback port (and its embedded store, when
+/// `config.data_dir` is set).
 pub async fn start_server_with(config: Config) -> TestServer {
-    let state = AppState::new(&config);
+    let (state, _) = AppState::open(&config, interlude::grpc::now()).unwrap();
     if config.demo {
         interlude::demo::load(&state, interlude::grpc::now()).unwrap();
     }
@@ -217,3 +218,72 @@ pub fn served(response: &pb::DecideResponse) -> Vec<&str> {
 
 /// Waits at most this long for anything in a test (a hang is a failure, not a pass).
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The real `interlude` binary, started on ephemeral ports; killed if dropped while running (a
+/// failed test must not leave a server holding the test runner's pipes).
+pub struct Binary {
+    pub child: std::process::Child,
+    /// The gRPC address it logged.
+    pub grpc: String,
+    /// The metrics address it logged ("off" when off).
+    pub metrics: String,
+    /// Every later stderr line.
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl Binary {
+    /// Starts the binary with `args` (after `--listen 127.0.0.1:0`) and waits for its "serving" line.
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Binary {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_interlude"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let serving = loop {
+            let line = rx.recv_timeout(TEST_TIMEOUT).expect("the server logs its addresses");
+            if line.contains("serving") {
+                break line;
+            }
+        };
+        let field = |name: &str| {
+            let start = serving.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            serving[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
+        };
+        Binary { grpc: field("grpc_addr"), metrics: field("metrics_addr"), child, log: rx }
+    }
+
+    /// A connected channel to its gRPC address.
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill_9();
+        }
+    }
+}

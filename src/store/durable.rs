@@ -1,0 +1,276 @@
+//! The embedded durable store (SQLite): every acknowledged write is committed before its RPC
+//! answers, and the in-memory stores are rebuilt from it at start.
+//!
+//! One writer thread owns the connection. Writers hand it a batch of changes and wait for the
+//! commit; the thread takes every batch waiting at that moment into one transaction (group
+//! commit), so one disk flush serves many RPCs and the decision path never waits on a disk.
+//! Rows hold the domain values as JSON: the schema is key → document, the documents are the
+//! types of `domain` (genres as ids, with the vocabulary persisted beside them).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use rusqlite::{Connection, OptionalExtension as _, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::oneshot;
+
+use crate::domain::{Campaign, CampaignId, DeliveryHistory, ListenerId, ListenerProfile, UnixMillis};
+use crate::store::delivery::{CampaignCounters, HistoryKey};
+
+/// The SQLite file inside the data directory.
+pub const DB_FILE: &str = "interlude.sqlite3";
+/// The impression-token key generated on first start when none is configured (hex, mode 0600).
+pub const TOKEN_KEY_FILE: &str = "token.key";
+
+/// Why the durable store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DurableError {
+    #[error("cannot use {path}: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot encode or decode a stored document: {0}")]
+    Codec(#[from] serde_json::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("the durable store's writer has stopped")]
+    WriterGone,
+    #[error("stored data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// One change to persist.
+#[derive(Debug)]
+pub enum Change {
+    Genre { id: u32, name: String },
+    Campaign(Arc<Campaign>),
+    Listener(Arc<ListenerProfile>),
+    ForgetListener(ListenerId),
+    Alias { alias: String, listener: ListenerId },
+    History(HistoryKey, DeliveryHistory),
+    Counters(CampaignId, CampaignCounters),
+    Event { id: String, at: UnixMillis },
+}
+
+struct Batch {
+    changes: Vec<Change>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Durable {
+    tx: mpsc::Sender<Batch>,
+}
+
+impl std::fmt::Debug for Batch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch").field("changes", &self.changes.len()).finish()
+    }
+}
+
+/// Everything stored, as read at start.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub genres: Vec<(u32, String)>,
+    pub campaigns: Vec<Campaign>,
+    pub listeners: Vec<ListenerProfile>,
+    pub aliases: Vec<(String, ListenerId)>,
+    pub histories: Vec<(HistoryKey, DeliveryHistory)>,
+    pub counters: Vec<(CampaignId, CampaignCounters)>,
+    pub events: Vec<(String, UnixMillis)>,
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = FULL;
+    CREATE TABLE IF NOT EXISTS genres (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS listeners (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, listener TEXT NOT NULL);
+    CREATE INDEX IF NOT EXISTS aliases_by_listener ON aliases (listener);
+    CREATE TABLE IF NOT EXISTS histories (listener TEXT NOT NULL, member TEXT NOT NULL, doc TEXT NOT NULL,
+        PRIMARY KEY (listener, member));
+    CREATE TABLE IF NOT EXISTS counters (campaign TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+";
+
+impl Durable {
+    /// Opens (or creates) the store in `dir`, reads everything back, and starts the writer.
+    pub fn open(dir: &Path) -> Result<(Durable, Recovered), DurableError> {
+        std::fs::create_dir_all(dir).map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
+        let conn = Connection::open(dir.join(DB_FILE))?;
+        conn.execute_batch(SCHEMA)?;
+        let recovered = recover(&conn)?;
+        let (tx, rx) = mpsc::channel::<Batch>();
+        std::thread::Builder::new()
+            .name("interlude-durable".into())
+            .spawn(move || writer(conn, rx))
+            .map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
+        Ok((Durable { tx }, recovered))
+    }
+
+    /// Queues `changes` for the next commit (in submission order); await the result to know
+    /// they are durable.
+    pub fn submit(&self, changes: Vec<Change>) -> Result<Commit, DurableError> {
+        let (done, committed) = oneshot::channel();
+        self.tx.send(Batch { changes, done }).map_err(|_| DurableError::WriterGone)?;
+        Ok(Commit { committed })
+    }
+}
+
+/// The token key kept in `dir`: read back, or made by `generate` and written (owner-only, and
+/// synced before use, so a token signed with it is never orphaned by a crash).
+pub fn token_key(dir: &Path, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, DurableError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(TOKEN_KEY_FILE);
+    let io = |source| DurableError::Dir { path: path.clone(), source };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return hex::decode(text.trim()).ok().filter(|k| k.len() >= 32).ok_or_else(|| {
+                DurableError::Corrupt(format!("{} is not a hex key of 32+ bytes", path.display()))
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let key = generate();
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
+    file.write_all(hex::encode(&key).as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
+    Ok(key)
+}
+
+/// A submitted batch; resolves once it is committed.
+#[derive(Debug)]
+pub struct Commit {
+    committed: oneshot::Receiver<Result<(), String>>,
+}
+
+impl Commit {
+    /// Waits for the commit.
+    pub async fn wait(self) -> Result<(), DurableError> {
+        match self.committed.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(DurableError::Commit(message)),
+            Err(_) => Err(DurableError::WriterGone),
+        }
+    }
+}
+
+/// Group commit: wait for a batch, take every other batch already waiting, commit them in one
+/// transaction, then answer them all.
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
+    while let Ok(first) = rx.recv() {
+        let mut batches = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batches.push(more);
+        }
+        let result = apply(&mut conn, &batches).map_err(|e| e.to_string());
+        if let Err(error) = &result {
+            tracing::error!(%error, batches = batches.len(), "durable commit failed");
+        }
+        for batch in batches {
+            let _ = batch.done.send(result.clone());
+        }
+    }
+}
+
+fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
+    let tx = conn.transaction()?;
+    for change in batches.iter().flat_map(|b| &b.changes) {
+        match change {
+            Change::Genre { id, name } => {
+                tx.execute("INSERT OR IGNORE INTO genres (id, name) VALUES (?1, ?2)", params![id, name])?;
+            }
+            Change::Campaign(c) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO campaigns (id, doc) VALUES (?1, ?2)",
+                    params![c.id.as_str(), doc(c)?],
+                )?;
+            }
+            Change::Listener(p) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO listeners (id, doc) VALUES (?1, ?2)",
+                    params![p.id.as_str(), doc(p)?],
+                )?;
+            }
+            Change::ForgetListener(id) => {
+                tx.execute("DELETE FROM listeners WHERE id = ?1", params![id.as_str()])?;
+                tx.execute("DELETE FROM aliases WHERE listener = ?1 OR alias = ?1", params![id.as_str()])?;
+                tx.execute("DELETE FROM histories WHERE listener = ?1", params![id.as_str()])?;
+            }
+            Change::Alias { alias, listener } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO aliases (alias, listener) VALUES (?1, ?2)",
+                    params![alias, listener.as_str()],
+                )?;
+            }
+            Change::History(key, h) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO histories (listener, member, doc) VALUES (?1, ?2, ?3)",
+                    params![key.listener.as_str(), &*key.member, doc(h)?],
+                )?;
+            }
+            Change::Counters(id, c) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO counters (campaign, doc) VALUES (?1, ?2)",
+                    params![id.as_str(), doc(c)?],
+                )?;
+            }
+            Change::Event { id, at } => {
+                tx.execute("INSERT OR IGNORE INTO events (id, at) VALUES (?1, ?2)", params![id, at.0])?;
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn doc(value: &impl Serialize) -> Result<String, DurableError> {
+    Ok(serde_json::to_string(value)?)
+}
+
+fn rows<T: DeserializeOwned>(conn: &Connection, sql: &str) -> Result<Vec<T>, DurableError> {
+    let mut stmt = conn.prepare(sql)?;
+    let docs = stmt.query_map([], |row| row.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+    docs.iter().map(|d| Ok(serde_json::from_str(d)?)).collect()
+}
+
+fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
+    let mut r = Recovered {
+        campaigns: rows(conn, "SELECT doc FROM campaigns")?,
+        listeners: rows(conn, "SELECT doc FROM listeners")?,
+        ..Recovered::default()
+    };
+    let mut stmt = conn.prepare("SELECT id, name FROM genres ORDER BY id")?;
+    r.genres = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT alias, listener FROM aliases")?;
+    r.aliases = stmt
+        .query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, ListenerId::from(row.get::<_, String>(1)?.as_str())))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT listener, member, doc FROM histories")?;
+    let histories: Vec<(String, String, String)> =
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?.collect::<Result<_, _>>()?;
+    for (listener, member, d) in histories {
+        r.histories.push((
+            HistoryKey { listener: listener.as_str().into(), member: member.into() },
+            serde_json::from_str(&d)?,
+        ));
+    }
+    let mut stmt = conn.prepare("SELECT campaign, doc FROM counters")?;
+    let counters: Vec<(String, String)> =
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    for (id, d) in counters {
+        r.counters.push((id.as_str().into(), serde_json::from_str(&d)?));
+    }
+    let mut stmt = conn.prepare("SELECT id, at FROM events")?;
+    r.events =
+        stmt.query_map([], |row| Ok((row.get(0)?, UnixMillis(row.get(1)?))))?.collect::<Result<_, _>>()?;
+    let _ = conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
+    Ok(r)
+}

@@ -1,0 +1,311 @@
+//! The embedded store: what was acknowledged is there after a restart (graceful or kill -9),
+//! and what was forgotten stays forgotten.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use interlude::config::Config;
+use interlude::grpc::pb;
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+fn data_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("interlude-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn durable_config(dir: &Path) -> Config {
+    let mut config = Config { demo: false, data_dir: Some(dir.to_path_buf()), ..Config::default() };
+    // Tokens must verify across restarts.
+    config.token_key = Some(hex_key());
+    config
+}
+
+fn hex_key() -> Vec<u8> {
+    (0..KEY.len()).step_by(2).map(|i| u8::from_str_radix(&KEY[i..i + 2], 16).unwrap()).collect()
+}
+
+fn capped_once(id: &str, advertiser: &str, genre: &str) -> pb::Campaign {
+    let mut c = genre_campaign(id, advertiser, 10, &[genre]);
+    c.frequency_caps =
+        vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: 1, window: None }];
+    c
+}
+
+#[tokio::test]
+async fn acknowledged_writes_survive_a_restart() {
+    let dir = data_dir("restart");
+    let server = start_server_with(durable_config(&dir)).await;
+    server
+        .upsert([capped_once("jazz-once", "a", "jazz"), genre_campaign("jazz-more", "b", 5, &["jazz"])])
+        .await;
+    server
+        .campaigns()
+        .pause_campaign(pb::PauseCampaignRequest { campaign_id: "jazz-more".into() })
+        .await
+        .unwrap();
+    server
+        .listener("nina", |l| {
+            l.home =
+                Some(pb::GeoLocation { country: "US".into(), region: "US-NY".into(), metro: "NYC".into() })
+        })
+        .await;
+    server.plays("nina", "", &[("jazz", 25)]).await;
+    server
+        .listeners()
+        .link_identity(pb::LinkIdentityRequest { listener_id: "nina".into(), alias: "email:n".into() })
+        .await
+        .unwrap();
+    let first = server.decide(break_for("nina")).await;
+    assert_eq!(served(&first), vec!["jazz-once"]);
+    server.record_impressions(&first, "before").await;
+    server.stop().await;
+
+    let server = start_server_with(durable_config(&dir)).await;
+    let campaign = server
+        .campaigns()
+        .get_campaign(pb::GetCampaignRequest { campaign_id: "jazz-more".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign
+        .unwrap();
+    assert_eq!(campaign.status(), pb::CampaignStatus::Paused);
+    let listener = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "email:n".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(listener.listener_id, "nina");
+    assert_eq!(listener.home.unwrap().metro, "NYC");
+    assert_eq!(listener.members[0].genres[0].genre, "jazz");
+    assert_eq!(listener.members[0].genres[0].lifetime_plays, 25);
+    let stats = server
+        .campaigns()
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: "jazz-once".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.impressions, 1);
+    // The cap still holds, and a retried event still counts once.
+    assert!(served(&server.decide(break_for("nina")).await).is_empty());
+    let retry = pb::AdEvent {
+        event_id: "before-0".into(),
+        r#type: pb::EventType::Impression as i32,
+        impression_token: first.ads[0].impression_token.clone(),
+        occurred_at: None,
+    };
+    let response =
+        server.decisions().record_events(pb::RecordEventsRequest { events: vec![retry] }).await.unwrap();
+    assert_eq!((response.get_ref().accepted, response.get_ref().duplicates), (0, 1));
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_forgotten_listener_is_gone_after_a_restart_too() {
+    let dir = data_dir("forget");
+    let server = start_server_with(durable_config(&dir)).await;
+    server.upsert([capped_once("jazz-once", "a", "jazz")]).await;
+    server.listener("leaving", |_| {}).await;
+    server.plays("leaving", "", &[("jazz", 10)]).await;
+    server
+        .listeners()
+        .link_identity(pb::LinkIdentityRequest { listener_id: "leaving".into(), alias: "device:9".into() })
+        .await
+        .unwrap();
+    let heard = server.decide(break_for("leaving")).await;
+    server.record_impressions(&heard, "heard").await;
+    server
+        .listeners()
+        .forget_listener(pb::ForgetListenerRequest { listener_id: "device:9".into() })
+        .await
+        .unwrap();
+    server.stop().await;
+
+    let server = start_server_with(durable_config(&dir)).await;
+    for id in ["leaving", "device:9"] {
+        let status = server
+            .listeners()
+            .get_listener(pb::GetListenerRequest { listener_id: id.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::NotFound, "{id}");
+    }
+    assert!(server.state.delivery.histories_of(&"leaving".into()).is_empty(), "caps are erased too");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts the binary on `dir`.
+fn start_binary(dir: &Path) -> Binary {
+    let dir = dir.to_str().unwrap();
+    Binary::start(["--metrics-listen", "off", "--demo", "false", "--token-key", KEY, "--data-dir", dir])
+}
+
+/// The impressions and spend the server reports for `campaign`.
+async fn delivered(channel: tonic::transport::Channel, campaign: &str) -> (u64, i64) {
+    let stats = pb::campaign_service_client::CampaignServiceClient::new(channel)
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: campaign.into() })
+        .await
+        .unwrap()
+        .into_inner();
+    (stats.impressions, stats.spend_micros)
+}
+
+/// The crash test: `clients` concurrent clients send impressions in small batches while the
+/// server is killed with SIGKILL after a random number of acknowledged batches, `kills` times;
+/// after each restart the unacknowledged events are retried. Every acknowledged event must be
+/// counted after every restart, and at the end every event exactly once.
+async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) {
+    use rand::{Rng as _, SeedableRng as _};
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let dir = data_dir(&format!("kill9-{seed}"));
+    let mut server = start_binary(&dir);
+    let channel = server.channel().await;
+    let mut contextual = campaign("ctx", "adv", 10);
+    contextual.targeting = Some(pb::Targeting { track_genres: vec!["pop".into()], ..Default::default() });
+    pb::campaign_service_client::CampaignServiceClient::new(channel.clone())
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(contextual) })
+        .await
+        .unwrap();
+    // Tokens for the impressions (anonymous listeners: nothing caps them, so all count).
+    let mut decisions = pb::ad_decision_service_client::AdDecisionServiceClient::new(channel);
+    let mut request = break_for("");
+    request.context = Some(pb::PlaybackContext { track_genres: vec!["pop".into()], ..Default::default() });
+    let mut events = Vec::new();
+    for i in 0..events_n {
+        let response = decisions.decide(request.clone()).await.unwrap().into_inner();
+        events.push(pb::AdEvent {
+            event_id: format!("ev-{i}"),
+            r#type: pb::EventType::Impression as i32,
+            impression_token: response.ads[0].impression_token.clone(),
+            occurred_at: None,
+        });
+    }
+
+    let mut acknowledged = std::collections::HashSet::new();
+    for round in 0..=kills {
+        let pending: Vec<pb::AdEvent> =
+            events.iter().filter(|e| !acknowledged.contains(&e.event_id)).cloned().collect();
+        let batches: Vec<Vec<pb::AdEvent>> = pending.chunks(3).map(<[_]>::to_vec).collect();
+        let kill_after = if round < kills { rng.random_range(1..=batches.len().max(1)) } else { usize::MAX };
+        // `clients` connections, each sending its share of the batches one after another and
+        // reporting every acknowledged batch.
+        let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
+        for client in 0..clients {
+            let mine: Vec<Vec<pb::AdEvent>> = batches.iter().skip(client).step_by(clients).cloned().collect();
+            let mut client =
+                pb::ad_decision_service_client::AdDecisionServiceClient::new(server.channel().await);
+            let acked_tx = acked_tx.clone();
+            tokio::spawn(async move {
+                for batch in mine {
+                    let ids: Vec<String> = batch.iter().map(|e| e.event_id.clone()).collect();
+                    if client.record_events(pb::RecordEventsRequest { events: batch }).await.is_err() {
+                        break; // the server is gone
+                    }
+                    let _ = acked_tx.send(ids);
+                }
+            });
+        }
+        drop(acked_tx);
+        let mut acked_batches = 0;
+        while let Some(ids) = acked_rx.recv().await {
+            acknowledged.extend(ids);
+            acked_batches += 1;
+            if acked_batches == kill_after {
+                server.kill_9(); // the other clients' batches are in flight
+            }
+        }
+        server.kill_9();
+        server = start_binary(&dir);
+        let (count, _) = delivered(server.channel().await, "ctx").await;
+        assert!(
+            count >= acknowledged.len() as u64,
+            "round {round}: {count} counted < {} acknowledged",
+            acknowledged.len()
+        );
+        assert!(count <= events_n as u64, "round {round}: {count} counted > {events_n} sent");
+    }
+    // Retry everything: what was committed is a duplicate, the rest is accepted once.
+    let mut client = pb::ad_decision_service_client::AdDecisionServiceClient::new(server.channel().await);
+    let mut duplicates = 0;
+    for chunk in events.chunks(20) {
+        duplicates += client
+            .record_events(pb::RecordEventsRequest { events: chunk.to_vec() })
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicates;
+    }
+    assert!(u64::from(duplicates) >= acknowledged.len() as u64);
+    let (count, spend) = delivered(server.channel().await, "ctx").await;
+    assert_eq!(count, events_n as u64, "every event exactly once");
+    assert_eq!(spend, events_n as i64 * 10_000, "CPM $10 = 10,000 micros an impression");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn every_acknowledged_event_counts_exactly_once_across_kill_9() {
+    crash_test(90, 3, 3, 7).await;
+}
+
+/// The long crash test, run by `.ci/run` against the release build:
+/// `cargo test --release --test durability -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by .ci/run in release"]
+async fn crash_test_many_clients_random_kills() {
+    for seed in 0..5 {
+        crash_test(600, 8, 4, seed).await;
+    }
+}
+
+async fn campaign_count(channel: tonic::transport::Channel) -> usize {
+    let request = pb::ListCampaignsRequest { page_size: 100, ..Default::default() };
+    let client = &mut pb::campaign_service_client::CampaignServiceClient::new(channel);
+    client.list_campaigns(request).await.unwrap().into_inner().campaigns.len()
+}
+
+#[tokio::test]
+async fn the_demo_seeds_a_fresh_store_once_and_the_store_is_the_truth_afterwards() {
+    let dir = data_dir("demo");
+    let args =
+        |dir: &Path| ["--metrics-listen", "off", "--data-dir", dir.to_str().unwrap()].map(String::from);
+    let server = Binary::start(args(&dir));
+    let channel = server.channel().await;
+    let listed = campaign_count(channel.clone()).await;
+    assert!(listed > 20, "the demo catalog is served: {listed}");
+    let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+    listeners
+        .forget_listener(pb::ForgetListenerRequest { listener_id: "listener-opera".into() })
+        .await
+        .unwrap();
+    drop(server); // kill -9: the acknowledged forget must hold
+
+    let server = Binary::start(args(&dir));
+    let channel = server.channel().await;
+    let relisted = campaign_count(channel.clone()).await;
+    assert_eq!(relisted, listed, "recovered, not re-seeded");
+    let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+    let gone = listeners.get_listener(pb::GetListenerRequest { listener_id: "listener-opera".into() }).await;
+    assert_eq!(
+        gone.unwrap_err().code(),
+        tonic::Code::NotFound,
+        "the demo does not resurrect a forgotten listener"
+    );
+    let alias =
+        listeners.get_listener(pb::GetListenerRequest { listener_id: "email-sha256:5f2b9c0e".into() }).await;
+    assert_eq!(alias.unwrap_err().code(), tonic::Code::NotFound, "its alias is gone too");
+    listeners.get_listener(pb::GetListenerRequest { listener_id: "listener-pop".into() }).await.unwrap();
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+}
