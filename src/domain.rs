@@ -367,6 +367,13 @@ pub struct Budget {
     pub pacing: PacingMode,
 }
 
+impl Budget {
+    /// Whether any limit is set (otherwise spend is never consulted).
+    pub fn is_limited(&self) -> bool {
+        self.lifetime_micros > 0 || self.daily_micros > 0 || self.impression_goal > 0
+    }
+}
+
 /// A listener's declared attributes, consent and household; the listening side is per member.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ListenerProfile {

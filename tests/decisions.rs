@@ -322,3 +322,85 @@ async fn events_are_idempotent_and_forged_tokens_change_nothing() {
     assert_eq!(stats.impressions, 1, "the retry and the rejected batch count nothing");
     server.stop().await;
 }
+
+/// A $10 CPM campaign for whoever is listening to pop now (contextual: relevant to anyone).
+fn pop_campaign(id: &str) -> pb::Campaign {
+    let mut c = campaign(id, "a", 10);
+    c.targeting = Some(pb::Targeting { track_genres: vec!["pop".into()], ..Default::default() });
+    c
+}
+
+/// A break for `listener` while a pop track plays.
+fn pop_break(listener: &str) -> pb::DecideRequest {
+    let mut request = break_for(listener);
+    request.context = Some(pb::PlaybackContext { track_genres: vec!["pop".into()], ..Default::default() });
+    request
+}
+
+#[tokio::test]
+async fn a_budget_is_never_exceeded_even_by_ads_decided_but_not_yet_recorded() {
+    let server = start_server().await;
+    let mut budgeted = pop_campaign("budgeted");
+    // $10 CPM = 10,000 micros an impression: room for exactly five.
+    budgeted.budget = Some(pb::Budget { lifetime_budget_micros: 50_000, ..Default::default() });
+    server.upsert([budgeted, house_ad("house")]).await;
+
+    // Twenty breaks are decided before any impression comes back.
+    let mut decided = Vec::new();
+    for i in 0..20 {
+        decided.push(server.decide(pop_break(&format!("listener-{i}"))).await);
+    }
+    let paid: Vec<&pb::DecideResponse> = decided.iter().filter(|r| served(r) == ["budgeted"]).collect();
+    assert_eq!(paid.len(), 5, "only what the budget can pay for is decided");
+    let last = decided.last().unwrap();
+    assert_eq!((last.fill(), last.reason()), (pb::Fill::House, pb::DecisionReason::BudgetExhausted));
+
+    for (i, response) in decided.iter().enumerate() {
+        server.record_impressions(response, &format!("b{i}")).await;
+    }
+    let stats = server
+        .campaigns()
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: "budgeted".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.impressions, stats.spend_micros), (5, 50_000), "spent to the micro, not beyond");
+    assert_eq!(stats.pacing_status(), pb::PacingStatus::BudgetExhausted);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_even_paced_campaign_is_held_back_when_ahead_of_its_curve() {
+    let server = start_server().await;
+    let now = interlude::grpc::now().0;
+    let mut paced = pop_campaign("paced");
+    // A ten-day flight that began one day ago: the curve allows a tenth of the budget by now.
+    paced.flight_start = Some(ts(now - 86_400_000));
+    paced.flight_end = Some(ts(now + 9 * 86_400_000));
+    paced.budget = Some(pb::Budget {
+        lifetime_budget_micros: 100 * 10_000,
+        pacing: pb::PacingMode::Even as i32,
+        ..Default::default()
+    });
+    server.upsert([paced, house_ad("house")]).await;
+    let mut explain = pop_break("someone");
+    explain.explain = true;
+    let mut paid = 0;
+    for i in 0..30 {
+        let response = server.decide(pop_break(&format!("l{i}"))).await;
+        server.record_impressions(&response, &format!("p{i}")).await;
+        paid += usize::from(served(&response) == ["paced"]);
+    }
+    assert!((10..=11).contains(&paid), "a tenth of 100 ads, give or take one: {paid}");
+    let held = server.decide(explain).await;
+    let trace = held.trace.iter().find(|t| t.campaign_id == "paced").unwrap();
+    assert_eq!(trace.rejected_by(), pb::Rule::Pacing, "{trace:?}");
+    let stats = server
+        .campaigns()
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: "paced".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.pacing_status(), pb::PacingStatus::OnTrack);
+    server.stop().await;
+}

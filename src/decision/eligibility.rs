@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use rand::Rng;
 
+use super::pacing::{self, Pace};
 use super::{Listener, Policy, Rule, SpendView};
 use crate::domain::{AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, Taste, UnixMillis};
 
@@ -208,8 +209,13 @@ impl<'a> Context<'a> {
         if heard && history.is_suppressed(&c.advertiser_id, &c.categories, self.now) {
             return Err(Rule::Suppressed);
         }
-        if c.tier.is_paid() && !within_budget(c, spend) {
-            return Err(Rule::Budget);
+        // Spend is read only for campaigns that have a limit: most have none.
+        if c.tier.is_paid() && c.budget.is_limited() {
+            match pacing::pace(c, &spend.spend(&c.id), self.now) {
+                Pace::Open => {}
+                Pace::Throttled => return Err(Rule::Pacing),
+                Pace::Exhausted => return Err(Rule::Budget),
+            }
         }
         if !heard {
             return Ok(());
@@ -340,6 +346,7 @@ impl<'a> Context<'a> {
             Rule::Signal => "required signal missing or stale, or excluded signal present".into(),
             Rule::Suppressed => "listener said \"not for me\" to this advertiser or category".into(),
             Rule::Budget => "budget exhausted".into(),
+            Rule::Pacing => "ahead of its delivery curve".into(),
             Rule::FrequencyCap => "frequency cap reached".into(),
             Rule::CategorySeparation => "same category heard too recently".into(),
             Rule::AdLoad => "ad load limit reached".into(),
@@ -410,15 +417,4 @@ fn geo_matches(c: &Campaign, at: Option<&crate::domain::GeoLocation>) -> bool {
     let Some(at) = at else { return false };
     (t.geo_include.is_empty() || t.geo_include.iter().any(|g| g.covers(at)))
         && !t.geo_exclude.iter().any(|g| g.covers(at))
-}
-
-fn within_budget(c: &Campaign, spend: &impl SpendView) -> bool {
-    let b = &c.budget;
-    if b.lifetime_micros == 0 && b.daily_micros == 0 {
-        return true;
-    }
-    let s = spend.spend(&c.id);
-    let price = c.price_micros();
-    (b.lifetime_micros == 0 || s.lifetime_micros + price <= b.lifetime_micros)
-        && (b.daily_micros == 0 || s.today_micros + price <= b.daily_micros)
 }

@@ -14,6 +14,7 @@ use crate::domain::{
 
 pub mod catalog;
 pub mod eligibility;
+pub mod pacing;
 mod ranking;
 
 pub use catalog::CatalogSnapshot;
@@ -41,6 +42,10 @@ impl Default for Policy {
 pub struct Spend {
     pub lifetime_micros: i64,
     pub today_micros: i64,
+    pub impressions: u64,
+    /// Decided but not yet recorded (see `pacing`): counted against every hard limit.
+    pub reserved_micros: i64,
+    pub reserved_impressions: u64,
 }
 
 /// Read access to campaign spend; implemented by the delivery store and by test fixtures.
@@ -111,6 +116,8 @@ pub enum Rule {
     CategorySeparation,
     AdLoad,
     Budget,
+    /// Ahead of its delivery curve (pacing): held back for now.
+    Pacing,
     RelevanceFloor,
     BreakDuration,
     Outranked,
@@ -132,7 +139,7 @@ impl Rule {
             | Rule::Signal => Reason::NoCandidates,
             Rule::Consent => Reason::NoConsent,
             Rule::Suppressed => Reason::Suppressed,
-            Rule::Budget => Reason::BudgetExhausted,
+            Rule::Budget | Rule::Pacing => Reason::BudgetExhausted,
             Rule::FrequencyCap | Rule::CategorySeparation => Reason::FrequencyCapped,
             Rule::RelevanceFloor => Reason::BelowRelevanceFloor,
             Rule::BreakDuration | Rule::Outranked => Reason::DoesNotFitBreak,

@@ -23,7 +23,7 @@ const HALF_LIFE: i64 = 30 * DAY_MS;
 /// Monday 2026-11-23 12:00 UTC.
 const NOW: UnixMillis = UnixMillis(1_795_435_200_000);
 
-fn campaign(id: &str, advertiser: &str, tier: Tier, cpm_usd: i64) -> Campaign {
+pub(super) fn campaign(id: &str, advertiser: &str, tier: Tier, cpm_usd: i64) -> Campaign {
     Campaign {
         id: id.into(),
         advertiser_id: advertiser.into(),
@@ -453,9 +453,9 @@ fn exhausted_budgets_stop_serving() {
     let mut c = genre_campaign("c", "adv", 10, &[JAZZ]);
     c.budget = Budget { lifetime_micros: 1_000_000, ..Budget::default() };
     let mut f = fixture().taste(&[(JAZZ, 10)]).with(c);
-    f.spend.insert("c".into(), Spend { lifetime_micros: 990_000, today_micros: 0 });
+    f.spend.insert("c".into(), Spend { lifetime_micros: 990_000, ..Spend::default() });
     check(&f, &["c"], Reason::Served);
-    f.spend.insert("c".into(), Spend { lifetime_micros: 990_001, today_micros: 0 });
+    f.spend.insert("c".into(), Spend { lifetime_micros: 990_001, ..Spend::default() });
     check(&f, &[], Reason::BudgetExhausted);
 }
 

@@ -5,6 +5,8 @@ use tonic::{Request, Response, Status};
 use super::pb::campaign_service_server::CampaignService;
 use super::{convert, now, observe, pb};
 use crate::app::AppState;
+use crate::decision::SpendView as _;
+use crate::decision::pacing::{self, PaceStatus};
 use crate::domain::CampaignStatus;
 use crate::store::durable::Change;
 use crate::telemetry;
@@ -140,15 +142,15 @@ impl CampaignService for CampaignAdmin {
             let id = &request.get_ref().campaign_id;
             convert::campaign_id("campaign_id", id)?;
             let campaign = self.state.catalog.get(id)?;
-            let c = self.state.delivery.counters(&campaign.id, now());
-            let exhausted = (campaign.budget.lifetime_micros > 0
-                && c.spend_micros >= campaign.budget.lifetime_micros)
-                || (campaign.budget.daily_micros > 0 && c.spend_today_micros >= campaign.budget.daily_micros);
-            let pacing_status = if exhausted {
-                pb::PacingStatus::BudgetExhausted
-            } else {
-                // Pacing against a delivery curve arrives with budgets and pacing (issue 5).
-                pb::PacingStatus::NotPaced
+            let now = now();
+            let c = self.state.delivery.counters(&campaign.id, now);
+            let spend = self.state.delivery.spend_at(now).spend(&campaign.id);
+            let pacing_status = match pacing::status(&campaign, &spend, now) {
+                PaceStatus::NotPaced => pb::PacingStatus::NotPaced,
+                PaceStatus::OnTrack => pb::PacingStatus::OnTrack,
+                PaceStatus::Behind => pb::PacingStatus::Behind,
+                PaceStatus::Ahead => pb::PacingStatus::Ahead,
+                PaceStatus::Exhausted => pb::PacingStatus::BudgetExhausted,
             };
             Ok(pb::GetDeliveryStatsResponse {
                 campaign_id: campaign.id.to_string(),

@@ -47,6 +47,12 @@ impl DecisionService {
             let spend = state.delivery.spend_at(now);
             decision::decide(&snapshot, listener, &request, &state.policy, &spend, now, &mut rand::rng())
         });
+        for ad in &decision.ads {
+            let c = &ad.campaign;
+            if c.tier.is_paid() && c.budget.is_limited() {
+                state.delivery.reserve(&c.id, c.price_micros(), now);
+            }
+        }
         telemetry::record_decision(
             fill_label(decision.fill),
             reason_label(decision.reason),
@@ -159,6 +165,7 @@ impl DecisionService {
                 campaign,
                 creative_index,
                 price_micros: claims.price_micros,
+                decided_at: claims.decided_at,
             });
         }
         // All or nothing: one bad event rejects the batch, so a retry after fixing it is exact.
@@ -248,6 +255,7 @@ fn rule_to_proto(r: decision::Rule) -> pb::Rule {
         R::CategorySeparation => pb::Rule::CategorySeparation,
         R::AdLoad => pb::Rule::AdLoad,
         R::Budget => pb::Rule::Budget,
+        R::Pacing => pb::Rule::Pacing,
         R::RelevanceFloor => pb::Rule::RelevanceFloor,
         R::BreakDuration => pb::Rule::BreakDuration,
         R::Outranked => pb::Rule::Outranked,

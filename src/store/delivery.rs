@@ -46,6 +46,8 @@ pub struct VerifiedEvent {
     pub campaign: Arc<Campaign>,
     pub creative_index: usize,
     pub price_micros: i64,
+    /// When the ad was decided (from its token): finds the reservation an impression releases.
+    pub decided_at: UnixMillis,
 }
 
 /// How long "not for me" suppresses.
@@ -69,6 +71,27 @@ struct Inner {
     /// Applied event ids, kept as long as a token can be valid: an event whose token expired
     /// is rejected anyway, so an older id can never be applied twice.
     applied: moka::sync::Cache<Box<str>, ()>,
+    /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
+    reserved: DashMap<CampaignId, Reservations>,
+}
+
+/// How long a decided ad holds its share of a budget: between one and two of these. A player
+/// reports an impression within seconds of playing the ad; one that never plays it gives the
+/// share back when the hold ends.
+pub const RESERVATION_HOLD_MS: i64 = 60_000;
+
+/// Reservations of one campaign in two rotating buckets of `RESERVATION_HOLD_MS`.
+#[derive(Clone, Copy, Debug, Default)]
+struct Reservations {
+    buckets: [ReservationBucket; 2],
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct ReservationBucket {
+    /// `time / RESERVATION_HOLD_MS` of the ads in it.
+    slot: i64,
+    micros: i64,
+    impressions: u64,
 }
 
 /// Outcome of applying a batch.
@@ -89,6 +112,7 @@ impl Delivery {
                 histories: DashMap::new(),
                 campaigns: DashMap::new(),
                 applied: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                reserved: DashMap::new(),
             }),
         }
     }
@@ -130,6 +154,7 @@ impl Delivery {
         }
         match event.kind {
             EventKind::Impression => {
+                self.release(&event.campaign.id, event.price_micros, event.decided_at);
                 counters.impressions += 1;
                 counters.spend_micros += event.price_micros;
                 if day == counters.day {
@@ -180,6 +205,43 @@ impl Delivery {
             c.spend_today_micros = 0;
         }
         c
+    }
+
+    /// Holds `price_micros` of `campaign`'s budget for an ad decided at `now` until its
+    /// impression is recorded (or the hold ends), so that concurrent breaks cannot all take the
+    /// last of a budget.
+    pub fn reserve(&self, campaign: &CampaignId, price_micros: i64, now: UnixMillis) {
+        let slot = now.0.div_euclid(RESERVATION_HOLD_MS);
+        let mut r = self.inner.reserved.entry(campaign.clone()).or_default();
+        let bucket = &mut r.buckets[slot.rem_euclid(2) as usize];
+        if bucket.slot != slot {
+            *bucket = ReservationBucket { slot, micros: 0, impressions: 0 };
+        }
+        bucket.micros += price_micros;
+        bucket.impressions += 1;
+    }
+
+    /// Gives back the reservation of an ad decided at `decided_at`, if it is still held.
+    fn release(&self, campaign: &CampaignId, price_micros: i64, decided_at: UnixMillis) {
+        let slot = decided_at.0.div_euclid(RESERVATION_HOLD_MS);
+        if let Some(mut r) = self.inner.reserved.get_mut(campaign) {
+            let bucket = &mut r.buckets[slot.rem_euclid(2) as usize];
+            if bucket.slot == slot && bucket.impressions > 0 {
+                bucket.micros = (bucket.micros - price_micros).max(0);
+                bucket.impressions -= 1;
+            }
+        }
+    }
+
+    /// What `campaign` holds in reservations at `now`: (micros, impressions).
+    pub fn reserved(&self, campaign: &CampaignId, now: UnixMillis) -> (i64, u64) {
+        let current = now.0.div_euclid(RESERVATION_HOLD_MS);
+        self.inner.reserved.get(campaign).map_or((0, 0), |r| {
+            r.buckets
+                .iter()
+                .filter(|b| b.slot == current || b.slot == current - 1)
+                .fold((0, 0), |(m, i), b| (m + b.micros, i + b.impressions))
+        })
     }
 
     /// Spend as of `now`, for the engine's budget checks.
@@ -263,6 +325,13 @@ pub struct SpendAt<'a> {
 impl SpendView for SpendAt<'_> {
     fn spend(&self, campaign: &CampaignId) -> Spend {
         let c = self.delivery.counters(campaign, self.now);
-        Spend { lifetime_micros: c.spend_micros, today_micros: c.spend_today_micros }
+        let (reserved_micros, reserved_impressions) = self.delivery.reserved(campaign, self.now);
+        Spend {
+            lifetime_micros: c.spend_micros,
+            today_micros: c.spend_today_micros,
+            impressions: c.impressions,
+            reserved_micros,
+            reserved_impressions,
+        }
     }
 }
