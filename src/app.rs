@@ -6,12 +6,14 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use crate::config::{Config, Limits};
 use crate::decision::Policy;
 use crate::domain::UnixMillis;
+use crate::grpc::auth::{self, Auth};
 use crate::grpc::campaigns::CampaignAdmin;
 use crate::grpc::decisions::DecisionService;
 use crate::grpc::listeners::ListenerAdmin;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub taste_half_life_ms: i64,
     /// The embedded store; None = memory only.
     pub durable: Option<Durable>,
+    /// Who may call what.
+    pub auth: Auth,
     /// How long applied event ids are remembered.
     pub dedupe_window: Duration,
     /// Held while a write is applied and its changes are queued (see `write`).
@@ -74,6 +78,12 @@ impl AppState {
             suppression: config.suppression,
             taste_half_life_ms: config.taste_half_life.as_millis() as i64,
             durable: None,
+            // Without a configured admin token (tests that never call admin RPCs), a random one
+            // nobody knows: admin RPCs are closed, never open.
+            auth: Auth::new(
+                &config.admin_token.as_ref().map_or_else(auth::generate_token, |t| t.0.clone()),
+                config.decision_token.as_ref().map(|t| t.0.as_str()),
+            ),
             dedupe_window,
             write_order: Arc::default(),
         }
@@ -199,21 +209,27 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        // Health and reflection stay open (load balancers, grpcurl); the rest is guarded.
+        .add_service(InterceptedService::new(
             AdDecisionServiceServer::new(DecisionService::new(state.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .add_service(
+            state.auth.decision(),
+        ))
+        .add_service(InterceptedService::new(
             CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
-        .add_service(
-            ListenerServiceServer::new(ListenerAdmin::new(state))
+            state.auth.admin(),
+        ))
+        // RecordPlays comes from the player backend: the service admits the decision token,
+        // and every other ListenerService RPC requires the admin role itself.
+        .add_service(InterceptedService::new(
+            ListenerServiceServer::new(ListenerAdmin::new(state.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-        )
+            state.auth.decision(),
+        ))
         .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
     tokio::pin!(server);
     tokio::select! {

@@ -72,7 +72,24 @@ pub struct Config {
     pub limits: Limits,
     /// Where the embedded store lives; None = memory only (nothing survives a restart).
     pub data_dir: Option<PathBuf>,
+    /// Bearer token of the admin RPCs; None = one is generated at start (loopback only).
+    pub admin_token: Option<Secret>,
+    /// Bearer token of the decision RPCs; None = they are open (loopback only).
+    pub decision_token: Option<Secret>,
 }
+
+/// A credential: compared, never printed (`Debug` shows only that it is set).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Shortest bearer token accepted in the configuration.
+pub const MIN_TOKEN_CHARS: usize = 20;
 
 /// Transport limits: what protects the server from oversized, slow or excessive requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,6 +210,12 @@ settings! {
     max_header_list_bytes: u32,
     /// Data directory of the embedded store, or "off" for memory only [default: interlude-data].
     data_dir: String,
+    /// Bearer token of the admin RPCs, at least 20 characters [default: random per process, logged
+    /// once; required off loopback].
+    admin_token: String,
+    /// Bearer token of Decide, RecordEvents and RecordPlays, at least 20 characters [default:
+    /// none: open on loopback only].
+    decision_token: String,
 }
 
 impl Config {
@@ -311,6 +334,23 @@ impl Settings {
             "" => return Err(invalid("data_dir", "must be a path or \"off\"")),
             dir => Some(PathBuf::from(dir)),
         };
+        let token = |field: &'static str, value: Option<String>| match value {
+            Some(t) if t.chars().count() < MIN_TOKEN_CHARS || t.chars().any(|c| !c.is_ascii_graphic()) => {
+                Err(invalid(field, "must be at least 20 printable ASCII characters, no spaces"))
+            }
+            other => Ok(other.map(Secret)),
+        };
+        let admin_token = token("admin_token", self.admin_token)?;
+        let decision_token = token("decision_token", self.decision_token)?;
+        // Secure by default: without configured tokens the server is reachable from this host only.
+        if !listen.ip().is_loopback() {
+            if admin_token.is_none() {
+                return Err(invalid("admin_token", "must be set to listen on a non-loopback address"));
+            }
+            if decision_token.is_none() {
+                return Err(invalid("decision_token", "must be set to listen on a non-loopback address"));
+            }
+        }
         let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
         tracing_subscriber::EnvFilter::try_new(&log).map_err(|e| invalid("log", &e.to_string()))?;
         const DAY_MS: i64 = 24 * 3600 * 1000;
@@ -341,6 +381,8 @@ impl Settings {
             log,
             limits,
             data_dir,
+            admin_token,
+            decision_token,
         })
     }
 }
@@ -404,5 +446,24 @@ mod tests {
         let err = load(&[], &[("INTERLUDE_NO_SUCH_SETTING", "1")]).unwrap_err();
         assert!(err.to_string().contains("INTERLUDE_NO_SUCH_SETTING"), "{err}");
         assert!(load(&["--metrics-listen", "off"], &[]).unwrap().metrics_listen.is_none());
+    }
+
+    #[test]
+    fn off_loopback_needs_both_tokens_and_tokens_are_never_printed() {
+        let err = load(&["--listen", "0.0.0.0:50051"], &[]).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+        let admin = "admin-token-0123456789abcdef";
+        let err = load(&["--listen", "0.0.0.0:50051", "--admin-token", admin], &[]).unwrap_err();
+        assert!(err.to_string().contains("decision_token"), "{err}");
+        let config = load(
+            &["--listen", "0.0.0.0:50051", "--admin-token", admin],
+            &[("INTERLUDE_DECISION_TOKEN", "decision-token-0123456789")],
+        )
+        .unwrap();
+        assert_eq!(config.admin_token, Some(Secret(admin.into())));
+        assert!(!format!("{config:?}").contains(admin), "Debug redacts secrets");
+        let err = load(&["--admin-token", "short"], &[]).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+        assert!(load(&[], &[]).unwrap().admin_token.is_none(), "loopback: generated at start");
     }
 }

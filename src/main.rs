@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 
-use interlude::config::{Cli, Config, ProcessEnv};
+use interlude::config::{Cli, Config, ProcessEnv, Secret};
+use interlude::store::durable;
 use interlude::{app, demo, grpc, signal, telemetry};
 
 /// mimalloc: the hot path allocates small strings per response; it measured faster than the
@@ -46,7 +47,22 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(serve(config))
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    if config.admin_token.is_none() {
+        // Secure by default, still one command (as Jupyter does): a token for this run, printed
+        // once, and kept beside the data for local tools such as interlude-load.
+        let token = grpc::auth::generate_token();
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            durable::write_private(&dir.join(durable::ADMIN_TOKEN_FILE), token.as_bytes(), false)
+                .context("writing the generated admin token")?;
+        }
+        tracing::warn!(
+            admin_token = %token,
+            "no admin_token configured: generated one for this run; admin rpcs need 'authorization: Bearer <admin_token>'"
+        );
+        config.admin_token = Some(Secret(token));
+    }
     let started = tokio::time::Instant::now();
     let (state, first_start) =
         app::AppState::open(&config, grpc::now()).context("opening the data directory")?;

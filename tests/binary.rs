@@ -22,7 +22,16 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
-    let running = Binary::start(["--metrics-listen", "127.0.0.1:0", "--log", "info", "--data-dir", "off"]);
+    let running = Binary::start([
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--log",
+        "info",
+        "--data-dir",
+        "off",
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]);
     let channel = running.channel().await;
     let mut client = pb::ad_decision_service_client::AdDecisionServiceClient::new(channel);
     let mut request = break_for("listener-opera");

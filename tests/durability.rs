@@ -148,12 +148,23 @@ async fn a_forgotten_listener_is_gone_after_a_restart_too() {
 /// Starts the binary on `dir`.
 fn start_binary(dir: &Path) -> Binary {
     let dir = dir.to_str().unwrap();
-    Binary::start(["--metrics-listen", "off", "--demo", "false", "--token-key", KEY, "--data-dir", dir])
+    Binary::start([
+        "--metrics-listen",
+        "off",
+        "--demo",
+        "false",
+        "--token-key",
+        KEY,
+        "--data-dir",
+        dir,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ])
 }
 
 /// The impressions and spend the server reports for `campaign`.
 async fn delivered(channel: tonic::transport::Channel, campaign: &str) -> (u64, i64) {
-    let stats = pb::campaign_service_client::CampaignServiceClient::new(channel)
+    let stats = pb::campaign_service_client::CampaignServiceClient::with_interceptor(channel, admin())
         .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: campaign.into() })
         .await
         .unwrap()
@@ -173,7 +184,7 @@ async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) {
     let channel = server.channel().await;
     let mut contextual = campaign("ctx", "adv", 10);
     contextual.targeting = Some(pb::Targeting { track_genres: vec!["pop".into()], ..Default::default() });
-    pb::campaign_service_client::CampaignServiceClient::new(channel.clone())
+    pb::campaign_service_client::CampaignServiceClient::with_interceptor(channel.clone(), admin())
         .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(contextual) })
         .await
         .unwrap();
@@ -271,20 +282,23 @@ async fn crash_test_many_clients_random_kills() {
 
 async fn campaign_count(channel: tonic::transport::Channel) -> usize {
     let request = pb::ListCampaignsRequest { page_size: 100, ..Default::default() };
-    let client = &mut pb::campaign_service_client::CampaignServiceClient::new(channel);
+    let client = &mut pb::campaign_service_client::CampaignServiceClient::with_interceptor(channel, admin());
     client.list_campaigns(request).await.unwrap().into_inner().campaigns.len()
 }
 
 #[tokio::test]
 async fn the_demo_seeds_a_fresh_store_once_and_the_store_is_the_truth_afterwards() {
     let dir = data_dir("demo");
-    let args =
-        |dir: &Path| ["--metrics-listen", "off", "--data-dir", dir.to_str().unwrap()].map(String::from);
+    let args = |dir: &Path| {
+        ["--metrics-listen", "off", "--data-dir", dir.to_str().unwrap(), "--admin-token", ADMIN_TOKEN]
+            .map(String::from)
+    };
     let server = Binary::start(args(&dir));
     let channel = server.channel().await;
     let listed = campaign_count(channel.clone()).await;
     assert!(listed > 20, "the demo catalog is served: {listed}");
-    let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+    let mut listeners =
+        pb::listener_service_client::ListenerServiceClient::with_interceptor(channel, admin());
     listeners
         .forget_listener(pb::ForgetListenerRequest { listener_id: "listener-opera".into() })
         .await
@@ -295,7 +309,8 @@ async fn the_demo_seeds_a_fresh_store_once_and_the_store_is_the_truth_afterwards
     let channel = server.channel().await;
     let relisted = campaign_count(channel.clone()).await;
     assert_eq!(relisted, listed, "recovered, not re-seeded");
-    let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+    let mut listeners =
+        pb::listener_service_client::ListenerServiceClient::with_interceptor(channel, admin());
     let gone = listeners.get_listener(pb::GetListenerRequest { listener_id: "listener-opera".into() }).await;
     assert_eq!(
         gone.unwrap_err().code(),

@@ -7,15 +7,15 @@ mod common;
 
 use std::process::Command;
 
-use common::Binary;
+use common::{ADMIN_TOKEN, Binary};
 
 #[test]
 fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
-    let server = Binary::start(["--metrics-listen", "off", "--demo", "false", "--data-dir", "off"]);
+    let server = Binary::bare();
     let addr = server.grpc.clone();
     let report_path = std::env::temp_dir().join(format!("interlude-load-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
-        .args(["--target", &format!("http://{addr}")])
+        .args(["--target", &format!("http://{addr}"), "--admin-token", ADMIN_TOKEN])
         .args(["--campaigns", "300", "--listeners", "300", "--concurrency", "4", "--connections", "2"])
         .args(["--duration", "1.5", "--warmup", "0.2", "--compare", "--strict"])
         .arg("--json")

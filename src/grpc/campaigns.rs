@@ -2,6 +2,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::{self, AUDIT, Caller};
 use super::pb::campaign_service_server::CampaignService;
 use super::{convert, now, observe, pb};
 use crate::app::AppState;
@@ -23,7 +24,12 @@ impl CampaignAdmin {
         Self { state }
     }
 
-    async fn set_status(&self, id: &str, status: CampaignStatus) -> Result<pb::Campaign, Status> {
+    async fn set_status(
+        &self,
+        caller: &Caller,
+        id: &str,
+        status: CampaignStatus,
+    ) -> Result<pb::Campaign, Status> {
         convert::campaign_id("campaign_id", id)?;
         let campaign = self
             .state
@@ -33,7 +39,7 @@ impl CampaignAdmin {
                 Ok::<_, Status>((c, changes))
             })
             .await?;
-        tracing::info!(campaign_id = %campaign.id, status = ?status, "campaign status changed");
+        tracing::info!(target: AUDIT, token_id = %caller.token_id, campaign_id = %campaign.id, status = ?status, "campaign status changed");
         Ok(convert::campaign_to_proto(&campaign, &self.state.vocabulary))
     }
 }
@@ -45,6 +51,7 @@ impl CampaignService for CampaignAdmin {
         request: Request<pb::UpsertCampaignRequest>,
     ) -> Result<Response<pb::UpsertCampaignResponse>, Status> {
         observe("UpsertCampaign", async {
+            let caller = auth::caller(&request)?;
             let campaign = convert::campaign(request.get_ref().campaign.as_ref(), &self.state.vocabulary)?;
             let (campaign, created) = self
                 .state
@@ -55,7 +62,7 @@ impl CampaignService for CampaignAdmin {
                 })
                 .await?;
             telemetry::record_campaigns(self.state.catalog.snapshot().len());
-            tracing::info!(campaign_id = %campaign.id, created, "campaign upserted");
+            tracing::info!(target: AUDIT, token_id = %caller.token_id, campaign_id = %campaign.id, created, "campaign upserted");
             Ok(pb::UpsertCampaignResponse {
                 campaign: Some(convert::campaign_to_proto(&campaign, &self.state.vocabulary)),
                 created,
@@ -106,7 +113,9 @@ impl CampaignService for CampaignAdmin {
         request: Request<pb::PauseCampaignRequest>,
     ) -> Result<Response<pb::PauseCampaignResponse>, Status> {
         observe("PauseCampaign", async {
-            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Paused).await?;
+            let caller = auth::caller(&request)?;
+            let campaign =
+                self.set_status(caller, &request.get_ref().campaign_id, CampaignStatus::Paused).await?;
             Ok(pb::PauseCampaignResponse { campaign: Some(campaign) })
         })
         .await
@@ -117,7 +126,9 @@ impl CampaignService for CampaignAdmin {
         request: Request<pb::ResumeCampaignRequest>,
     ) -> Result<Response<pb::ResumeCampaignResponse>, Status> {
         observe("ResumeCampaign", async {
-            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Active).await?;
+            let caller = auth::caller(&request)?;
+            let campaign =
+                self.set_status(caller, &request.get_ref().campaign_id, CampaignStatus::Active).await?;
             Ok(pb::ResumeCampaignResponse { campaign: Some(campaign) })
         })
         .await
@@ -128,7 +139,9 @@ impl CampaignService for CampaignAdmin {
         request: Request<pb::ArchiveCampaignRequest>,
     ) -> Result<Response<pb::ArchiveCampaignResponse>, Status> {
         observe("ArchiveCampaign", async {
-            let campaign = self.set_status(&request.get_ref().campaign_id, CampaignStatus::Archived).await?;
+            let caller = auth::caller(&request)?;
+            let campaign =
+                self.set_status(caller, &request.get_ref().campaign_id, CampaignStatus::Archived).await?;
             Ok(pb::ArchiveCampaignResponse { campaign: Some(campaign) })
         })
         .await

@@ -3,6 +3,7 @@
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth::{self, AUDIT};
 use super::pb::listener_service_server::ListenerService;
 use super::{code_of, convert, now, observe, pb};
 use crate::app::AppState;
@@ -81,6 +82,7 @@ impl ListenerService for ListenerAdmin {
         request: Request<pb::UpsertListenerRequest>,
     ) -> Result<Response<pb::UpsertListenerResponse>, Status> {
         observe("UpsertListener", async {
+            let caller = auth::require_admin(&request)?;
             let now = now();
             let update = convert::listener_update(request.get_ref().listener.as_ref(), now)?;
             let (profile, created) = self
@@ -100,7 +102,7 @@ impl ListenerService for ListenerAdmin {
                     Ok::<_, Status>(((profile, created), changes))
                 })
                 .await?;
-            tracing::info!(listener_id = %profile.id, created, "listener upserted");
+            tracing::info!(target: AUDIT, token_id = %caller.token_id, listener_id = %profile.id, created, "listener upserted");
             Ok(pb::UpsertListenerResponse { listener: Some(self.to_proto(&profile)), created })
         })
         .await
@@ -111,6 +113,7 @@ impl ListenerService for ListenerAdmin {
         request: Request<pb::GetListenerRequest>,
     ) -> Result<Response<pb::GetListenerResponse>, Status> {
         observe("GetListener", async {
+            auth::require_admin(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
             let profile = self
@@ -128,6 +131,7 @@ impl ListenerService for ListenerAdmin {
         request: Request<pb::ForgetListenerRequest>,
     ) -> Result<Response<pb::ForgetListenerResponse>, Status> {
         observe("ForgetListener", async {
+            let caller = auth::require_admin(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
             let canonical = self
@@ -139,7 +143,7 @@ impl ListenerService for ListenerAdmin {
                     Ok::<_, Status>((canonical, changes))
                 })
                 .await?;
-            tracing::info!(listener_id = %canonical, "listener forgotten");
+            tracing::info!(target: AUDIT, token_id = %caller.token_id, listener_id = %canonical, "listener forgotten");
             Ok(pb::ForgetListenerResponse {})
         })
         .await
@@ -150,6 +154,7 @@ impl ListenerService for ListenerAdmin {
         request: Request<pb::LinkIdentityRequest>,
     ) -> Result<Response<pb::LinkIdentityResponse>, Status> {
         observe("LinkIdentity", async {
+            let caller = auth::require_admin(&request)?;
             let req = request.get_ref();
             let mut errors = super::status::InvalidRequest::default();
             for (field, value) in [("listener_id", &req.listener_id), ("alias", &req.alias)] {
@@ -168,7 +173,7 @@ impl ListenerService for ListenerAdmin {
                     Ok::<_, Status>((profile, changes))
                 })
                 .await?;
-            tracing::info!(listener_id = %profile.id, "identity linked");
+            tracing::info!(target: AUDIT, token_id = %caller.token_id, listener_id = %profile.id, "identity linked");
             Ok(pb::LinkIdentityResponse { listener: Some(self.to_proto(&profile)) })
         })
         .await
@@ -179,6 +184,7 @@ impl ListenerService for ListenerAdmin {
         request: Request<pb::MergeListenersRequest>,
     ) -> Result<Response<pb::MergeListenersResponse>, Status> {
         observe("MergeListeners", async {
+            let caller = auth::require_admin(&request)?;
             let req = request.get_ref();
             let mut errors = super::status::InvalidRequest::default();
             for (field, value) in
@@ -209,7 +215,7 @@ impl ListenerService for ListenerAdmin {
                     Ok::<_, Status>(((profile, from), changes))
                 })
                 .await?;
-            tracing::info!(listener_id = %profile.id, merged = %from, "listeners merged");
+            tracing::info!(target: AUDIT, token_id = %caller.token_id, listener_id = %profile.id, merged = %from, "listeners merged");
             Ok(pb::MergeListenersResponse { listener: Some(self.to_proto(&profile)) })
         })
         .await

@@ -9,6 +9,7 @@ use tonic::Status;
 
 use crate::domain::UnixMillis;
 
+pub mod auth;
 pub mod campaigns;
 pub mod convert;
 pub mod decisions;

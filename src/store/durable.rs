@@ -20,6 +20,8 @@ use crate::store::delivery::{CampaignCounters, HistoryKey};
 
 /// The SQLite file inside the data directory.
 pub const DB_FILE: &str = "interlude.sqlite3";
+/// The admin token generated at start when none is configured, for local tools (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The impression-token key generated on first start when none is configured (hex, mode 0600).
 pub const TOKEN_KEY_FILE: &str = "token.key";
 
@@ -123,8 +125,6 @@ impl Durable {
 /// The token key kept in `dir`: read back, or made by `generate` and written (owner-only, and
 /// synced before use, so a token signed with it is never orphaned by a crash).
 pub fn token_key(dir: &Path, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, DurableError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(TOKEN_KEY_FILE);
     let io = |source| DurableError::Dir { path: path.clone(), source };
     match std::fs::read_to_string(&path) {
@@ -137,10 +137,25 @@ pub fn token_key(dir: &Path, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u
         Err(e) => return Err(io(e)),
     }
     let key = generate();
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).map_err(io)?;
-    file.write_all(hex::encode(&key).as_bytes()).and_then(|()| file.sync_all()).map_err(io)?;
+    write_private(&path, hex::encode(&key).as_bytes(), true)?;
     Ok(key)
+}
+
+/// Writes `contents` to a file only its owner can read, and syncs it. `create_new`: fail if it
+/// exists (a key must never be replaced); otherwise it is replaced.
+pub fn write_private(path: &Path, contents: &[u8], create_new: bool) -> Result<(), DurableError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let io = |source| DurableError::Dir { path: path.to_owned(), source };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if create_new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(true);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(io)
 }
 
 /// A submitted batch; resolves once it is committed.

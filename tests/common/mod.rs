@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use interlude::app::{self, AppState};
 use interlude::config::Config;
+use interlude::grpc::auth::Bearer;
 use interlude::grpc::pb;
 use interlude::grpc::pb::ad_decision_service_client::AdDecisionServiceClient;
 use interlude::grpc::pb::campaign_service_client::CampaignServiceClient;
@@ -13,6 +14,17 @@ use interlude::grpc::pb::listener_service_client::ListenerServiceClient;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
+
+/// The admin token of test servers (unless a test configures another).
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// A channel whose requests carry a bearer token.
+pub type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// The admin token as a client interceptor.
+pub fn admin() -> Bearer {
+    Bearer::new(Some(ADMIN_TOKEN)).unwrap()
+}
 
 /// A running server; `stop()` shuts it down and waits for it.
 pub struct TestServer {
@@ -30,7 +42,10 @@ pub async fn start_server() -> TestServer {
 
 /// Starts a server with `config` on an ephemeral loopback port (and its embedded store, when
 /// `config.data_dir` is set).
-pub async fn start_server_with(config: Config) -> TestServer {
+pub async fn start_server_with(mut config: Config) -> TestServer {
+    if config.admin_token.is_none() {
+        config.admin_token = Some(interlude::config::Secret(ADMIN_TOKEN.into()));
+    }
     let (state, _) = AppState::open(&config, interlude::grpc::now()).unwrap();
     if config.demo {
         interlude::demo::load(&state, interlude::grpc::now()).unwrap();
@@ -54,16 +69,19 @@ pub async fn start_server_with(config: Config) -> TestServer {
 }
 
 impl TestServer {
-    pub fn decisions(&self) -> AdDecisionServiceClient<Channel> {
-        AdDecisionServiceClient::new(self.channel.clone())
+    /// A Decide/RecordEvents client with no token (the test server has no decision token).
+    pub fn decisions(&self) -> AdDecisionServiceClient<Authed> {
+        AdDecisionServiceClient::with_interceptor(self.channel.clone(), Bearer::default())
     }
 
-    pub fn campaigns(&self) -> CampaignServiceClient<Channel> {
-        CampaignServiceClient::new(self.channel.clone())
+    /// An admin client.
+    pub fn campaigns(&self) -> CampaignServiceClient<Authed> {
+        CampaignServiceClient::with_interceptor(self.channel.clone(), admin())
     }
 
-    pub fn listeners(&self) -> ListenerServiceClient<Channel> {
-        ListenerServiceClient::new(self.channel.clone())
+    /// An admin client.
+    pub fn listeners(&self) -> ListenerServiceClient<Authed> {
+        ListenerServiceClient::with_interceptor(self.channel.clone(), admin())
     }
 
     /// Signals shutdown without waiting.
@@ -232,7 +250,8 @@ pub struct Binary {
 }
 
 impl Binary {
-    /// Starts the binary with `args` (after `--listen 127.0.0.1:0`) and waits for its "serving" line.
+    /// Starts the binary with `args` (after `--listen 127.0.0.1:0`) and waits for its "serving"
+    /// line. Pass `--admin-token` to use admin RPCs.
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Binary {
         use std::io::BufRead as _;
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_interlude"))
@@ -262,6 +281,20 @@ impl Binary {
             serving[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
         };
         Binary { grpc: field("grpc_addr"), metrics: field("metrics_addr"), child, log: rx }
+    }
+
+    /// The binary in memory only, with no demo, no metrics, and the test admin token.
+    pub fn bare() -> Binary {
+        Binary::start([
+            "--metrics-listen",
+            "off",
+            "--demo",
+            "false",
+            "--data-dir",
+            "off",
+            "--admin-token",
+            ADMIN_TOKEN,
+        ])
     }
 
     /// A connected channel to its gRPC address.

@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
+use interlude::grpc::auth::Bearer;
 use interlude::grpc::pb;
 use interlude::grpc::pb::ad_decision_service_client::AdDecisionServiceClient;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::world::{Member, World};
@@ -82,6 +84,8 @@ impl Quality {
 pub(crate) struct Shared {
     pub(crate) world: Arc<World>,
     pub(crate) channels: Vec<Channel>,
+    /// Sent with Decide and RecordEvents.
+    pub(crate) decision_token: Bearer,
     pub(crate) seed: u64,
     pub(crate) event_counter: Arc<AtomicU64>,
 }
@@ -162,7 +166,7 @@ struct WorkerResult {
 struct Worker {
     shared: Shared,
     target: Target,
-    client: AdDecisionServiceClient<Channel>,
+    client: AdDecisionServiceClient<InterceptedService<Channel, Bearer>>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     rng: SmallRng,
     index: usize,
@@ -178,7 +182,7 @@ impl Worker {
         Worker {
             shared: shared.clone(),
             target,
-            client: AdDecisionServiceClient::new(channel.clone()),
+            client: AdDecisionServiceClient::with_interceptor(channel.clone(), shared.decision_token.clone()),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
             rng: SmallRng::seed_from_u64(shared.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9)),
             index,

@@ -22,9 +22,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use interlude::grpc::auth::Bearer;
 use interlude::grpc::pb;
+use interlude::grpc::pb::listener_service_client::ListenerServiceClient;
 use interlude::synth::WorldSpec;
 use tokio::time::Instant;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use drive::{Mode, Shared, Target};
@@ -77,6 +80,12 @@ struct Args {
     /// Write a gRPC-framed DecideRequest here (for h2load -d) and exit.
     #[arg(long)]
     write_h2load_body: Option<std::path::PathBuf>,
+    /// Admin token for seeding [default: the server's generated one in interlude-data/admin.token].
+    #[arg(long, env = "INTERLUDE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Decision token for Decide and RecordEvents, if the server has one.
+    #[arg(long, env = "INTERLUDE_DECISION_TOKEN", hide_env_values = true)]
+    decision_token: Option<String>,
     /// Exit non-zero if any request failed or a cap was violated (for CI smoke runs).
     #[arg(long)]
     strict: bool,
@@ -103,15 +112,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         channels.push(channel);
     }
 
+    // A server started without an admin token generates one and keeps it in its data
+    // directory (by default ./interlude-data, beside a `cargo run`).
+    let admin_token = match args.admin_token.clone() {
+        Some(token) => Some(token),
+        None => std::fs::read_to_string(DEFAULT_ADMIN_TOKEN_FILE).ok().map(|t| t.trim().to_owned()),
+    };
+    let admin = Bearer::new(admin_token.as_deref()).context("admin_token is not a valid header value")?;
+    let decision_token =
+        Bearer::new(args.decision_token.as_deref()).context("decision_token is not a valid header value")?;
     let seeding_started = Instant::now();
     if !args.no_seed {
-        seed(&world, &channels, args.concurrency.max(8)).await?;
+        seed(&world, &channels, &admin, args.concurrency.max(8)).await?;
     }
     let seeding_seconds = seeding_started.elapsed().as_secs_f64();
 
     let shared = Shared {
         world: world.clone(),
         channels: channels.clone(),
+        decision_token,
         seed: args.seed,
         event_counter: Arc::new(AtomicU64::new(0)),
     };
@@ -144,7 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Some(d), Some(c)) if c > 0.0 => Some(d / c),
         _ => None,
     };
-    let budgets = budget_report(&world, &channels[0]).await?;
+    let budgets = budget_report(&world, &channels[0], &admin).await?;
     let report = Report {
         seed: args.seed,
         campaigns: args.campaigns,
@@ -185,8 +204,59 @@ fn progress_bar(target: Target, seconds: f64) -> ProgressBar {
     bar
 }
 
+/// Where a server started with the default data directory keeps its generated admin token.
+const DEFAULT_ADMIN_TOKEN_FILE: &str = "interlude-data/admin.token";
+
+/// Chunks (of about 1,000 plays) sent over one RecordPlays stream before it is closed.
+const CHUNKS_PER_PLAY_STREAM: usize = 50;
+
+/// One client-streaming RecordPlays call being fed chunk by chunk.
+struct PlayStream {
+    tx: tokio::sync::mpsc::Sender<pb::RecordPlaysRequest>,
+    call: tokio::task::JoinHandle<Result<tonic::Response<pb::RecordPlaysResponse>, tonic::Status>>,
+    chunks: usize,
+}
+
+impl PlayStream {
+    fn open(listeners: &ListenerServiceClient<InterceptedService<Channel, Bearer>>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::RecordPlaysRequest>(4);
+        let mut client = listeners.clone();
+        let call = tokio::spawn(async move {
+            client.record_plays(tokio_stream::wrappers::ReceiverStream::new(rx)).await
+        });
+        Self { tx, call, chunks: 0 }
+    }
+
+    async fn send(&mut self, plays: Vec<pb::PlayEvent>) -> anyhow::Result<()> {
+        self.chunks += 1;
+        if self.tx.send(pb::RecordPlaysRequest { plays }).await.is_ok() {
+            return Ok(());
+        }
+        // The call ended early: its status says why.
+        (&mut self.call).await??;
+        anyhow::bail!("the play stream ended before it was closed")
+    }
+
+    async fn finish(self) -> anyhow::Result<()> {
+        drop(self.tx);
+        let response = self.call.await??.into_inner();
+        anyhow::ensure!(
+            response.rejected == 0,
+            "the server rejected {} plays: {:?}",
+            response.rejected,
+            response.rejections
+        );
+        Ok(())
+    }
+}
+
 /// Seeds campaigns, listeners and plays through the admin RPCs, `concurrency` at a time.
-async fn seed(world: &Arc<World>, channels: &[Channel], concurrency: usize) -> anyhow::Result<()> {
+async fn seed(
+    world: &Arc<World>,
+    channels: &[Channel],
+    admin: &Bearer,
+    concurrency: usize,
+) -> anyhow::Result<()> {
     let bar = ProgressBar::new((world.campaigns.len() + world.spec.listeners) as u64);
     bar.set_style(
         ProgressStyle::with_template("seeding {bar:40} {pos}/{len} ({per_sec}) {elapsed}")
@@ -197,41 +267,39 @@ async fn seed(world: &Arc<World>, channels: &[Channel], concurrency: usize) -> a
         let world = world.clone();
         let channel = channels[w % channels.len()].clone();
         let bar = bar.clone();
+        let admin = admin.clone();
         tasks.spawn(async move {
-            let mut campaigns = pb::campaign_service_client::CampaignServiceClient::new(channel.clone());
+            let mut campaigns = pb::campaign_service_client::CampaignServiceClient::with_interceptor(
+                channel.clone(),
+                admin.clone(),
+            );
             for c in world.campaigns.iter().skip(w).step_by(concurrency) {
                 campaigns.upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(c.clone()) }).await?;
                 bar.inc(1);
             }
-            let mut listeners = pb::listener_service_client::ListenerServiceClient::new(channel);
+            let mut listeners = ListenerServiceClient::with_interceptor(channel, admin.clone());
             // Plays stream while listeners are upserted, in chunks through a small channel, so
-            // memory stays flat whatever the world's size.
-            let (chunks, rx) = tokio::sync::mpsc::channel::<pb::RecordPlaysRequest>(4);
-            let mut plays_client = listeners.clone();
-            let streaming = tokio::spawn(async move {
-                plays_client.record_plays(tokio_stream::wrappers::ReceiverStream::new(rx)).await
-            });
+            // memory stays flat whatever the world's size. A stream carries a bounded number of
+            // chunks, so that it ends well within the server's request timeout.
+            let mut plays = PlayStream::open(&listeners);
             let now = interlude::grpc::now();
             let mut chunk = Vec::new();
             for i in (w..world.spec.listeners).step_by(concurrency) {
                 listeners.upsert_listener(world.listener_request(i)).await?;
                 chunk.extend(world.plays(i, now));
                 if chunk.len() >= 1000 {
-                    chunks.send(pb::RecordPlaysRequest { plays: std::mem::take(&mut chunk) }).await?;
+                    plays.send(std::mem::take(&mut chunk)).await?;
+                    if plays.chunks == CHUNKS_PER_PLAY_STREAM {
+                        plays.finish().await?;
+                        plays = PlayStream::open(&listeners);
+                    }
                 }
                 bar.inc(1);
             }
             if !chunk.is_empty() {
-                chunks.send(pb::RecordPlaysRequest { plays: chunk }).await?;
+                plays.send(chunk).await?;
             }
-            drop(chunks);
-            let response = streaming.await??.into_inner();
-            anyhow::ensure!(
-                response.rejected == 0,
-                "the server rejected {} plays: {:?}",
-                response.rejected,
-                response.rejections
-            );
+            plays.finish().await?;
             Ok::<_, anyhow::Error>(())
         });
     }
@@ -242,8 +310,9 @@ async fn seed(world: &Arc<World>, channels: &[Channel], concurrency: usize) -> a
     Ok(())
 }
 
-async fn budget_report(world: &World, channel: &Channel) -> anyhow::Result<BudgetReport> {
-    let mut client = pb::campaign_service_client::CampaignServiceClient::new(channel.clone());
+async fn budget_report(world: &World, channel: &Channel, admin: &Bearer) -> anyhow::Result<BudgetReport> {
+    let mut client =
+        pb::campaign_service_client::CampaignServiceClient::with_interceptor(channel.clone(), admin.clone());
     let mut report = BudgetReport::default();
     for (id, facts) in &world.facts {
         if facts.lifetime_budget_micros == 0 {
