@@ -16,6 +16,24 @@ use tonic::{Request, Status};
 /// when (the log line's time).
 pub const AUDIT: &str = "interlude::audit";
 
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("this RPC needs the admin token: send 'authorization: Bearer <admin_token>'")]
+    AdminTokenMissing,
+    #[error("the bearer token is not the admin token")]
+    NotAdminToken,
+    #[error("this RPC needs the decision token: send 'authorization: Bearer <decision_token>'")]
+    DecisionTokenMissing,
+    #[error("the bearer token is neither the decision nor the admin token")]
+    NotDecisionToken,
+    #[error("authorization must be 'Bearer <token>'")]
+    Malformed,
+    /// A handler found no caller: a service was added without its guard.
+    #[error("request was not authenticated")]
+    Unguarded,
+}
+
 /// What a caller's token allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -80,7 +98,7 @@ impl Auth {
     }
 
     /// The caller presenting `token` (None: no token), if any.
-    fn identify(&self, token: Option<&[u8]>, admin_only: bool) -> Result<Caller, Status> {
+    fn identify(&self, token: Option<&[u8]>, admin_only: bool) -> Result<Caller, AuthError> {
         let digest: Option<[u8; 32]> = token.map(|t| Sha256::digest(t).into());
         let matches = |c: &Credential| digest.is_some_and(|d| bool::from(d.ct_eq(&c.digest)));
         let inner = &self.inner;
@@ -94,14 +112,12 @@ impl Auth {
                 Some(_) => {}
             }
         }
-        Err(Status::unauthenticated(match (token, admin_only) {
-            (None, true) => "this RPC needs the admin token: send 'authorization: Bearer <admin_token>'",
-            (None, false) => {
-                "this RPC needs the decision token: send 'authorization: Bearer <decision_token>'"
-            }
-            (Some(_), true) => "the bearer token is not the admin token",
-            (Some(_), false) => "the bearer token is neither the decision nor the admin token",
-        }))
+        Err(match (token, admin_only) {
+            (None, true) => AuthError::AdminTokenMissing,
+            (None, false) => AuthError::DecisionTokenMissing,
+            (Some(_), true) => AuthError::NotAdminToken,
+            (Some(_), false) => AuthError::NotDecisionToken,
+        })
     }
 }
 
@@ -118,10 +134,7 @@ impl Interceptor for Guard {
             None => None,
             Some(value) => {
                 let bearer = value.as_bytes().strip_prefix(b"Bearer ").filter(|t| !t.is_empty());
-                Some(
-                    bearer
-                        .ok_or_else(|| Status::unauthenticated("authorization must be 'Bearer <token>'"))?,
-                )
+                Some(bearer.ok_or(AuthError::Malformed)?)
             }
         };
         let caller = self.auth.identify(token, self.admin_only)?;
@@ -131,19 +144,17 @@ impl Interceptor for Guard {
 }
 
 /// The caller of a request that passed a guard.
-pub fn caller<T>(request: &Request<T>) -> Result<&Caller, Status> {
+pub fn caller<T>(request: &Request<T>) -> Result<&Caller, AuthError> {
     // Every service is guarded, so a missing caller is a wiring bug: refuse rather than serve.
-    request.extensions().get::<Caller>().ok_or_else(|| Status::internal("request was not authenticated"))
+    request.extensions().get::<Caller>().ok_or(AuthError::Unguarded)
 }
 
 /// Refuses a decision-token caller on an admin RPC of a service the player backend shares.
-pub fn require_admin<T>(request: &Request<T>) -> Result<&Caller, Status> {
+pub fn require_admin<T>(request: &Request<T>) -> Result<&Caller, AuthError> {
     let caller = caller(request)?;
     match caller.role {
         Role::Admin => Ok(caller),
-        Role::Decision => Err(Status::unauthenticated(
-            "this RPC needs the admin token: send 'authorization: Bearer <admin_token>'",
-        )),
+        Role::Decision => Err(AuthError::NotAdminToken),
     }
 }
 

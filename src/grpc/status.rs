@@ -6,6 +6,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use super::auth::AuthError;
 use crate::store::StoreError;
 use crate::store::durable::DurableError;
 
@@ -62,6 +63,15 @@ impl From<StoreError> for Status {
             StoreError::Corrupt(_) => Code::Internal,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Status {
+        match e {
+            AuthError::Unguarded => Status::internal(e.to_string()),
+            _ => Status::unauthenticated(e.to_string()),
+        }
     }
 }
 
