@@ -123,3 +123,42 @@ async fn a_client_deadline_is_honoured() {
     still_serving(&server).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_rapid_reset_flood_is_cut_off_and_health_keeps_answering() {
+    let server = start_server().await;
+    // A raw HTTP/2 connection that opens Decide streams and cancels each at once (CVE-2023-44487).
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut flood, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut sent = 0;
+    for _ in 0..20_000 {
+        let request =
+            http::Request::post(format!("http://{}/interlude.v1.AdDecisionService/Decide", server.addr))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+        let ready = match flood.ready().await {
+            Ok(ready) => ready,
+            Err(_) => break, // the server hung up on us
+        };
+        flood = ready;
+        match flood.send_request(request, false) {
+            Ok((_, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => break,
+        }
+        sent += 1;
+        // Let the connection task write the frames and read the server's answer.
+        tokio::task::yield_now().await;
+    }
+    // The server answers the flood with GOAWAY, closing that connection…
+    let ended = tokio::time::timeout(TEST_TIMEOUT, connection).await.expect("the flooding connection ends");
+    assert!((1..20_000).contains(&sent), "the server stopped the flood after {sent} resets");
+    eprintln!("rapid reset: cut off after {sent} resets");
+    let error = ended.unwrap().expect_err("closed with an error");
+    assert!(error.is_go_away() || error.is_io() || error.is_remote(), "{error:?}");
+    // …while everyone else is served.
+    still_serving(&server).await;
+    server.stop().await;
+}
