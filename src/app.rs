@@ -10,7 +10,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, Tls};
 use crate::decision::Policy;
 use crate::domain::UnixMillis;
 use crate::grpc::auth::{self, Auth};
@@ -175,6 +175,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
     limits: Limits,
+    tls: Option<&Tls>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AdDecisionServiceServer<DecisionService>>().await;
@@ -196,7 +197,11 @@ pub async fn serve(
     };
 
     let max = limits.max_message_bytes;
-    let server = Server::builder()
+    let builder = match tls {
+        Some(tls) => Server::builder().tls_config(tls.server_config())?,
+        None => Server::builder(),
+    };
+    let server = builder
         // Over the in-flight limit a request is refused with RESOURCE_EXHAUSTED at once: an ad
         // break cannot wait, and an unbounded queue would only turn overload into latency.
         .concurrency_limit_per_connection(limits.max_in_flight_per_connection)

@@ -74,8 +74,39 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Bearer token of the admin RPCs; None = one is generated at start (loopback only).
     pub admin_token: Option<Secret>,
-    /// Bearer token of the decision RPCs; None = they are open (loopback only).
+    /// Bearer token of the decision RPCs; None = they are open (loopback only, or to clients
+    /// with a certificate when `tls` requires one).
     pub decision_token: Option<Secret>,
+    /// TLS (and mTLS) for the gRPC port; None = plaintext.
+    pub tls: Option<Tls>,
+}
+
+/// The server's certificate and key, and the CA its clients' certificates must chain to (mTLS),
+/// read (and checked) before anything binds.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// Some = every client must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("mtls", &self.client_ca_pem.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// The server-side rustls configuration.
+    pub fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config = ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
 }
 
 /// A credential: compared, never printed (`Debug` shows only that it is set).
@@ -216,6 +247,12 @@ settings! {
     /// Bearer token of Decide, RecordEvents and RecordPlays, at least 20 characters [default:
     /// none: open on loopback only].
     decision_token: String,
+    /// PEM certificate (chain) of the gRPC port: serve TLS [default: plaintext].
+    tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    tls_key: PathBuf,
+    /// PEM CA certificate that clients' certificates must chain to (mTLS) [default: none].
+    tls_client_ca: PathBuf,
 }
 
 impl Config {
@@ -342,13 +379,37 @@ impl Settings {
         };
         let admin_token = token("admin_token", self.admin_token)?;
         let decision_token = token("decision_token", self.decision_token)?;
-        // Secure by default: without configured tokens the server is reachable from this host only.
+        let read = |field: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| invalid(field, &format!("cannot read {}: {e}", path.display())))
+        };
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_client_ca) {
+            (None, None, None) => None,
+            (Some(cert), Some(key), ca) => Some(Tls {
+                cert_pem: read("tls_cert", cert)?,
+                key_pem: read("tls_key", key)?,
+                client_ca_pem: ca.as_ref().map(|ca| read("tls_client_ca", ca)).transpose()?,
+            }),
+            (None, _, _) => return Err(invalid("tls_cert", "must be set with tls_key and tls_client_ca")),
+            (Some(_), None, _) => return Err(invalid("tls_key", "must be set with tls_cert")),
+        };
+        if let Some(tls) = &tls {
+            // Parses the PEM files now, so a bad one stops the server before it binds.
+            tonic::transport::Server::builder()
+                .tls_config(tls.server_config())
+                .map_err(|e| invalid("tls_cert", &format!("unusable certificate, key or CA: {e}")))?;
+        }
+        // Secure by default: without configured credentials the server is reachable from this
+        // host only. Off loopback, decision RPCs need their token or client certificates.
         if !listen.ip().is_loopback() {
             if admin_token.is_none() {
                 return Err(invalid("admin_token", "must be set to listen on a non-loopback address"));
             }
-            if decision_token.is_none() {
-                return Err(invalid("decision_token", "must be set to listen on a non-loopback address"));
+            let mtls = tls.as_ref().is_some_and(|t| t.client_ca_pem.is_some());
+            if decision_token.is_none() && !mtls {
+                return Err(invalid(
+                    "decision_token",
+                    "must be set (or tls_client_ca, for mTLS) to listen on a non-loopback address",
+                ));
             }
         }
         let log = self.log.unwrap_or_else(|| DEFAULT_LOG.to_owned());
@@ -383,6 +444,7 @@ impl Settings {
             data_dir,
             admin_token,
             decision_token,
+            tls,
         })
     }
 }

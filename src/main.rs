@@ -115,7 +115,15 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "serving"
     );
-    app::serve(listener, state, signal::shutdown(), config.shutdown_grace, config.limits).await?;
+    app::serve(
+        listener,
+        state,
+        signal::shutdown(),
+        config.shutdown_grace,
+        config.limits,
+        config.tls.as_ref(),
+    )
+    .await?;
     let _ = stop_metrics.send(());
     Ok(())
 }

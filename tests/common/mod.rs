@@ -61,6 +61,7 @@ pub async fn start_server_with(mut config: Config) -> TestServer {
         },
         config.shutdown_grace,
         config.limits,
+        None,
     ));
     // The listener is bound already, so the connection succeeds at once.
     let channel =
