@@ -177,6 +177,11 @@ impl Commit {
 
 /// Group commit: wait for a batch, take every other batch already waiting, commit them in one
 /// transaction, then answer them all.
+///
+/// Fail-stop: after a failed commit the writer stops, and every later write is refused
+/// (`WriterGone`, answered UNAVAILABLE). Memory may then hold a change the store does not; were
+/// writes to go on, a retried event would be acknowledged as a duplicate of one that was never
+/// made durable. A restart rebuilds memory from the store.
 fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
@@ -184,11 +189,15 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
             batches.push(more);
         }
         let result = apply(&mut conn, &batches).map_err(|e| e.to_string());
+        let failed = result.is_err();
         if let Err(error) = &result {
-            tracing::error!(%error, batches = batches.len(), "durable commit failed");
+            tracing::error!(%error, batches = batches.len(), "durable commit failed; refusing further writes");
         }
         for batch in batches {
             let _ = batch.done.send(result.clone());
+        }
+        if failed {
+            return;
         }
     }
 }
@@ -288,4 +297,71 @@ fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
         stmt.query_map([], |row| Ok((row.get(0)?, UnixMillis(row.get(1)?))))?.collect::<Result<_, _>>()?;
     let _ = conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("interlude-durable-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn committed_changes_come_back_and_forgetting_deletes() {
+        let dir = temp_dir("roundtrip");
+        let (durable, recovered) = Durable::open(&dir).unwrap();
+        assert!(recovered.genres.is_empty() && recovered.events.is_empty());
+        let changes = vec![
+            Change::Genre { id: 0, name: "jazz".into() },
+            Change::Event { id: "ev-1".into(), at: UnixMillis(5) },
+            Change::Listener(Arc::new(ListenerProfile::new("nina".into()))),
+            Change::Alias { alias: "email:n".into(), listener: "nina".into() },
+        ];
+        block_on(durable.submit(changes).unwrap().wait()).unwrap();
+        let (durable, recovered) = Durable::open(&dir).unwrap();
+        assert_eq!(recovered.genres, vec![(0, "jazz".to_string())]);
+        assert_eq!(recovered.events, vec![("ev-1".to_string(), UnixMillis(5))]);
+        assert_eq!(recovered.listeners.len(), 1);
+        assert_eq!(recovered.aliases, vec![("email:n".to_string(), ListenerId::from("nina"))]);
+        block_on(durable.submit(vec![Change::ForgetListener("nina".into())]).unwrap().wait()).unwrap();
+        let (_, recovered) = Durable::open(&dir).unwrap();
+        assert!(recovered.listeners.is_empty() && recovered.aliases.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn after_a_failed_commit_every_write_is_refused() {
+        let dir = temp_dir("failstop");
+        let (durable, _) = Durable::open(&dir).unwrap();
+        // Sabotage the store behind the writer's back: its next insert fails.
+        Connection::open(dir.join(DB_FILE)).unwrap().execute_batch("DROP TABLE events").unwrap();
+        let failed = block_on(
+            durable.submit(vec![Change::Event { id: "a".into(), at: UnixMillis(1) }]).unwrap().wait(),
+        );
+        assert!(matches!(failed, Err(DurableError::Commit(_))), "{failed:?}");
+        let genre = vec![Change::Genre { id: 0, name: "jazz".into() }];
+        let refused = durable.submit(genre).map_or_else(Err, |commit| block_on(commit.wait()));
+        assert!(matches!(refused, Err(DurableError::WriterGone)), "{refused:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn the_token_key_is_made_once_and_kept() {
+        let dir = temp_dir("key");
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = token_key(&dir, || vec![7; 32]).unwrap();
+        let again = token_key(&dir, || vec![9; 32]).unwrap();
+        assert_eq!((first.clone(), again), (vec![7; 32], vec![7; 32]));
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join(TOKEN_KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{mode:o}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
