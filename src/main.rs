@@ -48,6 +48,8 @@ fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
+    // The recorder first, so that start-up work (recovery, the demo's commit) is counted too.
+    let metrics_handle = config.metrics_listen.map(|_| telemetry::install_metrics()).transpose()?;
     if config.admin_token.is_none() {
         // Secure by default, still one command (as Jupyter does): a token for this run, printed
         // once, and kept beside the data for local tools such as interlude-load.
@@ -96,9 +98,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let grpc_addr = listener.local_addr()?;
 
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_addr = match config.metrics_listen {
-        Some(addr) => {
-            let handle = telemetry::install_metrics()?;
+    let metrics_addr = match (config.metrics_listen, metrics_handle) {
+        (Some(addr), Some(handle)) => {
             let metrics_listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding metrics address {addr}"))?;
@@ -108,7 +109,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
             }));
             Some(bound)
         }
-        None => None,
+        _ => None,
     };
     tracing::info!(
         grpc_addr = %grpc_addr,

@@ -31,6 +31,12 @@ pub const EVENTS: &str = "interlude_events_total";
 pub const PLAYS: &str = "interlude_plays_total";
 /// Campaigns in the catalog.
 pub const CAMPAIGNS: &str = "interlude_campaigns";
+/// Durable-store commits, by `result` (ok, failed).
+pub const STORE_COMMITS: &str = "interlude_store_commits_total";
+/// Write RPC batches that shared one commit (group commit at work).
+pub const STORE_BATCHES_PER_COMMIT: &str = "interlude_store_batches_per_commit";
+/// Time of one commit, fsync included.
+pub const STORE_COMMIT_DURATION: &str = "interlude_store_commit_duration_seconds";
 
 /// Latency buckets (seconds): decisions take microseconds, so the low end is fine-grained.
 const LATENCY_BUCKETS: &[f64] =
@@ -56,6 +62,18 @@ pub fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder 
             metrics_exporter_prometheus::Matcher::Full(RPC_DURATION.into()),
             LATENCY_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(STORE_COMMIT_DURATION.into()),
+                LATENCY_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(STORE_BATCHES_PER_COMMIT.into()),
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0],
+            )
+        })
         .unwrap_or_else(|_| PrometheusBuilder::new())
         .build_recorder()
 }
@@ -92,6 +110,13 @@ pub fn record_events(accepted: u32, duplicates: u32) {
 pub fn record_plays(accepted: u64, rejected: u64) {
     metrics::counter!(PLAYS, "result" => "accepted").increment(accepted);
     metrics::counter!(PLAYS, "result" => "rejected").increment(rejected);
+}
+
+/// Records one durable-store commit of `batches` write batches.
+pub fn record_commit(ok: bool, batches: usize, elapsed: Duration) {
+    metrics::counter!(STORE_COMMITS, "result" => if ok { "ok" } else { "failed" }).increment(1);
+    metrics::histogram!(STORE_BATCHES_PER_COMMIT).record(batches as f64);
+    metrics::histogram!(STORE_COMMIT_DURATION).record(elapsed.as_secs_f64());
 }
 
 /// Records the catalog size.

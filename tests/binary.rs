@@ -22,13 +22,15 @@ fn http_get(addr: &str, path: &str) -> String {
 
 #[tokio::test]
 async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
+    let dir = std::env::temp_dir().join(format!("interlude-binary-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let running = Binary::start([
         "--metrics-listen",
         "127.0.0.1:0",
         "--log",
         "info",
         "--data-dir",
-        "off",
+        dir.to_str().unwrap(),
         "--admin-token",
         ADMIN_TOKEN,
     ]);
@@ -52,6 +54,9 @@ async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("interlude_decisions_total"), "{metrics}");
+    // The demo was committed to the fresh store at start.
+    assert!(metrics.contains(r#"interlude_store_commits_total{result="ok"}"#), "{metrics}");
+    assert!(metrics.contains("interlude_store_commit_duration_seconds_bucket"), "{metrics}");
     assert!(http_get(&running.metrics, "/other").starts_with("HTTP/1.1 404"));
 
     let killed = Command::new("kill").args(["-TERM", &running.child.id().to_string()]).status().unwrap();
@@ -73,6 +78,7 @@ async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
         !log.iter().any(|l| l.contains("grace period over")),
         "idle connections do not hold the drain: {log:?}"
     );
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

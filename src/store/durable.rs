@@ -188,8 +188,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
         while let Ok(more) = rx.try_recv() {
             batches.push(more);
         }
+        // The writer is a plain thread: std time is right here (nothing pauses it in tests).
+        #[allow(clippy::disallowed_types)]
+        let started = std::time::Instant::now();
         let result = apply(&mut conn, &batches).map_err(|e| e.to_string());
         let failed = result.is_err();
+        crate::telemetry::record_commit(!failed, batches.len(), started.elapsed());
         if let Err(error) = &result {
             tracing::error!(%error, batches = batches.len(), "durable commit failed; refusing further writes");
         }
