@@ -114,6 +114,9 @@ impl AppState {
         }
         let window = state.dedupe_window.as_millis() as i64;
         state.delivery.restore(r.histories, r.counters, r.events, window, now);
+        // The event table would otherwise grow forever; what is older than the window is dead.
+        // Not awaited: nothing acknowledged depends on it.
+        drop(durable.submit(vec![Change::PurgeEvents { before: UnixMillis(now.0 - window) }])?);
         state.durable = Some(durable);
         Ok((state, empty))
     }

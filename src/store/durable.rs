@@ -45,14 +45,27 @@ pub enum DurableError {
 /// One change to persist.
 #[derive(Debug)]
 pub enum Change {
-    Genre { id: u32, name: String },
+    Genre {
+        id: u32,
+        name: String,
+    },
     Campaign(Arc<Campaign>),
     Listener(Arc<ListenerProfile>),
     ForgetListener(ListenerId),
-    Alias { alias: String, listener: ListenerId },
+    Alias {
+        alias: String,
+        listener: ListenerId,
+    },
     History(HistoryKey, DeliveryHistory),
     Counters(CampaignId, CampaignCounters),
-    Event { id: String, at: UnixMillis },
+    Event {
+        id: String,
+        at: UnixMillis,
+    },
+    /// Drops event ids older than this: their tokens have expired, so they cannot come back.
+    PurgeEvents {
+        before: UnixMillis,
+    },
 }
 
 struct Batch {
@@ -96,6 +109,7 @@ const SCHEMA: &str = "
         PRIMARY KEY (listener, member));
     CREATE TABLE IF NOT EXISTS counters (campaign TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+    CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
 ";
 
 impl Durable {
@@ -251,6 +265,9 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
             Change::Event { id, at } => {
                 tx.execute("INSERT OR IGNORE INTO events (id, at) VALUES (?1, ?2)", params![id, at.0])?;
             }
+            Change::PurgeEvents { before } => {
+                tx.execute("DELETE FROM events WHERE at < ?1", params![before.0])?;
+            }
         }
     }
     tx.commit()?;
@@ -335,8 +352,13 @@ mod tests {
         assert_eq!(recovered.listeners.len(), 1);
         assert_eq!(recovered.aliases, vec![("email:n".to_string(), ListenerId::from("nina"))]);
         block_on(durable.submit(vec![Change::ForgetListener("nina".into())]).unwrap().wait()).unwrap();
-        let (_, recovered) = Durable::open(&dir).unwrap();
+        let (durable, recovered) = Durable::open(&dir).unwrap();
         assert!(recovered.listeners.is_empty() && recovered.aliases.is_empty());
+        let late = Change::Event { id: "ev-2".into(), at: UnixMillis(100) };
+        block_on(durable.submit(vec![late, Change::PurgeEvents { before: UnixMillis(50) }]).unwrap().wait())
+            .unwrap();
+        let (_, recovered) = Durable::open(&dir).unwrap();
+        assert_eq!(recovered.events, vec![("ev-2".to_string(), UnixMillis(100))], "expired ids are purged");
         let _ = std::fs::remove_dir_all(dir);
     }
 
