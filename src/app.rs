@@ -189,6 +189,18 @@ pub async fn serve(
     // grpcurl 1.8 speaks only v1alpha.
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
+    // A store that can no longer acknowledge writes takes the replica out of rotation.
+    let watch_store = state.durable.clone().map(|durable| {
+        let reporter = reporter.clone();
+        tokio::spawn(async move {
+            durable.refusing_writes().await;
+            for service in ["", AD_DECISION, CAMPAIGNS, LISTENERS] {
+                reporter.set_service_status(service, ServingStatus::NotServing).await;
+            }
+            tracing::error!("durable store refuses writes: health NOT_SERVING until a restart");
+        })
+    });
+
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_accepting = async move {
         shutdown.await;
@@ -246,6 +258,9 @@ pub async fn serve(
             Ok(result) => result?,
             Err(_) => tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over; dropping in-flight rpcs"),
         },
+    }
+    if let Some(task) = watch_store {
+        task.abort();
     }
     tracing::info!("server stopped");
     Ok(())

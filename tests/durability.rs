@@ -324,3 +324,43 @@ async fn the_demo_seeds_a_fresh_store_once_and_the_store_is_the_truth_afterwards
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_commit_refuses_writes_and_reports_not_serving() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = data_dir("failstop");
+    let server = start_server_with(durable_config(&dir)).await;
+    server.upsert([genre_campaign("jazz", "a", 10, &["jazz"])]).await;
+    let mut health = HealthClient::new(server.channel.clone())
+        .watch(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.message().await.unwrap().unwrap().status(), ServingStatus::Serving);
+
+    // The disk goes bad under the server (here: its table disappears).
+    rusqlite::Connection::open(dir.join("interlude.sqlite3"))
+        .unwrap()
+        .execute_batch("DROP TABLE campaigns")
+        .unwrap();
+    let status = server
+        .campaigns()
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(house_ad("h")) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "not acknowledged: {status:?}");
+    let next = tokio::time::timeout(TEST_TIMEOUT, health.message()).await.unwrap().unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing, "out of rotation");
+    // Every later write is refused too, so nothing unacknowledged can pass for a duplicate.
+    let listener = pb::Listener { listener_id: "nina".into(), ..Default::default() };
+    let status = server
+        .listeners()
+        .upsert_listener(pb::UpsertListenerRequest { listener: Some(listener) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    drop(health); // an open Watch stream would hold the drain for the whole grace period
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

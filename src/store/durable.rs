@@ -77,6 +77,8 @@ struct Batch {
 #[derive(Clone, Debug)]
 pub struct Durable {
     tx: mpsc::Sender<Batch>,
+    /// Turns true when the writer stops after a failed commit (see `writer`).
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Batch {
@@ -120,11 +122,22 @@ impl Durable {
         conn.execute_batch(SCHEMA)?;
         let recovered = recover(&conn)?;
         let (tx, rx) = mpsc::channel::<Batch>();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()
             .name("interlude-durable".into())
-            .spawn(move || writer(conn, rx))
+            .spawn(move || {
+                writer(conn, rx);
+                let _ = stop.send(true);
+            })
             .map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
-        Ok((Durable { tx }, recovered))
+        Ok((Durable { tx, stopped }, recovered))
+    }
+
+    /// Resolves once the store refuses writes (after a failed commit); the server then reports
+    /// NOT_SERVING so that load balancers route around it.
+    pub async fn refusing_writes(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|stopped| *stopped).await;
     }
 
     /// Queues `changes` for the next commit (in submission order); await the result to know
