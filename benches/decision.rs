@@ -40,7 +40,7 @@ fn bench_decide(c: &mut Criterion) {
                     track_id: "t".into(),
                     track_genres: top.iter().filter_map(|g| vocabulary.lookup(g)).collect(),
                     device: Some(DeviceType::Mobile),
-                    location: l.profile.home.clone(),
+                    location: l.profile.details().home.clone(),
                     consent: ConsentState::Unspecified,
                     utc_offset_minutes: 60,
                     max_ads: 2,

@@ -12,7 +12,7 @@ use tonic_health::ServingStatus;
 
 use crate::config::{Config, Limits, Tls};
 use crate::decision::Policy;
-use crate::domain::UnixMillis;
+use crate::domain::{ArtistId, UnixMillis};
 use crate::grpc::auth::{self, Auth};
 use crate::grpc::campaigns::CampaignAdmin;
 use crate::grpc::decisions::DecisionService;
@@ -33,6 +33,7 @@ pub struct AppState {
     pub listeners: Listeners,
     pub delivery: Delivery,
     pub vocabulary: Vocabulary,
+    pub artists: Vocabulary<ArtistId>,
     pub signer: Arc<TokenSigner>,
     pub policy: Arc<Policy>,
     pub suppression: SuppressionPolicy,
@@ -73,6 +74,7 @@ impl AppState {
             listeners: Listeners::default(),
             delivery: Delivery::new(dedupe_window),
             vocabulary: Vocabulary::default(),
+            artists: Vocabulary::default(),
             signer: Arc::new(TokenSigner::new(key, token_ttl_ms)),
             policy: Arc::new(config.policy.clone()),
             suppression: config.suppression,
@@ -101,14 +103,16 @@ impl AppState {
             None => durable::token_key(dir, random_token_key)?,
         };
         let mut state = Self::with_key(config, &key);
-        let empty = r.campaigns.is_empty() && r.listeners.is_empty() && r.genres.is_empty();
+        let empty = r.campaigns.is_empty() && r.listener_count == 0 && r.genres.is_empty();
         for (id, name) in &r.genres {
             state.vocabulary.restore(*id, name).map_err(|e| DurableError::Corrupt(e.to_string()))?;
         }
-        state.catalog.restore(r.campaigns);
-        for profile in r.listeners {
-            state.listeners.restore(profile);
+        for (id, name) in &r.artists {
+            state.artists.restore(*id, name).map_err(|e| DurableError::Corrupt(e.to_string()))?;
         }
+        state.catalog.restore(r.campaigns);
+        state.listeners =
+            Listeners::cached(Durable::profile_reader(dir), config.profile_cache_bytes, r.listener_count);
         for (alias, id) in r.aliases {
             state.listeners.restore_alias(&alias, id);
         }
@@ -136,14 +140,33 @@ impl AppState {
             let (value, mut changes) = apply()?;
             let Some(durable) = &self.durable else { return Ok(value) };
             let (from, genres) = self.vocabulary.pending();
-            let persisted = from + genres.len();
+            let (artists_from, artists) = self.artists.pending();
+            let persisted = (from + genres.len(), artists_from + artists.len());
             let mut all: Vec<Change> =
                 genres.into_iter().map(|(id, name)| Change::Genre { id, name }).collect();
+            all.extend(artists.into_iter().map(|(id, name)| Change::Artist { id, name }));
+            // What the profile cache keeps aside until it is committed.
+            let profiles: Vec<ProfileWrite> = changes
+                .iter()
+                .filter_map(|c| match c {
+                    Change::Listener(p) => Some(ProfileWrite::Saved(p.clone())),
+                    Change::ForgetListener(id) => Some(ProfileWrite::Erased(id.clone())),
+                    _ => None,
+                })
+                .collect();
             all.append(&mut changes);
-            (value, durable.submit(all)?, persisted)
+            (value, durable.submit(all)?, (persisted, profiles))
         };
         commit.wait().await?;
-        self.vocabulary.mark_persisted(persisted);
+        let ((genres, artists), profiles) = persisted;
+        self.vocabulary.mark_persisted(genres);
+        self.artists.mark_persisted(artists);
+        for write in profiles {
+            match write {
+                ProfileWrite::Saved(p) => self.listeners.committed(&p),
+                ProfileWrite::Erased(id) => self.listeners.erasure_committed(&id),
+            }
+        }
         Ok(value)
     }
 
@@ -151,7 +174,7 @@ impl AppState {
     pub async fn persist_all(&self) -> Result<(), DurableError> {
         let mut changes: Vec<Change> =
             self.catalog.snapshot().campaigns().iter().map(|c| Change::Campaign(c.clone())).collect();
-        changes.extend(self.listeners.all().iter().map(|p| Change::Listener(p.clone())));
+        changes.extend(self.listeners.unsaved().into_iter().map(Change::Listener));
         changes.extend(
             self.listeners
                 .all_aliases()
@@ -160,6 +183,12 @@ impl AppState {
         );
         self.write(|| Ok::<_, DurableError>(((), changes))).await
     }
+}
+
+/// A profile change on its way to the store.
+enum ProfileWrite {
+    Saved(Arc<crate::domain::ListenerProfile>),
+    Erased(crate::domain::ListenerId),
 }
 
 /// A fresh random 256-bit impression-token key.

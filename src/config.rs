@@ -47,6 +47,8 @@ pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Default data directory of the embedded store, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "interlude-data";
+/// Default memory budget of the listener profile cache (with a data directory), MiB.
+pub const DEFAULT_PROFILE_CACHE_MIB: u64 = 512;
 /// Default log filter (tracing-subscriber `EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 /// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
@@ -72,6 +74,9 @@ pub struct Config {
     pub limits: Limits,
     /// Where the embedded store lives; None = memory only (nothing survives a restart).
     pub data_dir: Option<PathBuf>,
+    /// Memory budget of the listener profile cache over the store, bytes (without a store,
+    /// every profile is resident).
+    pub profile_cache_bytes: u64,
     /// Bearer token of the admin RPCs; None = one is generated at start (loopback only).
     pub admin_token: Option<Secret>,
     /// Bearer token of the decision RPCs; None = they are open (loopback only, or to clients
@@ -241,6 +246,9 @@ settings! {
     max_header_list_bytes: u32,
     /// Data directory of the embedded store, or "off" for memory only [default: interlude-data].
     data_dir: String,
+    /// Memory budget of the listener profile cache over the store, MiB; the rest of the profiles
+    /// stay on disk [default: 512].
+    profile_cache_mib: u64,
     /// Bearer token of the admin RPCs, at least 20 characters [default: random per process, logged
     /// once; required off loopback].
     admin_token: String,
@@ -371,6 +379,10 @@ impl Settings {
             "" => return Err(invalid("data_dir", "must be a path or \"off\"")),
             dir => Some(PathBuf::from(dir)),
         };
+        let profile_cache_mib = self.profile_cache_mib.unwrap_or(DEFAULT_PROFILE_CACHE_MIB);
+        if !(1..=1 << 20).contains(&profile_cache_mib) {
+            return Err(invalid("profile_cache_mib", "must be within [1, 1048576]"));
+        }
         let token = |field: &'static str, value: Option<String>| match value {
             Some(t) if t.chars().count() < MIN_TOKEN_CHARS || t.chars().any(|c| !c.is_ascii_graphic()) => {
                 Err(invalid(field, "must be at least 20 printable ASCII characters, no spaces"))
@@ -442,6 +454,7 @@ impl Settings {
             log,
             limits,
             data_dir,
+            profile_cache_bytes: profile_cache_mib << 20,
             admin_token,
             decision_token,
             tls,

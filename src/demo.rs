@@ -556,19 +556,20 @@ fn load_listeners(state: &AppState, now: UnixMillis) -> Result<usize, StoreError
     for (id, consent, age, home) in profiles {
         state.listeners.update(id, |p| {
             p.consent = consent;
-            p.consent_at = Some(now);
-            p.age_bracket = age;
-            p.home = Some(home);
-            p.language = Some("en".into());
-        });
+            let d = p.details_mut();
+            d.consent_at = Some(now);
+            d.age_bracket = age;
+            d.home = Some(home);
+            d.language = Some("en".into());
+        })?;
     }
     // A life-stage signal from six years ago: the children have grown up.
     state.listeners.update("family-account", |p| {
-        p.signals = vec![Signal {
+        p.details_mut().signals = vec![Signal {
             name: "parent-young-children".into(),
             asserted_at: UnixMillis(now.0 - 6 * 365 * DAY_MS),
         }];
-    });
+    })?;
     state.listeners.link("listener-opera", "email-sha256:5f2b9c0e")?;
     let mut plays = Vec::new();
     for (listener, member, genres) in LISTENING {
@@ -581,6 +582,7 @@ fn load_listeners(state: &AppState, now: UnixMillis) -> Result<usize, StoreError
                     listener: (*listener).into(),
                     member: (*member).into(),
                     genres: vec![genre],
+                    artist: None,
                     played_at: UnixMillis(at),
                     seconds_played: 180,
                 });
@@ -588,6 +590,6 @@ fn load_listeners(state: &AppState, now: UnixMillis) -> Result<usize, StoreError
         }
     }
     plays.sort_by_key(|p| p.played_at);
-    state.listeners.record_plays(&plays, state.taste_half_life_ms);
+    state.listeners.record_plays(&plays, state.taste_half_life_ms)?;
     Ok(state.listeners.len())
 }

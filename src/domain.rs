@@ -10,7 +10,7 @@ pub mod history;
 pub mod taste;
 
 pub use history::{DeliveryHistory, ImpressionRecord};
-pub use taste::{GenreStat, Taste};
+pub use taste::{ArtistStat, GenreStat, Taste};
 
 /// Milliseconds since the Unix epoch (UTC). The engine's only notion of time; callers pass it in.
 #[derive(
@@ -108,6 +108,10 @@ string_id!(
 /// and makes genre matching an integer compare; `store::Vocabulary` owns the mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct GenreId(pub u32);
+
+/// An interned artist name (`store::Vocabulary<ArtistId>` owns the mapping).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+pub struct ArtistId(pub u32);
 
 /// The kind of device the listener is playing on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -374,64 +378,180 @@ impl Budget {
     }
 }
 
-/// A listener's declared attributes, consent and household; the listening side is per member.
+/// A listener: consent, the main profile's taste, and — boxed, as most listeners have none of
+/// them — declared attributes, signals and further household members.
+///
+/// The layout is for memory: a listener with one member and ten genres takes under 300 bytes
+/// resident (docs/PERFORMANCE.md). The stored document keeps the flat layout of `ProfileDoc`.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(from = "ProfileDoc", into = "ProfileDoc")]
 pub struct ListenerProfile {
     pub id: ListenerId,
     pub consent: ConsentState,
+    /// The main member's (`""`) taste, inline: most accounts have one member.
+    main: Taste,
+    details: Option<Box<ProfileDetails>>,
+}
+
+/// The rarely set part of a profile.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileDetails {
     pub consent_at: Option<UnixMillis>,
     pub age_bracket: Option<AgeBracket>,
     pub home: Option<GeoLocation>,
     pub language: Option<Box<str>>,
     pub signals: Vec<Signal>,
-    /// Household members' tastes, sorted by member id; "" is the main profile.
+    /// Household members other than the main one, sorted by member id.
     pub members: Vec<MemberTaste>,
 }
+
+static NO_DETAILS: ProfileDetails = ProfileDetails {
+    consent_at: None,
+    age_bracket: None,
+    home: None,
+    language: None,
+    signals: Vec::new(),
+    members: Vec::new(),
+};
 
 impl ListenerProfile {
     /// A listener we know nothing about yet.
     pub fn new(id: ListenerId) -> Self {
-        Self {
-            id,
-            consent: ConsentState::Unspecified,
-            consent_at: None,
-            age_bracket: None,
-            home: None,
-            language: None,
-            signals: Vec::new(),
-            members: Vec::new(),
-        }
+        Self { id, consent: ConsentState::Unspecified, main: Taste::default(), details: None }
+    }
+
+    /// Declared attributes, signals and further members (all empty when never set).
+    pub fn details(&self) -> &ProfileDetails {
+        self.details.as_deref().unwrap_or(&NO_DETAILS)
+    }
+
+    /// Declared attributes, signals and further members, for changing them.
+    pub fn details_mut(&mut self) -> &mut ProfileDetails {
+        self.details.get_or_insert_with(Box::default)
     }
 
     /// The taste of one household member, if it has any plays.
     pub fn member(&self, member_id: &str) -> Option<&Taste> {
-        self.members.binary_search_by(|m| (*m.member_id).cmp(member_id)).ok().map(|i| &self.members[i].taste)
+        if member_id.is_empty() {
+            return (!self.main.genres.is_empty()).then_some(&self.main);
+        }
+        let members = &self.details().members;
+        members.binary_search_by(|m| (*m.member_id).cmp(member_id)).ok().map(|i| &members[i].taste)
     }
 
     /// The taste of a member, created on first use.
     pub fn member_mut(&mut self, member_id: &str) -> &mut Taste {
-        let i = match self.members.binary_search_by(|m| (*m.member_id).cmp(member_id)) {
+        if member_id.is_empty() {
+            return &mut self.main;
+        }
+        let members = &mut self.details_mut().members;
+        let i = match members.binary_search_by(|m| (*m.member_id).cmp(member_id)) {
             Ok(i) => i,
             Err(i) => {
-                self.members.insert(i, MemberTaste { member_id: member_id.into(), taste: Taste::default() });
+                members.insert(i, MemberTaste { member_id: member_id.into(), taste: Taste::default() });
                 i
             }
         };
-        &mut self.members[i].taste
+        &mut members[i].taste
     }
 
-    /// Drops spare capacity (profiles are copied on write and kept for long).
+    /// Every member with plays and its taste, sorted by member id (the main member first).
+    pub fn members(&self) -> impl Iterator<Item = (&str, &Taste)> {
+        let main = (!self.main.genres.is_empty()).then_some(("", &self.main));
+        main.into_iter().chain(self.details().members.iter().map(|m| (&*m.member_id, &m.taste)))
+    }
+
+    /// Drops spare capacity, and the details box when it holds nothing (profiles are copied on
+    /// write and kept for long).
     pub fn shrink_to_fit(&mut self) {
-        self.signals.shrink_to_fit();
-        self.members.shrink_to_fit();
-        for m in &mut self.members {
-            m.taste.genres.shrink_to_fit();
+        self.main.genres.shrink_to_fit();
+        if let Some(details) = &mut self.details {
+            if **details == NO_DETAILS {
+                self.details = None;
+                return;
+            }
+            details.signals.shrink_to_fit();
+            details.members.shrink_to_fit();
+            for m in &mut details.members {
+                m.taste.genres.shrink_to_fit();
+            }
         }
     }
 
     /// The signal's assertion time, if the listener has it.
     pub fn signal_asserted_at(&self, name: &SignalName) -> Option<UnixMillis> {
-        self.signals.iter().find(|s| s.name == *name).map(|s| s.asserted_at)
+        self.details().signals.iter().find(|s| s.name == *name).map(|s| s.asserted_at)
+    }
+
+    /// A rough count of the heap bytes the profile holds (the profile cache's weigher).
+    pub fn approx_bytes(&self) -> usize {
+        let taste = |t: &Taste| t.genres.capacity() * std::mem::size_of::<GenreStat>();
+        let mut bytes = std::mem::size_of::<Self>() + self.id.as_str().len() + 32 + taste(&self.main);
+        if let Some(d) = &self.details {
+            bytes += std::mem::size_of::<ProfileDetails>()
+                + d.signals
+                    .iter()
+                    .map(|s| std::mem::size_of::<Signal>() + s.name.as_str().len() + 16)
+                    .sum::<usize>()
+                + d.members
+                    .iter()
+                    .map(|m| std::mem::size_of::<MemberTaste>() + m.member_id.len() + taste(&m.taste))
+                    .sum::<usize>();
+        }
+        bytes
+    }
+}
+
+/// The stored form of a profile: flat, with every member in one list (the in-memory layout
+/// can change without touching what is on disk).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct ProfileDoc {
+    id: ListenerId,
+    consent: ConsentState,
+    consent_at: Option<UnixMillis>,
+    age_bracket: Option<AgeBracket>,
+    home: Option<GeoLocation>,
+    language: Option<Box<str>>,
+    signals: Vec<Signal>,
+    members: Vec<MemberTaste>,
+}
+
+impl From<ListenerProfile> for ProfileDoc {
+    fn from(p: ListenerProfile) -> Self {
+        let d = p.details.map(|d| *d).unwrap_or_default();
+        let mut members = Vec::with_capacity(d.members.len() + 1);
+        if !p.main.genres.is_empty() {
+            members.push(MemberTaste { member_id: "".into(), taste: p.main });
+        }
+        members.extend(d.members);
+        Self {
+            id: p.id,
+            consent: p.consent,
+            consent_at: d.consent_at,
+            age_bracket: d.age_bracket,
+            home: d.home,
+            language: d.language,
+            signals: d.signals,
+            members,
+        }
+    }
+}
+
+impl From<ProfileDoc> for ListenerProfile {
+    fn from(doc: ProfileDoc) -> Self {
+        let mut p = ListenerProfile::new(doc.id);
+        p.consent = doc.consent;
+        let d = p.details_mut();
+        d.consent_at = doc.consent_at;
+        d.age_bracket = doc.age_bracket;
+        d.home = doc.home;
+        d.language = doc.language;
+        d.signals = doc.signals;
+        for member in doc.members {
+            *p.member_mut(&member.member_id) = member.taste;
+        }
+        p.shrink_to_fit();
+        p
     }
 }
 
@@ -443,7 +563,7 @@ pub struct Signal {
 }
 
 /// One household member's listening taste.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MemberTaste {
     pub member_id: Box<str>,
     pub taste: Taste,
@@ -507,6 +627,30 @@ mod tests {
         assert!(friday_nights.contains(friday + 23 * HOUR_MS));
         assert!(friday_nights.contains(friday + DAY_MS + 2 * HOUR_MS), "saturday 2am belongs to friday");
         assert!(!friday_nights.contains(friday + 2 * HOUR_MS), "friday 2am belongs to thursday");
+    }
+
+    #[test]
+    fn stored_document_round_trips_and_keeps_the_flat_layout() {
+        let mut profile = ListenerProfile::new("acct".into());
+        profile.member_mut("").record_play(&[GenreId(1)], None, UnixMillis(5), 200, DAY_MS);
+        profile.member_mut("kid").record_play(&[GenreId(2)], None, UnixMillis(6), 200, DAY_MS);
+        profile.details_mut().age_bracket = Some(AgeBracket::Age35To44);
+        let json = serde_json::to_string(&profile).unwrap();
+        assert!(json.contains(r#""members":[{"member_id":"","#), "{json}");
+        let back: ListenerProfile = serde_json::from_str(&json).unwrap();
+        let members: Vec<&str> = back.members().map(|(id, _)| id).collect();
+        assert_eq!(members, ["", "kid"]);
+        assert_eq!(back.details().age_bracket, Some(AgeBracket::Age35To44));
+        assert_eq!(back.member("kid"), profile.member("kid"));
+    }
+
+    #[test]
+    fn a_profile_without_details_holds_no_box() {
+        let mut profile = ListenerProfile::new("acct".into());
+        profile.details_mut().signals.clear();
+        profile.shrink_to_fit();
+        assert!(profile.details.is_none());
+        assert!(std::mem::size_of::<ListenerProfile>() <= 80);
     }
 
     #[test]

@@ -223,7 +223,7 @@ pub fn listener(spec: &WorldSpec, index: usize) -> SyntheticListener {
     let home = rng.random_range(0..PLACES.len());
     let mut profile = ListenerProfile::new(format!("listener-{index:07}").as_str().into());
     profile.consent = if rng.random_bool(0.85) { ConsentState::Granted } else { ConsentState::Denied };
-    profile.age_bracket = Some(
+    profile.details_mut().age_bracket = Some(
         [
             AgeBracket::Age18To24,
             AgeBracket::Age25To34,
@@ -232,7 +232,7 @@ pub fn listener(spec: &WorldSpec, index: usize) -> SyntheticListener {
             AgeBracket::Age55To64,
         ][rng.random_range(0..5)],
     );
-    profile.home = Some(place(home, true));
+    profile.details_mut().home = Some(place(home, true));
     let n_members = if rng.random_bool(0.2) { rng.random_range(2..=3) } else { 1 };
     let members = (0..n_members)
         .map(|m| {
@@ -265,7 +265,13 @@ pub fn listener_with_taste(
             // Fold the plays in as a few batches: the decayed weight is what matters.
             let at = UnixMillis(now.0 - 30 * DAY_MS);
             for k in 0..n.min(8) {
-                taste.record_play(&[genre], UnixMillis(at.0 + i64::from(k) * 3 * DAY_MS), 200, half_life_ms);
+                taste.record_play(
+                    &[genre],
+                    None,
+                    UnixMillis(at.0 + i64::from(k) * 3 * DAY_MS),
+                    200,
+                    half_life_ms,
+                );
             }
             if let Some(stat) = taste.genres.iter_mut().find(|s| s.genre == genre) {
                 stat.lifetime_plays = n;

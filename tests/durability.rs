@@ -364,3 +364,35 @@ async fn a_store_that_cannot_commit_refuses_writes_and_reports_not_serving() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn profiles_beyond_the_cache_are_read_back_from_the_store() {
+    let dir = data_dir("tiny-cache");
+    // A cache of a few profiles: most decisions must load the listener from disk.
+    let config = || Config { profile_cache_bytes: 2_000, ..durable_config(&dir) };
+    let genre = |i: usize| if i.is_multiple_of(2) { "jazz" } else { "rock" };
+    let expected = |i: usize| vec![format!("{}-ad", genre(i))];
+    let server = start_server_with(config()).await;
+    server
+        .upsert([
+            genre_campaign("jazz-ad", "a", 10, &["jazz"]),
+            genre_campaign("rock-ad", "b", 10, &["rock"]),
+        ])
+        .await;
+    for i in 0..40 {
+        server.listener(&format!("l{i}"), |_| {}).await;
+        server.plays(&format!("l{i}"), "", &[(genre(i), 20)]).await;
+    }
+    for i in 0..40 {
+        assert_eq!(served(&server.decide(break_for(&format!("l{i}"))).await), expected(i), "listener {i}");
+    }
+    server.stop().await;
+
+    // After a restart nothing is cached at all.
+    let server = start_server_with(config()).await;
+    for i in (0..40).rev() {
+        assert_eq!(served(&server.decide(break_for(&format!("l{i}"))).await), expected(i), "listener {i}");
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -57,7 +57,7 @@ async fn open_stream(
     let state = server.state.clone();
     let listener = listener.to_string();
     tokio::time::timeout(TEST_TIMEOUT, async move {
-        while state.listeners.get(&listener).is_none() {
+        while state.listeners.get(&listener).unwrap().is_none() {
             tokio::task::yield_now().await;
         }
     })
@@ -78,7 +78,7 @@ async fn an_oversized_message_is_refused_and_the_server_stays_up() {
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
     assert!(status.message().contains("too large"), "{}", status.message());
-    assert!(server.state.listeners.get("big").is_none(), "nothing of it was applied");
+    assert!(server.state.listeners.get("big").unwrap().is_none(), "nothing of it was applied");
     still_serving(&server).await;
     server.stop().await;
 }

@@ -236,3 +236,35 @@ async fn a_play_stream_accepts_good_events_and_reports_bad_ones() {
     assert_eq!(listener.members[0].genres[0].lifetime_plays, 3);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn top_artists_follow_the_plays() {
+    let server = start_server().await;
+    let now = interlude::grpc::now().0;
+    let play = |artist: &str, minutes_ago: i64| pb::PlayEvent {
+        listener_id: "opera-fan".into(),
+        member_id: "".into(),
+        track_id: "t".into(),
+        genres: vec!["opera".into()],
+        artist: artist.into(),
+        played_at: Some(ts(now - minutes_ago * 60_000)),
+        seconds_played: 200,
+    };
+    let mut plays: Vec<pb::PlayEvent> = (0..12).map(|i| play("Maria Callas", i)).collect();
+    plays.extend((0..5).map(|i| play("Luciano Pavarotti", i)));
+    plays.push(play("  ", 1)); // no artist: counted for the genre only
+    plays.extend((0..8).map(|i| play("Cecilia Bartoli", i)));
+    let request = tokio_stream::iter(vec![pb::RecordPlaysRequest { plays }]);
+    let response = server.listeners().record_plays(request).await.unwrap().into_inner();
+    assert_eq!((response.accepted, response.rejected), (26, 0));
+    let listener = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "opera-fan".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(listener.members[0].top_artists, vec!["Maria Callas", "Cecilia Bartoli", "Luciano Pavarotti"]);
+    server.stop().await;
+}

@@ -194,7 +194,7 @@ impl CatalogSnapshot {
         if let Some(lists) = request_country.and_then(|c| self.open_by_country.get(c)) {
             ranked.add(lists, None, default_floor);
         }
-        let home_country = home.and_then(|p| p.home.as_ref()).map(|h| &*h.country);
+        let home_country = home.and_then(|p| p.details().home.as_ref()).map(|h| &*h.country);
         if let Some(lists) = home_country.and_then(|c| self.open_by_home_country.get(c)) {
             ranked.add(lists, None, default_floor);
         }

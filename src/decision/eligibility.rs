@@ -168,7 +168,7 @@ impl<'a> Context<'a> {
             return Err(Rule::Consent);
         }
         let profile = self.listener.profile;
-        if t.geo_use_home && !geo_matches(c, profile.and_then(|p| p.home.as_ref())) {
+        if t.geo_use_home && !geo_matches(c, profile.and_then(|p| p.details().home.as_ref())) {
             return Err(Rule::Geo);
         }
         if !t.affinity_genres.is_empty()
@@ -187,7 +187,7 @@ impl<'a> Context<'a> {
             return Err(Rule::Milestone);
         }
         if !t.age_brackets.is_empty()
-            && !profile.and_then(|p| p.age_bracket).is_some_and(|a| t.age_brackets.contains(&a))
+            && !profile.and_then(|p| p.details().age_bracket).is_some_and(|a| t.age_brackets.contains(&a))
         {
             return Err(Rule::Age);
         }
@@ -300,7 +300,7 @@ impl<'a> Context<'a> {
             NEUTRAL_GENRE_FIT
         };
         let at = if t.geo_use_home {
-            self.listener.profile.and_then(|p| p.home.as_ref())
+            self.listener.profile.and_then(|p| p.details().home.as_ref())
         } else {
             self.request.location.as_ref()
         };

@@ -114,7 +114,7 @@ impl Fixture {
         let taste = profile.member_mut("");
         for &(genre, n) in plays {
             for i in 0..n {
-                taste.record_play(&[genre], UnixMillis(NOW.0 - DAY_MS + i64::from(i)), 200, HALF_LIFE);
+                taste.record_play(&[genre], None, UnixMillis(NOW.0 - DAY_MS + i64::from(i)), 200, HALF_LIFE);
             }
         }
         self
@@ -246,7 +246,7 @@ fn home_city_campaign_wins_over_another_citys() {
     from_muc.targeting.geo_include = vec![place("DE", "MUC")];
     from_muc.targeting.geo_use_home = true;
     let mut f = fixture().with(from_ber).with(from_muc);
-    f.profile.as_mut().unwrap().home = Some(place("DE", "BER"));
+    f.profile.as_mut().unwrap().details_mut().home = Some(place("DE", "BER"));
     // Travelling: the request comes from Munich, but the deals are from the home airport.
     f.request.location = Some(place("DE", "MUC"));
     check(&f, &["from-ber"], Reason::Served);
@@ -276,7 +276,7 @@ fn device_age_and_daypart_rules() {
 
     f.campaigns[0].targeting.age_brackets = vec![AgeBracket::Age18To24];
     assert_eq!(f.rejected_by("c"), Some(Rule::Age));
-    f.profile.as_mut().unwrap().age_bracket = Some(AgeBracket::Age18To24);
+    f.profile.as_mut().unwrap().details_mut().age_bracket = Some(AgeBracket::Age18To24);
     check(&f, &["c"], Reason::Served);
 
     // Mornings only, 06-10 local: 12:00 UTC is 08:00 in UTC-4.
@@ -312,10 +312,10 @@ fn stale_life_stage_signal_is_ignored() {
         name: "parent-young-children".into(),
         asserted_at: UnixMillis(NOW.0 - years * 365 * DAY_MS),
     };
-    f.profile.as_mut().unwrap().signals = vec![asserted(6)];
+    f.profile.as_mut().unwrap().details_mut().signals = vec![asserted(6)];
     check(&f, &[], Reason::NoCandidates);
     assert_eq!(f.rejected_by("uniforms"), Some(Rule::Signal));
-    f.profile.as_mut().unwrap().signals = vec![asserted(1)];
+    f.profile.as_mut().unwrap().details_mut().signals = vec![asserted(1)];
     check(&f, &["uniforms"], Reason::Served);
 }
 
@@ -649,7 +649,7 @@ fn fixture_of(w: &World) -> Fixture {
     let profile = f.profile.as_mut().unwrap();
     profile.consent =
         [ConsentState::Unspecified, ConsentState::Granted, ConsentState::Denied][w.consent as usize];
-    profile.home = (w.home > 0).then(|| places()[w.home as usize - 1].clone());
+    profile.details_mut().home = (w.home > 0).then(|| places()[w.home as usize - 1].clone());
     for &(i, minutes) in &w.heard {
         if let Some(c) = f.campaigns.get(i) {
             let advertiser = c.advertiser_id.to_string();
@@ -695,7 +695,7 @@ fn assert_served_ads_are_valid(f: &Fixture, d: &Decision) {
         }
         if !t.geo_include.is_empty() {
             let at = if t.geo_use_home {
-                f.profile.as_ref().and_then(|p| p.home.as_ref())
+                f.profile.as_ref().and_then(|p| p.details().home.as_ref())
             } else {
                 f.request.location.as_ref()
             };

@@ -7,9 +7,9 @@ use std::sync::LazyLock;
 use super::pb;
 use super::status::InvalidRequest;
 use crate::domain::{
-    AdRequest, AgeBracket, Budget, Campaign, CampaignStatus, CapScope, Category, Companion, ConsentState,
-    Creative, Daypart, DeviceType, EventKind, FrequencyCap, GenreId, GeoLocation, ListenerProfile, Milestone,
-    PacingMode, Signal, SignalRequirement, Targeting, Tier, UnixMillis,
+    AdRequest, AgeBracket, ArtistId, Budget, Campaign, CampaignStatus, CapScope, Category, Companion,
+    ConsentState, Creative, Daypart, DeviceType, EventKind, FrequencyCap, GenreId, GeoLocation,
+    ListenerProfile, Milestone, PacingMode, Signal, SignalRequirement, Targeting, Tier, UnixMillis,
 };
 use crate::store::{StoreError, Vocabulary};
 
@@ -969,7 +969,13 @@ pub fn listener_update(
 }
 
 /// The wire form of a listener.
-pub fn listener_to_proto(p: &ListenerProfile, aliases: Vec<String>, vocabulary: &Vocabulary) -> pb::Listener {
+pub fn listener_to_proto(
+    p: &ListenerProfile,
+    aliases: Vec<String>,
+    vocabulary: &Vocabulary,
+    artists: &Vocabulary<ArtistId>,
+) -> pb::Listener {
+    let d = p.details();
     pb::Listener {
         listener_id: p.id.to_string(),
         aliases,
@@ -978,15 +984,15 @@ pub fn listener_to_proto(p: &ListenerProfile, aliases: Vec<String>, vocabulary: 
             ConsentState::Granted => pb::ConsentState::Granted,
             ConsentState::Denied => pb::ConsentState::Denied,
         } as i32,
-        consent_time: p.consent_at.map(millis_to_timestamp),
-        age_bracket: p.age_bracket.map_or(0, |a| age_to_proto(a) as i32),
-        home: p.home.as_ref().map(|l| pb::GeoLocation {
+        consent_time: d.consent_at.map(millis_to_timestamp),
+        age_bracket: d.age_bracket.map_or(0, |a| age_to_proto(a) as i32),
+        home: d.home.as_ref().map(|l| pb::GeoLocation {
             country: l.country.to_string(),
             region: l.region.to_string(),
             metro: l.metro.to_string(),
         }),
-        language: p.language.as_deref().unwrap_or_default().to_owned(),
-        signals: p
+        language: d.language.as_deref().unwrap_or_default().to_owned(),
+        signals: d
             .signals
             .iter()
             .map(|s| pb::Signal {
@@ -995,12 +1001,10 @@ pub fn listener_to_proto(p: &ListenerProfile, aliases: Vec<String>, vocabulary: 
             })
             .collect(),
         members: p
-            .members
-            .iter()
-            .map(|m| {
-                let total = m.taste.total_weight();
-                let mut genres: Vec<_> = m
-                    .taste
+            .members()
+            .map(|(member_id, taste)| {
+                let total = taste.total_weight();
+                let mut genres: Vec<_> = taste
                     .genres
                     .iter()
                     .map(|g| pb::GenreAffinity {
@@ -1010,7 +1014,9 @@ pub fn listener_to_proto(p: &ListenerProfile, aliases: Vec<String>, vocabulary: 
                     })
                     .collect();
                 genres.sort_by(|a, b| b.share.total_cmp(&a.share).then_with(|| a.genre.cmp(&b.genre)));
-                pb::MemberProfile { member_id: m.member_id.to_string(), genres, top_artists: Vec::new() }
+                let top_artists =
+                    taste.top_artists().into_iter().map(|a| artists.name(a).to_string()).collect();
+                pb::MemberProfile { member_id: member_id.to_owned(), genres, top_artists }
             })
             .collect(),
     }
@@ -1025,6 +1031,7 @@ pub fn listener_id(field: &str, value: &str) -> Result<(), InvalidRequest> {
 pub fn play(
     p: &pb::PlayEvent,
     vocabulary: &Vocabulary,
+    artists: &Vocabulary<ArtistId>,
     now: UnixMillis,
 ) -> Result<crate::store::listeners::Play, (String, String)> {
     let mut c = Checker::new();
@@ -1079,6 +1086,8 @@ pub fn play(
         listener: p.listener_id.as_str().into(),
         member: p.member_id.as_str().into(),
         genres,
+        // A full artist vocabulary costs the play its artist, not its acceptance.
+        artist: Some(p.artist.trim()).filter(|a| !a.is_empty()).and_then(|a| artists.intern(a).ok()),
         // Checked above: played_at is Some when no violation was recorded.
         played_at: played_at.unwrap_or_default(),
         seconds_played: p.seconds_played,

@@ -30,7 +30,10 @@ impl DecisionService {
         let state = &self.state;
         let request = convert::ad_request(req, &state.vocabulary)?;
         let now = now();
-        let profile = request.listener_id.as_deref().and_then(|id| state.listeners.get(id));
+        let profile = match request.listener_id.as_deref() {
+            Some(id) => state.listeners.get(id)?,
+            None => None,
+        };
         // Caps follow the resolved listener; an id we have no profile for still gets its own
         // history, so an unknown listener does not hear the same ad again and again.
         let key = request.listener_id.as_deref().map(|id| HistoryKey {

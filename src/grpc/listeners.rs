@@ -28,7 +28,7 @@ impl ListenerAdmin {
 
     fn to_proto(&self, profile: &ListenerProfile) -> pb::Listener {
         let aliases = self.state.listeners.aliases_of(&profile.id);
-        convert::listener_to_proto(profile, aliases, &self.state.vocabulary)
+        convert::listener_to_proto(profile, aliases, &self.state.vocabulary, &self.state.artists)
     }
 
     async fn record_plays(
@@ -42,7 +42,7 @@ impl ListenerAdmin {
             let now = now();
             let mut plays = Vec::with_capacity(chunk.plays.len());
             for play in &chunk.plays {
-                match convert::play(play, &self.state.vocabulary, now) {
+                match convert::play(play, &self.state.vocabulary, &self.state.artists, now) {
                     Ok(play) => plays.push(play),
                     Err((field, reason)) => {
                         response.rejected += 1;
@@ -55,17 +55,13 @@ impl ListenerAdmin {
             }
             self.state
                 .write(|| {
-                    self.state.listeners.record_plays(&plays, half_life_ms);
-                    // Acknowledged plays are durable: persist every profile this chunk touched.
-                    let mut touched: Vec<&str> = plays.iter().map(|p| &*p.listener).collect();
-                    touched.sort_unstable();
-                    touched.dedup();
-                    let changes = touched
-                        .into_iter()
-                        .filter_map(|id| self.state.listeners.get(id))
-                        .map(Change::Listener)
-                        .collect();
-                    Ok::<_, Status>(((), changes))
+                    // Acknowledged plays are durable: persist every profile this chunk changed.
+                    let mut changed = self.state.listeners.record_plays(&plays, half_life_ms)?;
+                    // The last snapshot of each profile is the one that counts.
+                    changed.reverse();
+                    let mut seen = std::collections::HashSet::new();
+                    changed.retain(|p| seen.insert(p.id.clone()));
+                    Ok::<_, Status>(((), changed.into_iter().map(Change::Listener).collect()))
                 })
                 .await?;
             response.accepted += plays.len() as u64;
@@ -89,15 +85,17 @@ impl ListenerService for ListenerAdmin {
                 .state
                 .write(|| {
                     let (profile, created) = self.state.listeners.update(&update.listener_id, |p| {
-                        if p.consent != update.consent {
-                            p.consent_at = Some(now);
-                        }
+                        let consent_changed = p.consent != update.consent;
                         p.consent = update.consent;
-                        p.age_bracket = update.age_bracket;
-                        p.home = update.home;
-                        p.language = update.language;
-                        p.signals = update.signals;
-                    });
+                        let d = p.details_mut();
+                        if consent_changed {
+                            d.consent_at = Some(now);
+                        }
+                        d.age_bracket = update.age_bracket;
+                        d.home = update.home;
+                        d.language = update.language;
+                        d.signals = update.signals;
+                    })?;
                     let changes = vec![Change::Listener(profile.clone())];
                     Ok::<_, Status>(((profile, created), changes))
                 })
@@ -119,7 +117,7 @@ impl ListenerService for ListenerAdmin {
             let profile = self
                 .state
                 .listeners
-                .get(id)
+                .get(id)?
                 .ok_or_else(|| crate::store::StoreError::NotFound { kind: "listener", id: id.clone() })?;
             Ok(pb::GetListenerResponse { listener: Some(self.to_proto(&profile)) })
         })

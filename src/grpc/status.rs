@@ -61,6 +61,7 @@ impl From<StoreError> for Status {
             StoreError::AliasTaken { .. } => Code::AlreadyExists,
             StoreError::VocabularyFull(_) => Code::ResourceExhausted,
             StoreError::Corrupt(_) => Code::Internal,
+            StoreError::Unavailable(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())
     }

@@ -5,18 +5,23 @@
 //! commit; the thread takes every batch waiting at that moment into one transaction (group
 //! commit), so one disk flush serves many RPCs and the decision path never waits on a disk.
 //! Rows hold the domain values as JSON: the schema is key → document, the documents are the
-//! types of `domain` (genres as ids, with the vocabulary persisted beside them).
+//! types of `domain` (genres and artists as ids, with the vocabularies persisted beside them).
+//!
+//! Listener profiles are not read back at start: `ProfileReader` loads them on demand into the
+//! profile cache, through read-only connections (WAL lets them read beside the writer).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::domain::{Campaign, CampaignId, DeliveryHistory, ListenerId, ListenerProfile, UnixMillis};
+use crate::store::StoreError;
 use crate::store::delivery::{CampaignCounters, HistoryKey};
+use crate::store::listeners::ProfileSource;
 
 /// The SQLite file inside the data directory.
 pub const DB_FILE: &str = "interlude.sqlite3";
@@ -46,6 +51,10 @@ pub enum DurableError {
 #[derive(Debug)]
 pub enum Change {
     Genre {
+        id: u32,
+        name: String,
+    },
+    Artist {
         id: u32,
         name: String,
     },
@@ -91,8 +100,10 @@ impl std::fmt::Debug for Batch {
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub genres: Vec<(u32, String)>,
+    pub artists: Vec<(u32, String)>,
     pub campaigns: Vec<Campaign>,
-    pub listeners: Vec<ListenerProfile>,
+    /// How many listener profiles are stored (they are loaded on demand).
+    pub listener_count: usize,
     pub aliases: Vec<(String, ListenerId)>,
     pub histories: Vec<(HistoryKey, DeliveryHistory)>,
     pub counters: Vec<(CampaignId, CampaignCounters)>,
@@ -103,6 +114,7 @@ const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
     CREATE TABLE IF NOT EXISTS genres (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE IF NOT EXISTS artists (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
     CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS listeners (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS aliases (alias TEXT PRIMARY KEY, listener TEXT NOT NULL);
@@ -133,6 +145,11 @@ impl Durable {
         Ok((Durable { tx, stopped }, recovered))
     }
 
+    /// A reader of stored listener profiles, for the profile cache.
+    pub fn profile_reader(dir: &Path) -> Arc<ProfileReader> {
+        Arc::new(ProfileReader { path: dir.join(DB_FILE), idle: Mutex::new(Vec::new()) })
+    }
+
     /// Resolves once the store refuses writes (after a failed commit); the server then reports
     /// NOT_SERVING so that load balancers route around it.
     pub async fn refusing_writes(&self) {
@@ -146,6 +163,44 @@ impl Durable {
         let (done, committed) = oneshot::channel();
         self.tx.send(Batch { changes, done }).map_err(|_| DurableError::WriterGone)?;
         Ok(Commit { committed })
+    }
+}
+
+/// Reads stored listener profiles on demand. Connections are read-only and pooled: a read
+/// takes an idle one (or opens one) and puts it back, so readers never wait on each other.
+pub struct ProfileReader {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for ProfileReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProfileReader").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl ProfileReader {
+    fn read(&self, id: &str) -> Result<Option<ListenerProfile>, DurableError> {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+        };
+        let doc: Option<String> = conn
+            .prepare_cached("SELECT doc FROM listeners WHERE id = ?1")?
+            .query_row(params![id], |row| row.get(0))
+            .optional()?;
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+}
+
+impl ProfileSource for ProfileReader {
+    fn load(&self, id: &str) -> Result<Option<ListenerProfile>, StoreError> {
+        self.read(id).map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 }
 
@@ -240,6 +295,9 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
             Change::Genre { id, name } => {
                 tx.execute("INSERT OR IGNORE INTO genres (id, name) VALUES (?1, ?2)", params![id, name])?;
             }
+            Change::Artist { id, name } => {
+                tx.execute("INSERT OR IGNORE INTO artists (id, name) VALUES (?1, ?2)", params![id, name])?;
+            }
             Change::Campaign(c) => {
                 tx.execute(
                     "INSERT OR REPLACE INTO campaigns (id, doc) VALUES (?1, ?2)",
@@ -300,11 +358,13 @@ fn rows<T: DeserializeOwned>(conn: &Connection, sql: &str) -> Result<Vec<T>, Dur
 fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
     let mut r = Recovered {
         campaigns: rows(conn, "SELECT doc FROM campaigns")?,
-        listeners: rows(conn, "SELECT doc FROM listeners")?,
+        listener_count: conn.query_row("SELECT count(*) FROM listeners", [], |row| row.get(0))?,
         ..Recovered::default()
     };
     let mut stmt = conn.prepare("SELECT id, name FROM genres ORDER BY id")?;
     r.genres = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT id, name FROM artists ORDER BY id")?;
+    r.artists = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
     let mut stmt = conn.prepare("SELECT alias, listener FROM aliases")?;
     r.aliases = stmt
         .query_map([], |row| {
@@ -354,6 +414,7 @@ mod tests {
         assert!(recovered.genres.is_empty() && recovered.events.is_empty());
         let changes = vec![
             Change::Genre { id: 0, name: "jazz".into() },
+            Change::Artist { id: 0, name: "Nina Simone".into() },
             Change::Event { id: "ev-1".into(), at: UnixMillis(5) },
             Change::Listener(Arc::new(ListenerProfile::new("nina".into()))),
             Change::Alias { alias: "email:n".into(), listener: "nina".into() },
@@ -362,11 +423,16 @@ mod tests {
         let (durable, recovered) = Durable::open(&dir).unwrap();
         assert_eq!(recovered.genres, vec![(0, "jazz".to_string())]);
         assert_eq!(recovered.events, vec![("ev-1".to_string(), UnixMillis(5))]);
-        assert_eq!(recovered.listeners.len(), 1);
+        assert_eq!(recovered.artists, vec![(0, "Nina Simone".to_string())]);
+        assert_eq!(recovered.listener_count, 1);
+        let reader = Durable::profile_reader(&dir);
+        assert_eq!(reader.load("nina").unwrap().map(|p| p.id), Some("nina".into()), "loaded on demand");
+        assert!(reader.load("nobody").unwrap().is_none());
         assert_eq!(recovered.aliases, vec![("email:n".to_string(), ListenerId::from("nina"))]);
         block_on(durable.submit(vec![Change::ForgetListener("nina".into())]).unwrap().wait()).unwrap();
         let (durable, recovered) = Durable::open(&dir).unwrap();
-        assert!(recovered.listeners.is_empty() && recovered.aliases.is_empty());
+        assert!(recovered.listener_count == 0 && recovered.aliases.is_empty());
+        assert!(reader.load("nina").unwrap().is_none(), "erased from disk");
         let late = Change::Event { id: "ev-2".into(), at: UnixMillis(100) };
         block_on(durable.submit(vec![late, Change::PurgeEvents { before: UnixMillis(50) }]).unwrap().wait())
             .unwrap();

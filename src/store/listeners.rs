@@ -1,18 +1,33 @@
 //! Listener profiles and the aliases that resolve to them.
+//!
+//! Without a durable store every profile is resident. With one, profiles live in a bounded
+//! cache (moka, weighed in bytes) over the store and are loaded on a miss; aliases stay
+//! resident (one entry per extra alias, not per listener).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
 use super::StoreError;
-use crate::domain::{GenreId, ListenerId, ListenerProfile, UnixMillis};
+use crate::domain::{ArtistId, ConsentState, GenreId, ListenerId, ListenerProfile, UnixMillis};
+
+/// Where profiles that are not in memory are read from: the durable store.
+pub trait ProfileSource: Send + Sync + std::fmt::Debug {
+    /// The stored profile with canonical id `id`.
+    fn load(&self, id: &str) -> Result<Option<ListenerProfile>, StoreError>;
+}
+
+/// Resident bytes a cache entry costs beyond the profile itself (moka's bookkeeping, measured
+/// with `cargo bench --bench stores`), so the configured budget is close to real memory.
+pub const CACHE_ENTRY_OVERHEAD: usize = 240;
 
 /// Profiles by canonical id, and every other alias → canonical id (a canonical id is not
 /// repeated in the alias map: that would cost a map entry per listener). Cheap to clone:
 /// clones share one store.
 ///
 /// Profiles are immutable `Arc`s replaced on write (copy-on-write), so a decision holds no map
-/// guard while it runs.
+/// guard while it runs. Writes are serialised by the caller (`AppState::write`).
 #[derive(Clone, Debug, Default)]
 pub struct Listeners {
     inner: Arc<Inner>,
@@ -21,7 +36,77 @@ pub struct Listeners {
 #[derive(Debug, Default)]
 struct Inner {
     aliases: DashMap<Box<str>, ListenerId>,
-    profiles: DashMap<ListenerId, Arc<ListenerProfile>>,
+    profiles: Profiles,
+    /// Listeners known, resident or not.
+    count: AtomicUsize,
+}
+
+#[derive(Debug)]
+enum Profiles {
+    /// No store behind: every profile in memory.
+    Resident(DashMap<ListenerId, Arc<ListenerProfile>>),
+    /// A bounded cache over the store.
+    Cached(Cached),
+}
+
+impl Default for Profiles {
+    fn default() -> Self {
+        Profiles::Resident(DashMap::new())
+    }
+}
+
+/// Cached profiles; `None` = known not to exist (so unknown ids cost one read, not one each).
+struct Cached {
+    cache: moka::sync::Cache<ListenerId, Option<Arc<ListenerProfile>>>,
+    /// Written but not yet committed (`None` = erased): consulted before the store on a miss,
+    /// so a profile evicted between its write and its commit is not read back stale.
+    pending: DashMap<ListenerId, Option<Arc<ListenerProfile>>>,
+    source: Arc<dyn ProfileSource>,
+    /// A load and a write of the same id never interleave: a load could otherwise put a
+    /// profile read before the write back into the cache after it.
+    stripes: Box<[Mutex<()>]>,
+}
+
+impl std::fmt::Debug for Cached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cached")
+            .field("entries", &self.cache.entry_count())
+            .field("weighed_bytes", &self.cache.weighted_size())
+            .field("pending", &self.pending.len())
+            .finish()
+    }
+}
+
+impl Cached {
+    fn stripe(&self, id: &str) -> std::sync::MutexGuard<'_, ()> {
+        let h = fnv1a(id) as usize % self.stripes.len();
+        // The mutex guards no data, only order: a poisoned one still gives it.
+        self.stripes[h].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The profile of canonical id `id`; the caller holds its stripe.
+    fn load_locked(&self, id: &str) -> Result<Option<Arc<ListenerProfile>>, StoreError> {
+        if let Some(hit) = self.cache.get(id) {
+            return Ok(hit);
+        }
+        let value = match self.pending.get(id) {
+            Some(pending) => pending.clone(),
+            None => self.source.load(id)?.map(Arc::new),
+        };
+        let key = value.as_ref().map_or_else(|| ListenerId::from(id), |p| p.id.clone());
+        self.cache.insert(key, value.clone());
+        Ok(value)
+    }
+
+    fn put(&self, id: &ListenerId, value: Option<Arc<ListenerProfile>>) {
+        self.pending.insert(id.clone(), value.clone());
+        self.cache.insert(id.clone(), value);
+    }
+}
+
+/// A stable hash for picking a stripe (FNV-1a).
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// One play, validated and with interned genres.
@@ -30,26 +115,66 @@ pub struct Play {
     pub listener: Box<str>,
     pub member: Box<str>,
     pub genres: Vec<GenreId>,
+    pub artist: Option<ArtistId>,
     pub played_at: UnixMillis,
     pub seconds_played: u32,
 }
 
 impl Listeners {
-    /// The canonical id `alias` resolves to.
-    pub fn resolve(&self, alias: &str) -> Option<ListenerId> {
-        if let Some(entry) = self.inner.profiles.get(alias) {
-            return Some(entry.key().clone());
+    /// A store whose profiles live in a cache of about `capacity_bytes` over `source`, which
+    /// holds `known` listeners.
+    pub fn cached(source: Arc<dyn ProfileSource>, capacity_bytes: u64, known: usize) -> Self {
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(capacity_bytes)
+            .weigher(|_, v: &Option<Arc<ListenerProfile>>| {
+                let bytes = CACHE_ENTRY_OVERHEAD + v.as_ref().map_or(0, |p| p.approx_bytes());
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            })
+            .build();
+        let cached = Cached {
+            cache,
+            pending: DashMap::new(),
+            source,
+            stripes: (0..64).map(|_| Mutex::new(())).collect(),
+        };
+        Self {
+            inner: Arc::new(Inner {
+                aliases: DashMap::new(),
+                profiles: Profiles::Cached(cached),
+                count: AtomicUsize::new(known),
+            }),
         }
-        self.inner.aliases.get(alias).map(|id| id.clone())
+    }
+
+    /// The canonical id `alias` resolves to.
+    pub fn resolve(&self, alias: &str) -> Result<Option<ListenerId>, StoreError> {
+        Ok(self.get(alias)?.map(|p| p.id.clone()))
     }
 
     /// The profile of the listener `alias` resolves to.
-    pub fn get(&self, alias: &str) -> Option<Arc<ListenerProfile>> {
-        if let Some(profile) = self.inner.profiles.get(alias) {
-            return Some(profile.clone());
+    pub fn get(&self, alias: &str) -> Result<Option<Arc<ListenerProfile>>, StoreError> {
+        // A canonical id is never an alias, so the resident alias map decides first.
+        match self.inner.aliases.get(alias) {
+            Some(id) => {
+                let id = id.clone();
+                self.profile(id.as_str())
+            }
+            None => self.profile(alias),
         }
-        let id = self.inner.aliases.get(alias).map(|id| id.clone())?;
-        self.inner.profiles.get(&id).map(|p| p.clone())
+    }
+
+    /// The profile with canonical id `id`.
+    fn profile(&self, id: &str) -> Result<Option<Arc<ListenerProfile>>, StoreError> {
+        match &self.inner.profiles {
+            Profiles::Resident(map) => Ok(map.get(id).map(|p| p.clone())),
+            Profiles::Cached(cached) => {
+                if let Some(hit) = cached.cache.get(id) {
+                    return Ok(hit);
+                }
+                let _stripe = cached.stripe(id);
+                cached.load_locked(id)
+            }
+        }
     }
 
     /// All aliases of a canonical id, sorted (admin reads only: walks the alias table).
@@ -66,40 +191,76 @@ impl Listeners {
         &self,
         alias: &str,
         update: impl FnOnce(&mut ListenerProfile),
-    ) -> (Arc<ListenerProfile>, bool) {
-        let id = self.resolve(alias).unwrap_or_else(|| ListenerId::from(alias));
-        let mut created = false;
-        let mut entry = self.inner.profiles.entry(id.clone()).or_insert_with(|| {
-            created = true;
-            Arc::new(ListenerProfile::new(id))
-        });
-        let mut profile = ListenerProfile::clone(&entry);
-        update(&mut profile);
-        profile.shrink_to_fit();
-        let profile = Arc::new(profile);
-        *entry = profile.clone();
-        (profile, created)
+    ) -> Result<(Arc<ListenerProfile>, bool), StoreError> {
+        let id = match self.inner.aliases.get(alias) {
+            Some(id) => id.clone(),
+            None => ListenerId::from(alias),
+        };
+        let replace = |current: Option<Arc<ListenerProfile>>| {
+            let created = current.is_none();
+            let mut profile = match current {
+                Some(p) => ListenerProfile::clone(&p),
+                None => ListenerProfile::new(id.clone()),
+            };
+            update(&mut profile);
+            profile.shrink_to_fit();
+            if created {
+                self.inner.count.fetch_add(1, Ordering::Relaxed);
+            }
+            (Arc::new(profile), created)
+        };
+        match &self.inner.profiles {
+            Profiles::Resident(map) => {
+                // Read, then replace: writes are serialised by the caller.
+                let (profile, created) = replace(map.get(&id).map(|p| p.clone()));
+                map.insert(id, profile.clone());
+                Ok((profile, created))
+            }
+            Profiles::Cached(cached) => {
+                let _stripe = cached.stripe(id.as_str());
+                let (profile, created) = replace(cached.load_locked(id.as_str())?);
+                cached.put(&profile.id, Some(profile.clone()));
+                Ok((profile, created))
+            }
+        }
     }
 
-    /// Folds plays into the members' tastes. Plays of unknown listeners create them.
-    pub fn record_plays(&self, plays: &[Play], half_life_ms: i64) {
+    /// Folds plays into the members' tastes. Plays of unknown listeners create them. Returns
+    /// every profile the plays changed.
+    pub fn record_plays(
+        &self,
+        plays: &[Play],
+        half_life_ms: i64,
+    ) -> Result<Vec<Arc<ListenerProfile>>, StoreError> {
+        let mut changed = Vec::new();
         // One copy-on-write per run of plays of the same listener, not one per play.
         for run in plays.chunk_by(|a, b| a.listener == b.listener) {
-            self.update(&run[0].listener, |p| {
+            let (profile, _) = self.update(&run[0].listener, |p| {
                 for play in run {
                     let taste = p.member_mut(&play.member);
-                    taste.record_play(&play.genres, play.played_at, play.seconds_played, half_life_ms);
+                    taste.record_play(
+                        &play.genres,
+                        play.artist,
+                        play.played_at,
+                        play.seconds_played,
+                        half_life_ms,
+                    );
                 }
-            });
+            })?;
+            changed.push(profile);
         }
+        Ok(changed)
     }
 
     /// Adds `alias` for the listener `existing` resolves to.
     pub fn link(&self, existing: &str, alias: &str) -> Result<Arc<ListenerProfile>, StoreError> {
-        let profile = self.get(existing).ok_or_else(|| not_found(existing))?;
-        if let Some(owner) = self.inner.profiles.get(alias).map(|e| e.key().clone()) {
-            if owner != profile.id {
-                return Err(StoreError::AliasTaken { alias: alias.into(), owner: owner.to_string() });
+        let profile = self.get(existing)?.ok_or_else(|| not_found(existing))?;
+        // An alias must not be another listener's canonical id.
+        if self.inner.aliases.get(alias).is_none()
+            && let Some(owner) = self.profile(alias)?
+        {
+            if owner.id != profile.id {
+                return Err(StoreError::AliasTaken { alias: alias.into(), owner: owner.id.to_string() });
             }
             return Ok(profile);
         }
@@ -115,10 +276,27 @@ impl Listeners {
         Ok(profile)
     }
 
+    /// Removes the profile of canonical id `id` (not its aliases) and returns it.
+    fn take(&self, id: &ListenerId) -> Result<Option<Arc<ListenerProfile>>, StoreError> {
+        let taken = match &self.inner.profiles {
+            Profiles::Resident(map) => map.remove(id).map(|(_, p)| p),
+            Profiles::Cached(cached) => {
+                let _stripe = cached.stripe(id.as_str());
+                let current = cached.load_locked(id.as_str())?;
+                cached.put(id, None);
+                current
+            }
+        };
+        if taken.is_some() {
+            self.inner.count.fetch_sub(1, Ordering::Relaxed);
+        }
+        Ok(taken)
+    }
+
     /// Erases the listener `alias` resolves to: its profile and every alias. Returns its id.
     pub fn forget(&self, alias: &str) -> Result<ListenerId, StoreError> {
-        let id = self.resolve(alias).ok_or_else(|| not_found(alias))?;
-        self.inner.profiles.remove(&id);
+        let id = self.resolve(alias)?.ok_or_else(|| not_found(alias))?;
+        self.take(&id)?;
         self.inner.aliases.retain(|_, v| *v != id);
         Ok(id)
     }
@@ -132,12 +310,12 @@ impl Listeners {
         from: &str,
         half_life_ms: i64,
     ) -> Result<(Arc<ListenerProfile>, ListenerId), StoreError> {
-        let into_id = self.resolve(into).ok_or_else(|| not_found(into))?;
-        let from_id = self.resolve(from).ok_or_else(|| not_found(from))?;
+        let into_id = self.resolve(into)?.ok_or_else(|| not_found(into))?;
+        let from_id = self.resolve(from)?.ok_or_else(|| not_found(from))?;
         if into_id == from_id {
             return Err(StoreError::SelfMerge(into.to_owned()));
         }
-        let (_, old) = self.inner.profiles.remove(&from_id).ok_or_else(|| not_found(from))?;
+        let old = self.take(&from_id)?.ok_or_else(|| not_found(from))?;
         for mut alias in self.inner.aliases.iter_mut() {
             if *alias.value() == from_id {
                 *alias.value_mut() = into_id.clone();
@@ -146,33 +324,44 @@ impl Listeners {
         // The folded-in id keeps working, as an alias now.
         self.inner.aliases.insert(from_id.as_str().into(), into_id.clone());
         let (profile, _) = self.update(into_id.as_str(), |p| {
-            for member in &old.members {
-                p.member_mut(&member.member_id).absorb(&member.taste, half_life_ms);
+            for (member_id, taste) in old.members() {
+                p.member_mut(member_id).absorb(taste, half_life_ms);
             }
-            for signal in &old.signals {
-                match p.signals.iter_mut().find(|s| s.name == signal.name) {
+            let (mine, theirs) = (p.details().clone(), old.details());
+            let d = p.details_mut();
+            for signal in &theirs.signals {
+                match d.signals.iter_mut().find(|s| s.name == signal.name) {
                     Some(s) => s.asserted_at = s.asserted_at.max(signal.asserted_at),
-                    None => p.signals.push(signal.clone()),
+                    None => d.signals.push(signal.clone()),
                 }
             }
-            if p.consent == crate::domain::ConsentState::Unspecified {
+            d.age_bracket = mine.age_bracket.or(theirs.age_bracket);
+            if mine.home.is_none() {
+                d.home.clone_from(&theirs.home);
+            }
+            if mine.language.is_none() {
+                d.language.clone_from(&theirs.language);
+            }
+            if p.consent == ConsentState::Unspecified {
                 p.consent = old.consent;
-                p.consent_at = old.consent_at;
+                p.details_mut().consent_at = theirs.consent_at;
             }
-            p.age_bracket = p.age_bracket.or(old.age_bracket);
-            if p.home.is_none() {
-                p.home.clone_from(&old.home);
-            }
-            if p.language.is_none() {
-                p.language.clone_from(&old.language);
-            }
-        });
+        })?;
         Ok((profile, from_id))
     }
 
-    /// Puts back a profile read from the durable store.
-    pub fn restore(&self, profile: ListenerProfile) {
-        self.inner.profiles.insert(profile.id.clone(), Arc::new(profile));
+    /// Records that `profile` is committed to the store: it need no longer be kept aside.
+    pub fn committed(&self, profile: &Arc<ListenerProfile>) {
+        if let Profiles::Cached(cached) = &self.inner.profiles {
+            cached.pending.remove_if(&profile.id, |_, p| p.as_ref().is_some_and(|p| Arc::ptr_eq(p, profile)));
+        }
+    }
+
+    /// Records that the erasure of `id` is committed to the store.
+    pub fn erasure_committed(&self, id: &ListenerId) {
+        if let Profiles::Cached(cached) = &self.inner.profiles {
+            cached.pending.remove_if(id, |_, p| p.is_none());
+        }
     }
 
     /// Puts back an alias read from the durable store.
@@ -180,9 +369,13 @@ impl Listeners {
         self.inner.aliases.insert(alias.into(), listener);
     }
 
-    /// Every listener's profile (the demo's snapshot into the durable store).
-    pub fn all(&self) -> Vec<Arc<ListenerProfile>> {
-        self.inner.profiles.iter().map(|e| e.value().clone()).collect()
+    /// Every profile the store does not hold yet: all of them without a store, the written
+    /// but uncommitted ones with one (the demo's snapshot into a fresh store).
+    pub fn unsaved(&self) -> Vec<Arc<ListenerProfile>> {
+        match &self.inner.profiles {
+            Profiles::Resident(map) => map.iter().map(|e| e.value().clone()).collect(),
+            Profiles::Cached(cached) => cached.pending.iter().filter_map(|e| e.value().clone()).collect(),
+        }
     }
 
     /// Every (alias, canonical id).
@@ -190,14 +383,25 @@ impl Listeners {
         self.inner.aliases.iter().map(|e| (e.key().to_string(), e.value().clone())).collect()
     }
 
-    /// Number of listeners.
+    /// Number of listeners, resident or not.
     pub fn len(&self) -> usize {
-        self.inner.profiles.len()
+        self.inner.count.load(Ordering::Relaxed)
     }
 
     /// Whether there are no listeners.
     pub fn is_empty(&self) -> bool {
-        self.inner.profiles.is_empty()
+        self.len() == 0
+    }
+
+    /// Profiles in memory and the bytes the cache weighs them at (None without a cache).
+    pub fn resident(&self) -> (u64, Option<u64>) {
+        match &self.inner.profiles {
+            Profiles::Resident(map) => (map.len() as u64, None),
+            Profiles::Cached(cached) => {
+                cached.cache.run_pending_tasks();
+                (cached.cache.entry_count(), Some(cached.cache.weighted_size()))
+            }
+        }
     }
 }
 
@@ -208,18 +412,160 @@ fn not_found(id: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::AgeBracket;
 
     #[test]
     fn aliases_resolve_to_one_profile() {
         let store = Listeners::default();
-        store.update("acct-1", |p| p.age_bracket = Some(crate::domain::AgeBracket::Age25To34));
+        store.update("acct-1", |p| p.details_mut().age_bracket = Some(AgeBracket::Age25To34)).unwrap();
         store.link("acct-1", "email:abc").unwrap();
-        assert_eq!(store.get("email:abc").unwrap().id.as_str(), "acct-1");
+        assert_eq!(store.get("email:abc").unwrap().unwrap().id.as_str(), "acct-1");
         assert_eq!(store.aliases_of(&"acct-1".into()), vec!["email:abc".to_string()]);
-        store.update("other", |_| {});
+        store.update("other", |_| {}).unwrap();
         assert!(matches!(store.link("other", "email:abc"), Err(StoreError::AliasTaken { .. })));
+        assert!(matches!(store.link("other", "acct-1"), Err(StoreError::AliasTaken { .. })));
+        assert_eq!(store.len(), 2);
         store.forget("email:abc").unwrap();
-        assert!(store.get("acct-1").is_none());
-        assert!(store.resolve("email:abc").is_none());
+        assert!(store.get("acct-1").unwrap().is_none());
+        assert!(store.resolve("email:abc").unwrap().is_none());
+        assert_eq!(store.len(), 1);
+    }
+
+    /// A stand-in for the durable store: what was "committed", and how often it was read.
+    #[derive(Debug, Default)]
+    struct Disk {
+        rows: Mutex<std::collections::HashMap<String, ListenerProfile>>,
+        reads: AtomicUsize,
+    }
+
+    impl ProfileSource for Disk {
+        fn load(&self, id: &str) -> Result<Option<ListenerProfile>, StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            Ok(self.rows.lock().unwrap().get(id).cloned())
+        }
+    }
+
+    impl Disk {
+        fn commit(&self, store: &Listeners, p: &Arc<ListenerProfile>) {
+            self.rows.lock().unwrap().insert(p.id.to_string(), ListenerProfile::clone(p));
+            store.committed(p);
+        }
+    }
+
+    fn aged(store: &Listeners, id: &str, age: AgeBracket) -> Arc<ListenerProfile> {
+        store.update(id, |p| p.details_mut().age_bracket = Some(age)).unwrap().0
+    }
+
+    /// A cache that holds about one profile.
+    fn tiny_cache(disk: &Arc<Disk>) -> Listeners {
+        Listeners::cached(disk.clone(), CACHE_ENTRY_OVERHEAD as u64 + 300, 0)
+    }
+
+    fn flush(store: &Listeners) {
+        if let Profiles::Cached(c) = &store.inner.profiles {
+            c.cache.run_pending_tasks();
+        }
+    }
+
+    #[test]
+    fn profiles_beyond_the_cache_are_loaded_from_the_store() {
+        let disk = Arc::new(Disk::default());
+        let store = tiny_cache(&disk);
+        for i in 0..50 {
+            let p = aged(&store, &format!("l{i}"), AgeBracket::Age25To34);
+            disk.commit(&store, &p);
+        }
+        flush(&store);
+        let (resident, _) = store.resident();
+        assert!(resident < 10, "the cache is bounded: {resident} resident");
+        assert_eq!(store.len(), 50);
+        let reads = disk.reads.load(Ordering::Relaxed);
+        for i in 0..50 {
+            let p = store.get(&format!("l{i}")).unwrap().expect("every listener is still there");
+            assert_eq!(p.details().age_bracket, Some(AgeBracket::Age25To34));
+        }
+        assert!(disk.reads.load(Ordering::Relaxed) > reads, "evicted profiles came from the store");
+    }
+
+    #[test]
+    fn a_profile_evicted_before_its_commit_is_not_read_back_stale() {
+        let disk = Arc::new(Disk::default());
+        let store = tiny_cache(&disk);
+        let first = aged(&store, "nina", AgeBracket::Age25To34);
+        disk.commit(&store, &first);
+        // Written, not yet committed, then pushed out of the cache by other listeners.
+        let newer = aged(&store, "nina", AgeBracket::Age35To44);
+        for i in 0..50 {
+            aged(&store, &format!("other{i}"), AgeBracket::Age18To24);
+        }
+        flush(&store);
+        let read = store.get("nina").unwrap().unwrap();
+        assert_eq!(read.details().age_bracket, Some(AgeBracket::Age35To44), "not the stale stored one");
+        // Building on what was read keeps the uncommitted write.
+        let (merged, created) =
+            store.update("nina", |p| p.details_mut().language = Some("de".into())).unwrap();
+        assert!(!created);
+        assert_eq!(merged.details().age_bracket, Some(AgeBracket::Age35To44));
+        disk.commit(&store, &newer);
+        disk.commit(&store, &merged);
+    }
+
+    #[test]
+    fn erasure_holds_before_and_after_its_commit() {
+        let disk = Arc::new(Disk::default());
+        let store = tiny_cache(&disk);
+        let p = aged(&store, "gone", AgeBracket::Age25To34);
+        disk.commit(&store, &p);
+        store.forget("gone").unwrap();
+        for i in 0..50 {
+            aged(&store, &format!("other{i}"), AgeBracket::Age18To24);
+        }
+        flush(&store);
+        // The row is still on "disk" (uncommitted erasure): the tombstone must win.
+        assert!(store.get("gone").unwrap().is_none());
+        disk.rows.lock().unwrap().remove("gone");
+        store.erasure_committed(&"gone".into());
+        assert!(store.get("gone").unwrap().is_none());
+        let (_, created) = store.update("gone", |_| {}).unwrap();
+        assert!(created, "a forgotten listener is unknown");
+    }
+
+    #[test]
+    fn unknown_listeners_are_read_once() {
+        let disk = Arc::new(Disk::default());
+        let store = Listeners::cached(disk.clone(), 1 << 20, 0);
+        for _ in 0..10 {
+            assert!(store.get("stranger").unwrap().is_none());
+        }
+        assert_eq!(disk.reads.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn concurrent_reads_never_undo_a_write() {
+        let disk = Arc::new(Disk::default());
+        let store = tiny_cache(&disk);
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for i in 0..2000 {
+                        let _ = store.get(&format!("l{}", i % 7)).unwrap();
+                    }
+                });
+            }
+            // The single writer: every update must see the one before it.
+            for round in 0..300u32 {
+                let id = format!("l{}", round % 7);
+                let (p, _) = store
+                    .update(&id, |p| {
+                        p.member_mut("").record_play(&[GenreId(1)], None, UnixMillis(1), 200, 1000);
+                    })
+                    .unwrap();
+                let plays = p.member("").map_or(0, |t| t.lifetime_plays(GenreId(1)));
+                assert_eq!(plays, u64::from(round / 7 + 1), "listener {id}, round {round}");
+                if round % 3 == 0 {
+                    disk.commit(&store, &p);
+                }
+            }
+        });
     }
 }

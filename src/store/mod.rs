@@ -21,7 +21,7 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: String },
     #[error("campaign {0:?} is archived and cannot change")]
     Archived(String),
-    #[error("the genre vocabulary is full ({0} genres)")]
+    #[error("the vocabulary is full ({0} names)")]
     VocabularyFull(usize),
     #[error("alias {alias:?} already belongs to listener {owner:?}")]
     AliasTaken { alias: String, owner: String },
@@ -29,4 +29,6 @@ pub enum StoreError {
     SelfMerge(String),
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    #[error("the durable store cannot be read: {0}")]
+    Unavailable(String),
 }

@@ -1,33 +1,83 @@
-//! Interns genre slugs as small integer ids, so profiles store 4 bytes per genre, not a string.
+//! Interns genre slugs and artist names as small integer ids, so profiles store 4 bytes per genre
+//! or artist, not a string.
 
+use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
 use dashmap::DashMap;
 
 use super::StoreError;
-use crate::domain::GenreId;
+use crate::domain::{ArtistId, GenreId};
+
+/// An id a vocabulary hands out: the index of the name, in order of first use.
+pub trait TermId: Copy + Eq + Debug + Send + Sync + 'static {
+    /// At most this many distinct names; a bound on memory.
+    const LIMIT: usize;
+    fn from_index(index: u32) -> Self;
+    fn index(self) -> u32;
+}
 
 /// At most this many distinct genres; a bound on memory that real catalogs stay far below.
 pub const MAX_GENRES: usize = 65_536;
+/// At most this many distinct artists (about 100 bytes each).
+pub const MAX_ARTISTS: usize = 4 << 20;
 
-/// Genre slug ↔ id. Append-only, so an id stays valid for the life of the process.
-/// Cheap to clone: clones share one table.
-#[derive(Clone, Debug, Default)]
-pub struct Vocabulary {
-    inner: Arc<Inner>,
+impl TermId for GenreId {
+    const LIMIT: usize = MAX_GENRES;
+    fn from_index(index: u32) -> Self {
+        GenreId(index)
+    }
+    fn index(self) -> u32 {
+        self.0
+    }
 }
 
-#[derive(Debug, Default)]
-struct Inner {
-    ids: DashMap<Arc<str>, GenreId>,
+impl TermId for ArtistId {
+    const LIMIT: usize = MAX_ARTISTS;
+    fn from_index(index: u32) -> Self {
+        ArtistId(index)
+    }
+    fn index(self) -> u32 {
+        self.0
+    }
+}
+
+/// Name ↔ id (genre slugs by default). Append-only, so an id stays valid for the life of the
+/// process. Cheap to clone: clones share one table.
+#[derive(Debug)]
+pub struct Vocabulary<Id = GenreId> {
+    inner: Arc<Inner<Id>>,
+}
+
+impl<Id> Clone for Vocabulary<Id> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone() }
+    }
+}
+
+impl<Id> Default for Vocabulary<Id> {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                ids: DashMap::default(),
+                names: RwLock::default(),
+                persisted: Default::default(),
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner<Id> {
+    ids: DashMap<Arc<str>, Id>,
     names: RwLock<Vec<Arc<str>>>,
     /// How many of `names` are known to be in the durable store.
     persisted: std::sync::atomic::AtomicUsize,
 }
 
-impl Vocabulary {
+impl<Id: TermId> Vocabulary<Id> {
     /// The id of `slug`, adding it if new.
-    pub fn intern(&self, slug: &str) -> Result<GenreId, StoreError> {
+    pub fn intern(&self, slug: &str) -> Result<Id, StoreError> {
         if let Some(id) = self.inner.ids.get(slug) {
             return Ok(*id);
         }
@@ -37,10 +87,10 @@ impl Vocabulary {
         if let Some(id) = self.inner.ids.get(slug) {
             return Ok(*id);
         }
-        if names.len() >= MAX_GENRES {
-            return Err(StoreError::VocabularyFull(MAX_GENRES));
+        if names.len() >= Id::LIMIT {
+            return Err(StoreError::VocabularyFull(Id::LIMIT));
         }
-        let id = GenreId(names.len() as u32);
+        let id = Id::from_index(names.len() as u32);
         let name: Arc<str> = Arc::from(slug);
         names.push(name.clone());
         self.inner.ids.insert(name, id);
@@ -48,7 +98,7 @@ impl Vocabulary {
     }
 
     /// The id of `slug`, if any campaign or play ever used it.
-    pub fn lookup(&self, slug: &str) -> Option<GenreId> {
+    pub fn lookup(&self, slug: &str) -> Option<Id> {
         self.inner.ids.get(slug).map(|id| *id)
     }
 
@@ -67,17 +117,17 @@ impl Vocabulary {
     /// Re-adds a stored genre at start; ids come back in order, so each must be the next.
     pub fn restore(&self, id: u32, name: &str) -> Result<(), StoreError> {
         let got = self.intern(name)?;
-        if got.0 != id {
-            return Err(StoreError::Corrupt(format!("genre {name:?} stored as {id}, restored as {}", got.0)));
+        if got.index() != id {
+            return Err(StoreError::Corrupt(format!("{name:?} stored as {id}, restored as {}", got.index())));
         }
         self.mark_persisted(id as usize + 1);
         Ok(())
     }
 
     /// The slug of `id`.
-    pub fn name(&self, id: GenreId) -> Arc<str> {
+    pub fn name(&self, id: Id) -> Arc<str> {
         let names = self.inner.names.read().unwrap_or_else(|e| e.into_inner());
-        names.get(id.0 as usize).cloned().unwrap_or_else(|| Arc::from("unknown"))
+        names.get(id.index() as usize).cloned().unwrap_or_else(|| Arc::from("unknown"))
     }
 }
 
@@ -87,7 +137,7 @@ mod tests {
 
     #[test]
     fn interning_is_stable_and_reversible() {
-        let v = Vocabulary::default();
+        let v = Vocabulary::<GenreId>::default();
         let jazz = v.intern("jazz").unwrap();
         let pop = v.intern("pop").unwrap();
         assert_ne!(jazz, pop);
