@@ -48,7 +48,7 @@ pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// Default data directory of the embedded store, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "interlude-data";
 /// Default memory budget of the listener profile cache (with a data directory), MiB.
-pub const DEFAULT_PROFILE_CACHE_MIB: u64 = 512;
+pub const DEFAULT_PROFILE_CACHE_MIB: u64 = 256;
 /// Default log filter (tracing-subscriber `EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 /// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
@@ -247,7 +247,7 @@ settings! {
     /// Data directory of the embedded store, or "off" for memory only [default: interlude-data].
     data_dir: String,
     /// Memory budget of the listener profile cache over the store, MiB; the rest of the profiles
-    /// stay on disk [default: 512].
+    /// stay on disk [default: 256].
     profile_cache_mib: u64,
     /// Bearer token of the admin RPCs, at least 20 characters [default: random per process, logged
     /// once; required off loopback].

@@ -153,7 +153,14 @@ impl Listeners {
 
     /// The profile of the listener `alias` resolves to.
     pub fn get(&self, alias: &str) -> Result<Option<Arc<ListenerProfile>>, StoreError> {
-        // A canonical id is never an alias, so the resident alias map decides first.
+        // Most callers name the canonical id: with every profile resident, look there first.
+        if let Profiles::Resident(map) = &self.inner.profiles
+            && let Some(profile) = map.get(alias)
+        {
+            return Ok(Some(profile.clone()));
+        }
+        // A canonical id is never an alias, so the resident alias map decides before the cache
+        // (whose misses read the disk).
         match self.inner.aliases.get(alias) {
             Some(id) => {
                 let id = id.clone();
