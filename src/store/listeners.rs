@@ -7,9 +7,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use dashmap::DashMap;
 
-use super::StoreError;
+use super::{FastHash, FastMap, StoreError};
 use crate::domain::{ArtistId, ConsentState, GenreId, ListenerId, ListenerProfile, UnixMillis};
 
 /// Where profiles that are not in memory are read from: the durable store.
@@ -35,7 +34,7 @@ pub struct Listeners {
 
 #[derive(Debug, Default)]
 struct Inner {
-    aliases: DashMap<Box<str>, ListenerId>,
+    aliases: FastMap<Box<str>, ListenerId>,
     profiles: Profiles,
     /// Listeners known, resident or not.
     count: AtomicUsize,
@@ -44,23 +43,23 @@ struct Inner {
 #[derive(Debug)]
 enum Profiles {
     /// No store behind: every profile in memory.
-    Resident(DashMap<ListenerId, Arc<ListenerProfile>>),
+    Resident(FastMap<ListenerId, Arc<ListenerProfile>>),
     /// A bounded cache over the store.
     Cached(Cached),
 }
 
 impl Default for Profiles {
     fn default() -> Self {
-        Profiles::Resident(DashMap::new())
+        Profiles::Resident(FastMap::default())
     }
 }
 
 /// Cached profiles; `None` = known not to exist (so unknown ids cost one read, not one each).
 struct Cached {
-    cache: moka::sync::Cache<ListenerId, Option<Arc<ListenerProfile>>>,
+    cache: moka::sync::Cache<ListenerId, Option<Arc<ListenerProfile>>, FastHash>,
     /// Written but not yet committed (`None` = erased): consulted before the store on a miss,
     /// so a profile evicted between its write and its commit is not read back stale.
-    pending: DashMap<ListenerId, Option<Arc<ListenerProfile>>>,
+    pending: FastMap<ListenerId, Option<Arc<ListenerProfile>>>,
     source: Arc<dyn ProfileSource>,
     /// A load and a write of the same id never interleave: a load could otherwise put a
     /// profile read before the write back into the cache after it.
@@ -130,16 +129,16 @@ impl Listeners {
                 let bytes = CACHE_ENTRY_OVERHEAD + v.as_ref().map_or(0, |p| p.approx_bytes());
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
-            .build();
+            .build_with_hasher(FastHash::default());
         let cached = Cached {
             cache,
-            pending: DashMap::new(),
+            pending: FastMap::default(),
             source,
             stripes: (0..64).map(|_| Mutex::new(())).collect(),
         };
         Self {
             inner: Arc::new(Inner {
-                aliases: DashMap::new(),
+                aliases: FastMap::default(),
                 profiles: Profiles::Cached(cached),
                 count: AtomicUsize::new(known),
             }),

@@ -14,6 +14,13 @@ pub use delivery::Delivery;
 pub use listeners::Listeners;
 pub use vocabulary::Vocabulary;
 
+/// The hasher of the hot maps: foldhash with a random seed per map (keys are caller-supplied,
+/// so not a fixed-key hasher), several times faster than SipHash on short ids.
+pub(crate) type FastHash = foldhash::quality::RandomState;
+
+/// A concurrent map with `FastHash`.
+pub(crate) type FastMap<K, V> = dashmap::DashMap<K, V, FastHash>;
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StoreError {
