@@ -7,7 +7,6 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-
 use super::{FastHash, FastMap, StoreError};
 use crate::domain::{ArtistId, ConsentState, GenreId, ListenerId, ListenerProfile, UnixMillis};
 
