@@ -88,6 +88,9 @@ pub(crate) struct Shared {
     pub(crate) decision_token: Bearer,
     pub(crate) seed: u64,
     pub(crate) event_counter: Arc<AtomicU64>,
+    /// Distinguishes this run's event ids from an earlier run's against the same server, which
+    /// remembers ids (across restarts too) and would drop a repeat as a duplicate.
+    pub(crate) run_id: u64,
 }
 
 /// Runs one phase for `duration` (after `warmup`, not measured).
@@ -347,7 +350,12 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(i, ad)| pb::AdEvent {
-                event_id: format!("load-{}-{}", self.shared.seed, base + i as u64),
+                event_id: format!(
+                    "load-{}-{:016x}-{}",
+                    self.shared.seed,
+                    self.shared.run_id,
+                    base + i as u64
+                ),
                 r#type: pb::EventType::Impression as i32,
                 impression_token: ad.impression_token.clone(),
                 occurred_at: None,
@@ -357,7 +365,12 @@ impl Worker {
         // than the server does (and never reports a violation that is not one).
         let now = interlude::grpc::now().0;
         match self.client.record_events(pb::RecordEventsRequest { events }).await {
-            Ok(_) => {
+            Ok(reply) => {
+                // Every id is new: a duplicate means the server dropped an impression.
+                if reply.get_ref().duplicates > 0 && measured {
+                    *self.result.errors.entry("RecordEvents duplicates".into()).or_default() +=
+                        u64::from(reply.get_ref().duplicates);
+                }
                 for ad in &response.ads {
                     self.heard.entry((member, ad.campaign_id.clone())).or_default().push(now);
                 }

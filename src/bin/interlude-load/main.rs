@@ -133,6 +133,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         decision_token,
         seed: args.seed,
         event_counter: Arc::new(AtomicU64::new(0)),
+        run_id: rand::random(),
     };
     let mode = match args.rate {
         Some(rate) => Mode::Open { rate, max_in_flight: args.concurrency.max(1) * 64 },

@@ -38,6 +38,9 @@ pub(crate) struct QualityReport {
     pub(crate) paid_ads_matching_taste: f64,
     /// Share of paid ads from campaigns without genre rules (geo-targeted or run-of-network).
     pub(crate) paid_ads_without_genre_rule: f64,
+    /// Of the paid ads whose campaign has a genre rule, the share matching the listener's top-3
+    /// genres or the playing track (an ad without genre rule never counts as a match above).
+    pub(crate) genre_targeted_ads_matching_taste: f64,
     pub(crate) house_break_share: f64,
     pub(crate) empty_break_share: f64,
     /// Must be 0 (closed loop only: one worker owns each listener).
@@ -96,6 +99,10 @@ impl PhaseReport {
                 paid_ads: q.paid_ads,
                 paid_ads_matching_taste: share(q.paid_ads_matching_taste, q.paid_ads),
                 paid_ads_without_genre_rule: share(q.paid_ads_without_genre_rule, q.paid_ads),
+                genre_targeted_ads_matching_taste: share(
+                    q.paid_ads_matching_taste,
+                    q.paid_ads.saturating_sub(q.paid_ads_without_genre_rule),
+                ),
                 house_break_share: share(q.house_breaks, q.decisions),
                 empty_break_share: share(q.empty_breaks, q.decisions),
                 cap_violations: if closed_loop { q.cap_violations } else { 0 },
@@ -143,11 +150,12 @@ impl Report {
             ));
             if let Some(q) = &p.quality {
                 out.push_str(&format!(
-                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% have no genre rule), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
+                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% have no genre rule; {:.1}% of the genre-targeted match), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
                     q.decisions,
                     q.paid_ads,
                     100.0 * q.paid_ads_matching_taste,
                     100.0 * q.paid_ads_without_genre_rule,
+                    100.0 * q.genre_targeted_ads_matching_taste,
                     100.0 * q.house_break_share,
                     100.0 * q.empty_break_share,
                     q.cap_violations,
