@@ -50,39 +50,59 @@ fn bench_decide(c: &mut Criterion) {
             })
             .collect();
         let empty = DeliveryHistory::default();
-        // Impressions of three earlier breaks (40, 80 and 120 minutes ago) of each listener.
         let mut rng = SmallRng::seed_from_u64(1);
         let warm = Policy { max_ads_per_hour: 100, ..Policy::default() };
-        let histories: Vec<DeliveryHistory> = (0..LISTENERS)
-            .map(|i| {
-                let profile = &listeners[i].profile;
-                let listener =
-                    Listener { profile: Some(profile), taste: profile.member(""), history: &empty };
-                let mut history = DeliveryHistory::default();
-                for k in 0..3 {
-                    let d =
-                        decision::decide(&snapshot, listener, &requests[i], &warm, &NoSpend, NOW, &mut rng);
-                    for ad in d.ads {
-                        history.record_impression(ImpressionRecord {
-                            at: UnixMillis(NOW.0 - (k + 1) * 40 * MINUTE_MS),
-                            campaign: ad.campaign.id.clone(),
-                            creative: ad.campaign.creatives[ad.creative].id.clone(),
-                            advertiser: ad.campaign.advertiser_id.clone(),
-                            categories: ad.campaign.categories.clone(),
-                        });
+        // Each listener's history of `breaks` earlier breaks, `apart` minutes apart, the latest
+        // `apart` minutes ago; each break decided with the history before it.
+        let mut histories_of = |breaks: i64, apart: i64| -> Vec<DeliveryHistory> {
+            (0..LISTENERS)
+                .map(|i| {
+                    let profile = &listeners[i].profile;
+                    let mut history = DeliveryHistory::default();
+                    for k in (0..breaks).rev() {
+                        let at = UnixMillis(NOW.0 - (k + 1) * apart * MINUTE_MS);
+                        let so_far = history.clone();
+                        let listener =
+                            Listener { profile: Some(profile), taste: profile.member(""), history: &so_far };
+                        let d = decision::decide(
+                            &snapshot,
+                            listener,
+                            &requests[i],
+                            &warm,
+                            &NoSpend,
+                            at,
+                            &mut rng,
+                        );
+                        for ad in d.ads {
+                            history.record_impression(ImpressionRecord {
+                                at,
+                                campaign: ad.campaign.id.clone(),
+                                creative: ad.campaign.creatives[ad.creative].id.clone(),
+                                advertiser: ad.campaign.advertiser_id.clone(),
+                                categories: ad.campaign.categories.clone(),
+                            });
+                        }
                     }
-                }
-                history
-            })
-            .collect();
+                    history
+                })
+                .collect()
+        };
+        // Three breaks in the last two hours; a heavy listener's day (24 breaks, hourly).
+        let recent = histories_of(3, 40);
+        let day = histories_of(24, 60);
         let policy = Policy::default();
-        for (name, with_history) in [("n_campaigns", false), ("n_campaigns_with_history", true)] {
+        let variants = [
+            ("n_campaigns", None),
+            ("n_campaigns_with_history", Some(&recent)),
+            ("n_campaigns_with_day_history", Some(&day)),
+        ];
+        for (name, histories) in variants {
             let mut i = 0usize;
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
                 b.iter(|| {
                     i = (i + 1) % LISTENERS;
                     let profile = &listeners[i].profile;
-                    let history = if with_history { &histories[i] } else { &empty };
+                    let history = histories.map_or(&empty, |h| &h[i]);
                     let listener = Listener { profile: Some(profile), taste: profile.member(""), history };
                     black_box(decision::decide(
                         &snapshot,
