@@ -86,17 +86,73 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// Records one finished RPC.
-pub fn record_rpc(rpc: &'static str, code: tonic::Code, elapsed: Duration) {
-    metrics::counter!(RPC_REQUESTS, "rpc" => rpc, "grpc_status" => code_label(code)).increment(1);
-    metrics::histogram!(RPC_DURATION, "rpc" => rpc).record(elapsed.as_secs_f64());
+/// The metric handles of one RPC, registered once. Looking a labelled metric up in the registry
+/// costs ~150–200 ns and an allocation per call (measured); a handle costs ~5 ns. Handles made
+/// before the recorder is installed are no-ops, so they are made on first use (main installs the
+/// recorder before anything else).
+#[derive(Debug)]
+pub struct RpcMetrics {
+    rpc: &'static str,
+    ok: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
-/// Records one decision's outcome.
-pub fn record_decision(fill: &'static str, reason: &'static str, tiers: impl Iterator<Item = &'static str>) {
-    metrics::counter!(DECISIONS, "fill" => fill, "reason" => reason).increment(1);
-    for tier in tiers {
-        metrics::counter!(ADS_SERVED, "tier" => tier).increment(1);
+impl RpcMetrics {
+    /// The handles of RPC `rpc`.
+    pub fn new(rpc: &'static str) -> Self {
+        Self {
+            rpc,
+            ok: metrics::counter!(RPC_REQUESTS, "rpc" => rpc, "grpc_status" => code_label(tonic::Code::Ok)),
+            duration: metrics::histogram!(RPC_DURATION, "rpc" => rpc),
+        }
+    }
+
+    /// Records one finished call (failures take the registry's slow path: they are rare).
+    pub fn record(&self, code: tonic::Code, elapsed: Duration) {
+        if code == tonic::Code::Ok {
+            self.ok.increment(1);
+        } else {
+            metrics::counter!(RPC_REQUESTS, "rpc" => self.rpc, "grpc_status" => code_label(code))
+                .increment(1);
+        }
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// Decision outcome counters, registered once (see `RpcMetrics`): one per fill × reason, one per
+/// tier, addressed by the index of the label in the lists given to `new`.
+#[derive(Debug)]
+pub struct DecisionMetrics {
+    decided: Vec<metrics::Counter>,
+    reasons: usize,
+    served: Vec<metrics::Counter>,
+}
+
+impl DecisionMetrics {
+    /// Registers the counters of every combination of these labels.
+    pub fn new(fills: &[&'static str], reasons: &[&'static str], tiers: &[&'static str]) -> Self {
+        let decided = fills
+            .iter()
+            .flat_map(|&fill| {
+                reasons
+                    .iter()
+                    .map(move |&reason| metrics::counter!(DECISIONS, "fill" => fill, "reason" => reason))
+            })
+            .collect();
+        let served = tiers.iter().map(|&tier| metrics::counter!(ADS_SERVED, "tier" => tier)).collect();
+        Self { decided, reasons: reasons.len(), served }
+    }
+
+    /// Records one decision: its fill and reason, and the tier of each ad (label indexes).
+    pub fn record(&self, fill: usize, reason: usize, tiers: impl Iterator<Item = usize>) {
+        if let Some(counter) = self.decided.get(fill * self.reasons + reason) {
+            counter.increment(1);
+        }
+        for tier in tiers {
+            if let Some(counter) = self.served.get(tier) {
+                counter.increment(1);
+            }
+        }
     }
 }
 
@@ -205,12 +261,24 @@ mod tests {
         let recorder = prometheus_recorder();
         let handle = recorder.handle();
         metrics::with_local_recorder(&recorder, || {
-            record_rpc("Decide", tonic::Code::Ok, Duration::from_micros(80));
-            record_rpc("Decide", tonic::Code::InvalidArgument, Duration::from_micros(20));
+            let rpc = RpcMetrics::new("Decide");
+            rpc.record(tonic::Code::Ok, Duration::from_micros(80));
+            rpc.record(tonic::Code::Ok, Duration::from_micros(90));
+            rpc.record(tonic::Code::InvalidArgument, Duration::from_micros(20));
+            let decisions =
+                DecisionMetrics::new(&["paid", "empty"], &["served", "no_candidates"], &["standard"]);
+            decisions.record(0, 0, [0, 0].into_iter());
+            decisions.record(1, 1, std::iter::empty());
         });
         let text = handle.render();
-        assert!(text.contains(r#"interlude_rpc_requests_total{rpc="Decide",grpc_status="OK"} 1"#), "{text}");
-        assert!(text.contains(r#"grpc_status="INVALID_ARGUMENT""#), "{text}");
-        assert!(text.contains("interlude_rpc_duration_seconds_bucket"), "{text}");
+        assert!(text.contains(r#"interlude_rpc_requests_total{rpc="Decide",grpc_status="OK"} 2"#), "{text}");
+        assert!(text.contains(r#"grpc_status="INVALID_ARGUMENT"} 1"#), "{text}");
+        assert!(text.contains(r#"interlude_rpc_duration_seconds_count{rpc="Decide"} 3"#), "{text}");
+        assert!(text.contains(r#"interlude_decisions_total{fill="paid",reason="served"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"interlude_decisions_total{fill="empty",reason="no_candidates"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"interlude_ads_served_total{tier="standard"} 2"#), "{text}");
     }
 }

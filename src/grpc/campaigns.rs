@@ -4,7 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::{self, AUDIT, Caller};
 use super::pb::campaign_service_server::CampaignService;
-use super::{convert, now, observe, pb};
+use super::{convert, now, observe, pb, rpc_metrics};
 use crate::app::AppState;
 use crate::decision::SpendView as _;
 use crate::decision::pacing::{self, PaceStatus};
@@ -50,7 +50,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::UpsertCampaignRequest>,
     ) -> Result<Response<pb::UpsertCampaignResponse>, Status> {
-        observe("UpsertCampaign", async {
+        observe(rpc_metrics!("UpsertCampaign"), async {
             let caller = auth::caller(&request)?;
             let campaign = convert::campaign(request.get_ref().campaign.as_ref(), &self.state.vocabulary)?;
             let (campaign, created) = self
@@ -75,7 +75,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::GetCampaignRequest>,
     ) -> Result<Response<pb::GetCampaignResponse>, Status> {
-        observe("GetCampaign", async {
+        observe(rpc_metrics!("GetCampaign"), async {
             let id = &request.get_ref().campaign_id;
             convert::campaign_id("campaign_id", id)?;
             let campaign = self.state.catalog.get(id)?;
@@ -90,7 +90,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::ListCampaignsRequest>,
     ) -> Result<Response<pb::ListCampaignsResponse>, Status> {
-        observe("ListCampaigns", async {
+        observe(rpc_metrics!("ListCampaigns"), async {
             let (after, size, status) = convert::list_campaigns(request.get_ref())?;
             let (page, more) = self.state.catalog.list(after.as_deref(), size, status);
             let next_page_token = match page.last() {
@@ -112,7 +112,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::PauseCampaignRequest>,
     ) -> Result<Response<pb::PauseCampaignResponse>, Status> {
-        observe("PauseCampaign", async {
+        observe(rpc_metrics!("PauseCampaign"), async {
             let caller = auth::caller(&request)?;
             let campaign =
                 self.set_status(caller, &request.get_ref().campaign_id, CampaignStatus::Paused).await?;
@@ -125,7 +125,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::ResumeCampaignRequest>,
     ) -> Result<Response<pb::ResumeCampaignResponse>, Status> {
-        observe("ResumeCampaign", async {
+        observe(rpc_metrics!("ResumeCampaign"), async {
             let caller = auth::caller(&request)?;
             let campaign =
                 self.set_status(caller, &request.get_ref().campaign_id, CampaignStatus::Active).await?;
@@ -138,7 +138,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::ArchiveCampaignRequest>,
     ) -> Result<Response<pb::ArchiveCampaignResponse>, Status> {
-        observe("ArchiveCampaign", async {
+        observe(rpc_metrics!("ArchiveCampaign"), async {
             let caller = auth::caller(&request)?;
             let campaign =
                 self.set_status(caller, &request.get_ref().campaign_id, CampaignStatus::Archived).await?;
@@ -151,7 +151,7 @@ impl CampaignService for CampaignAdmin {
         &self,
         request: Request<pb::GetDeliveryStatsRequest>,
     ) -> Result<Response<pb::GetDeliveryStatsResponse>, Status> {
-        observe("GetDeliveryStats", async {
+        observe(rpc_metrics!("GetDeliveryStats"), async {
             let id = &request.get_ref().campaign_id;
             convert::campaign_id("campaign_id", id)?;
             let campaign = self.state.catalog.get(id)?;

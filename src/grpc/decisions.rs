@@ -1,14 +1,16 @@
 //! `AdDecisionService`: Decide and RecordEvents, the hot path.
 
+use std::sync::Arc;
+
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 use super::pb::ad_decision_service_server::AdDecisionService;
 use super::status::InvalidRequest;
-use super::{code_of, convert, now, pb};
+use super::{code_of, convert, now, pb, rpc_metrics};
 use crate::app::AppState;
 use crate::decision::{self, Decision, Fill, Listener, Reason};
-use crate::domain::{CampaignId, ListenerId, UnixMillis};
+use crate::domain::{CampaignId, ListenerId, Tier, UnixMillis};
 use crate::store::delivery::{HistoryKey, VerifiedEvent};
 use crate::store::durable::Change;
 use crate::telemetry;
@@ -18,12 +20,34 @@ use crate::token::ImpressionClaims;
 #[derive(Clone, Debug)]
 pub struct DecisionService {
     state: AppState,
+    /// Decision outcome counters, registered when the service is made.
+    outcomes: Arc<telemetry::DecisionMetrics>,
 }
+
+/// Every fill, reason and tier in discriminant order: the label index of a value is `as usize`.
+const FILLS: [Fill; 3] = [Fill::Paid, Fill::House, Fill::Empty];
+const REASONS: [Reason; 9] = [
+    Reason::Served,
+    Reason::NoCandidates,
+    Reason::NoConsent,
+    Reason::BelowRelevanceFloor,
+    Reason::Suppressed,
+    Reason::BudgetExhausted,
+    Reason::FrequencyCapped,
+    Reason::DoesNotFitBreak,
+    Reason::AdLoadLimit,
+];
+const TIERS: [Tier; 4] = [Tier::Sponsorship, Tier::Standard, Tier::Remnant, Tier::House];
 
 impl DecisionService {
     /// A service over `state`.
     pub fn new(state: AppState) -> Self {
-        Self { state }
+        let outcomes = telemetry::DecisionMetrics::new(
+            &FILLS.map(fill_label),
+            &REASONS.map(reason_label),
+            &TIERS.map(tier_label),
+        );
+        Self { state, outcomes: Arc::new(outcomes) }
     }
 
     fn decide(&self, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
@@ -56,10 +80,10 @@ impl DecisionService {
                 state.delivery.reserve(&c.id, c.price_micros(), now);
             }
         }
-        telemetry::record_decision(
-            fill_label(decision.fill),
-            reason_label(decision.reason),
-            decision.ads.iter().map(|a| tier_label(a.campaign.tier)),
+        self.outcomes.record(
+            decision.fill as usize,
+            decision.reason as usize,
+            decision.ads.iter().map(|a| a.campaign.tier as usize),
         );
         Ok(self.response(decision, key.as_ref(), now))
     }
@@ -210,7 +234,7 @@ impl AdDecisionService for DecisionService {
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let started = Instant::now();
         let result = DecisionService::decide(self, request.get_ref());
-        telemetry::record_rpc("Decide", code_of(&result), started.elapsed());
+        rpc_metrics!("Decide").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }
 
@@ -220,7 +244,7 @@ impl AdDecisionService for DecisionService {
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let started = Instant::now();
         let result = DecisionService::record_events(self, request.get_ref()).await;
-        telemetry::record_rpc("RecordEvents", code_of(&result), started.elapsed());
+        rpc_metrics!("RecordEvents").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }
 }
@@ -293,5 +317,17 @@ fn tier_label(t: crate::domain::Tier) -> &'static str {
         crate::domain::Tier::Standard => "standard",
         crate::domain::Tier::Remnant => "remnant",
         crate::domain::Tier::House => "house",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_lists_follow_discriminant_order() {
+        assert!(FILLS.iter().enumerate().all(|(i, &f)| f as usize == i));
+        assert!(REASONS.iter().enumerate().all(|(i, &r)| r as usize == i));
+        assert!(TIERS.iter().enumerate().all(|(i, &t)| t as usize == i));
     }
 }

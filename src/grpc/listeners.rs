@@ -5,7 +5,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::{self, AUDIT};
 use super::pb::listener_service_server::ListenerService;
-use super::{code_of, convert, now, observe, pb};
+use super::{code_of, convert, now, observe, pb, rpc_metrics};
 use crate::app::AppState;
 use crate::domain::ListenerProfile;
 use crate::store::durable::Change;
@@ -77,7 +77,7 @@ impl ListenerService for ListenerAdmin {
         &self,
         request: Request<pb::UpsertListenerRequest>,
     ) -> Result<Response<pb::UpsertListenerResponse>, Status> {
-        observe("UpsertListener", async {
+        observe(rpc_metrics!("UpsertListener"), async {
             let caller = auth::require_admin(&request)?;
             let now = now();
             let update = convert::listener_update(request.get_ref().listener.as_ref(), now)?;
@@ -110,7 +110,7 @@ impl ListenerService for ListenerAdmin {
         &self,
         request: Request<pb::GetListenerRequest>,
     ) -> Result<Response<pb::GetListenerResponse>, Status> {
-        observe("GetListener", async {
+        observe(rpc_metrics!("GetListener"), async {
             auth::require_admin(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
@@ -128,7 +128,7 @@ impl ListenerService for ListenerAdmin {
         &self,
         request: Request<pb::ForgetListenerRequest>,
     ) -> Result<Response<pb::ForgetListenerResponse>, Status> {
-        observe("ForgetListener", async {
+        observe(rpc_metrics!("ForgetListener"), async {
             let caller = auth::require_admin(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
@@ -151,7 +151,7 @@ impl ListenerService for ListenerAdmin {
         &self,
         request: Request<pb::LinkIdentityRequest>,
     ) -> Result<Response<pb::LinkIdentityResponse>, Status> {
-        observe("LinkIdentity", async {
+        observe(rpc_metrics!("LinkIdentity"), async {
             let caller = auth::require_admin(&request)?;
             let req = request.get_ref();
             let mut errors = super::status::InvalidRequest::default();
@@ -181,7 +181,7 @@ impl ListenerService for ListenerAdmin {
         &self,
         request: Request<pb::MergeListenersRequest>,
     ) -> Result<Response<pb::MergeListenersResponse>, Status> {
-        observe("MergeListeners", async {
+        observe(rpc_metrics!("MergeListeners"), async {
             let caller = auth::require_admin(&request)?;
             let req = request.get_ref();
             let mut errors = super::status::InvalidRequest::default();
@@ -225,7 +225,7 @@ impl ListenerService for ListenerAdmin {
     ) -> Result<Response<pb::RecordPlaysResponse>, Status> {
         let started = Instant::now();
         let result = ListenerAdmin::record_plays(self, request.into_inner()).await;
-        telemetry::record_rpc("RecordPlays", code_of(&result), started.elapsed());
+        rpc_metrics!("RecordPlays").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }
 }

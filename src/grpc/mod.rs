@@ -31,14 +31,23 @@ pub fn now() -> UnixMillis {
     UnixMillis(since.as_millis() as i64)
 }
 
+/// The metric handles of the RPC named `$rpc`: one static per call site, registered on first use.
+macro_rules! rpc_metrics {
+    ($rpc:literal) => {{
+        static METRICS: std::sync::OnceLock<crate::telemetry::RpcMetrics> = std::sync::OnceLock::new();
+        METRICS.get_or_init(|| crate::telemetry::RpcMetrics::new($rpc))
+    }};
+}
+pub(crate) use rpc_metrics;
+
 /// Runs a handler body and records its metrics.
 async fn observe<T>(
-    rpc: &'static str,
+    metrics: &crate::telemetry::RpcMetrics,
     body: impl std::future::Future<Output = Result<T, Status>>,
 ) -> Result<tonic::Response<T>, Status> {
     let started = tokio::time::Instant::now();
     let result = body.await;
-    crate::telemetry::record_rpc(rpc, code_of(&result), started.elapsed());
+    metrics.record(code_of(&result), started.elapsed());
     result.map(tonic::Response::new)
 }
 
