@@ -78,11 +78,26 @@ pub fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder 
         .build_recorder()
 }
 
-/// Installs the recorder globally; returns the handle that renders `/metrics`.
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Installs the recorder globally and starts its upkeep; returns the handle that renders
+/// `/metrics`.
+///
+/// A recorder made with `build_recorder` keeps every histogram sample until someone drains it:
+/// unscraped, the server grew ~20 bytes per Decide (18.5 MB in 20 s of load, measured). A plain
+/// thread drains it every second, off the runtime, in batches small enough not to be noticed.
 pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let recorder = prometheus_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new().name("interlude-metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            upkeep.run_upkeep();
+        }
+    })?;
     Ok(handle)
 }
 
