@@ -11,6 +11,7 @@ use prost::Message as _;
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, bytes)) = data.split_first() else { return };
     let vocabulary = Vocabulary::default();
+    let artists = Vocabulary::default();
     let now = interlude::domain::UnixMillis(1_795_435_200_000);
     match selector % 5 {
         0 => {
@@ -46,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             if let Ok(req) = pb::RecordPlaysRequest::decode(bytes) {
                 for play in &req.plays {
-                    let _ = convert::play(play, &vocabulary, now);
+                    let _ = convert::play(play, &vocabulary, &artists, now);
                 }
             }
         }
