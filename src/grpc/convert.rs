@@ -154,8 +154,9 @@ impl Checker {
         if !value.region.is_empty() {
             let ok = value.region.len() <= 6
                 && value.region.starts_with(&format!("{}-", value.country))
-                && value.region[3.min(value.region.len())..]
-                    .bytes()
+                // Bytes, not a str slice: byte 3 may fall inside a character (found by fuzzing).
+                && value.region.as_bytes()[3.min(value.region.len())..]
+                    .iter()
                     .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
                 && value.region.len() > 3;
             if !ok {
@@ -1097,6 +1098,16 @@ pub fn play(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_region_with_a_multibyte_character_is_refused_not_a_panic() {
+        // From the decode_validate fuzz target: byte 3 of "-r\u{114}" is inside a character.
+        let mut c = Checker::new();
+        let place = pb::GeoLocation { country: "".into(), region: "-r\u{114}".into(), metro: "".into() };
+        c.location("listener.home", &place);
+        let fields: Vec<&str> = c.errors.violations.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["listener.home.country", "listener.home.region"]);
+    }
 
     #[test]
     fn taxonomy_is_embedded() {
