@@ -10,7 +10,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::domain::{Campaign, CampaignStatus, GenreId, ListenerProfile, Tier};
+use crate::domain::{Campaign, CampaignStatus, GenreId, GeoLocation, ListenerProfile, Tier};
+
+/// The maps of the snapshot: built once per catalog change, read by every decision.
+type IndexMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
 /// Index of a campaign within `CatalogSnapshot::campaigns`.
 pub type Slot = u32;
@@ -21,13 +24,11 @@ pub struct CatalogSnapshot {
     /// Every campaign, any status, sorted by id (the explain trace walks all of them).
     campaigns: Vec<Arc<Campaign>>,
     /// Active paid campaigns with affinity targeting, under each targeted genre.
-    by_affinity_genre: HashMap<GenreId, Lists>,
+    by_affinity_genre: IndexMap<GenreId, GenreLists>,
     /// Active paid campaigns with track-genre targeting, under each track genre.
-    by_track_genre: HashMap<GenreId, Lists>,
-    /// Active paid campaigns without genre targeting, under each country of their request-geo rule.
-    open_by_country: HashMap<Box<str>, Lists>,
-    /// Active paid campaigns without genre targeting, under each country of their home-geo rule.
-    open_by_home_country: HashMap<Box<str>, Lists>,
+    by_track_genre: IndexMap<GenreId, GenreLists>,
+    /// Active paid campaigns without genre targeting, under each country of their geo rule.
+    open_by_place: IndexMap<Place, Lists>,
     /// Active paid campaigns without genre or geo targeting.
     open_anywhere: Lists,
     /// Active house campaigns (always evaluated: there are few, and they are the fallback).
@@ -40,6 +41,50 @@ pub struct CatalogSnapshot {
 /// The campaigns under one index key, split by their static relevance (geo and audience fit,
 /// a handful of values), so that the relevance a list can reach is known exactly per request.
 type Lists = Vec<List>;
+
+/// The campaigns under one genre, split by where they may serve: those without a country rule,
+/// and those under each country their geo rule names. A decision reads only the lists of the
+/// request's and the listener's home country, so campaigns for other countries cost nothing.
+#[derive(Debug, Default)]
+struct GenreLists {
+    anywhere: Lists,
+    /// Few entries (the countries campaigns of this genre name): a scan beats a map.
+    by_place: Vec<(Place, Lists)>,
+}
+
+/// Where a campaign's geo rule is checked, as an index key: one country of the request's
+/// location, or of the listener's home.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Place {
+    Request([u8; 2]),
+    Home([u8; 2]),
+}
+
+impl Place {
+    /// The keys of the places `c` may serve in, or None when it may serve anywhere (as far as
+    /// the index knows: a country that is not a two-letter code is left to the geo rule).
+    fn of(c: &Campaign) -> Option<Vec<Place>> {
+        let t = &c.targeting;
+        if t.geo_include.is_empty() {
+            return None;
+        }
+        let mut places = Vec::with_capacity(t.geo_include.len());
+        for g in &t.geo_include {
+            let code = country_code(g)?;
+            places.push(if t.geo_use_home { Place::Home(code) } else { Place::Request(code) });
+        }
+        places.sort_unstable_by_key(|p| match *p {
+            Place::Request(c) => (0, c),
+            Place::Home(c) => (1, c),
+        });
+        places.dedup();
+        Some(places)
+    }
+}
+
+fn country_code(at: &GeoLocation) -> Option<[u8; 2]> {
+    at.country.as_bytes().try_into().ok()
+}
 
 /// Campaigns sharing an index key and a static relevance, in rank order.
 #[derive(Debug, Default)]
@@ -74,12 +119,14 @@ impl CatalogSnapshot {
     pub fn new(mut campaigns: Vec<Arc<Campaign>>) -> Self {
         campaigns.sort_by(|a, b| a.id.cmp(&b.id));
         debug_assert!(campaigns.windows(2).all(|w| w[0].id != w[1].id), "campaign ids are unique");
-        let mut by_affinity_genre: HashMap<GenreId, Vec<Slot>> = HashMap::new();
-        let mut by_track_genre: HashMap<GenreId, Vec<Slot>> = HashMap::new();
-        let mut open_by_country: HashMap<Box<str>, Vec<Slot>> = HashMap::new();
-        let mut open_by_home_country: HashMap<Box<str>, Vec<Slot>> = HashMap::new();
+        // Slots per key while collecting; split into rank-ordered lists at the end.
+        type Slots = Vec<Slot>;
+        let mut by_affinity_genre: IndexMap<(GenreId, Option<Place>), Slots> = IndexMap::default();
+        let mut by_track_genre: IndexMap<(GenreId, Option<Place>), Slots> = IndexMap::default();
+        let mut open_by_place: IndexMap<Place, Slots> = IndexMap::default();
         let mut open_anywhere = Vec::new();
         let mut house = Vec::new();
+        let mut lists_per_slot = vec![0u8; campaigns.len()];
         for (slot, campaign) in campaigns.iter().enumerate() {
             let slot = slot as Slot;
             if campaign.status != CampaignStatus::Active {
@@ -88,44 +135,57 @@ impl CatalogSnapshot {
             let t = &campaign.targeting;
             if campaign.tier == Tier::House {
                 house.push(slot);
-            } else if t.targets_genres() {
+                continue;
+            }
+            let places = Place::of(campaign);
+            let mut keys: Vec<Option<Place>> = match places {
+                Some(places) => places.into_iter().map(Some).collect(),
+                None => vec![None],
+            };
+            if !t.targets_genres() && keys == [None] {
+                open_anywhere.push(slot);
+                continue;
+            }
+            let mut lists = 0usize;
+            if t.targets_genres() {
                 for g in dedup(&t.affinity_genres) {
-                    by_affinity_genre.entry(g).or_default().push(slot);
+                    for &place in &keys {
+                        by_affinity_genre.entry((g, place)).or_default().push(slot);
+                        lists += 1;
+                    }
                 }
                 // Also under the track genres (with or without affinity rules): a playing
                 // targeted genre makes the genre fit 1, and that list is read at full bound.
                 for g in dedup(&t.track_genres) {
-                    by_track_genre.entry(g).or_default().push(slot);
-                }
-            } else if !t.geo_include.is_empty() {
-                let index = if t.geo_use_home { &mut open_by_home_country } else { &mut open_by_country };
-                let mut countries: Vec<&str> = t.geo_include.iter().map(|g| &*g.country).collect();
-                countries.sort_unstable();
-                countries.dedup();
-                for country in countries {
-                    index.entry(country.into()).or_default().push(slot);
+                    for &place in &keys {
+                        by_track_genre.entry((g, place)).or_default().push(slot);
+                        lists += 1;
+                    }
                 }
             } else {
-                open_anywhere.push(slot);
+                for place in keys.drain(..).flatten() {
+                    open_by_place.entry(place).or_default().push(slot);
+                    lists += 1;
+                }
             }
-        }
-        let mut lists_per_slot = vec![0u8; campaigns.len()];
-        for list in by_affinity_genre
-            .values()
-            .chain(by_track_genre.values())
-            .chain(open_by_country.values())
-            .chain(open_by_home_country.values())
-        {
-            for &slot in list {
-                lists_per_slot[slot as usize] = lists_per_slot[slot as usize].saturating_add(1);
-            }
+            lists_per_slot[slot as usize] = u8::try_from(lists).unwrap_or(u8::MAX);
         }
         let split = |slots: Vec<Slot>| split_lists(&campaigns, slots);
+        let by_genre = |slots: IndexMap<(GenreId, Option<Place>), Slots>| {
+            let mut out: IndexMap<GenreId, GenreLists> = IndexMap::default();
+            for ((genre, place), slots) in slots {
+                let lists = out.entry(genre).or_default();
+                match place {
+                    None => lists.anywhere = split(slots),
+                    Some(place) => lists.by_place.push((place, split(slots))),
+                }
+            }
+            out
+        };
         CatalogSnapshot {
-            by_affinity_genre: by_affinity_genre.into_iter().map(|(k, v)| (k, split(v))).collect(),
-            by_track_genre: by_track_genre.into_iter().map(|(k, v)| (k, split(v))).collect(),
-            open_by_country: open_by_country.into_iter().map(|(k, v)| (k, split(v))).collect(),
-            open_by_home_country: open_by_home_country.into_iter().map(|(k, v)| (k, split(v))).collect(),
+            by_affinity_genre: by_genre(by_affinity_genre),
+            by_track_genre: by_genre(by_track_genre),
+            open_by_place: open_by_place.into_iter().map(|(k, v)| (k, split(v))).collect(),
             open_anywhere: split(open_anywhere),
             house,
             multi: lists_per_slot.into_iter().map(|n| n > 1).collect(),
@@ -158,9 +218,12 @@ impl CatalogSnapshot {
         &self.house
     }
 
-    /// Active paid campaigns with an affinity rule on `genre`.
-    pub fn affinity_lists(&self, genre: GenreId) -> &[List] {
-        self.by_affinity_genre.get(&genre).map_or(&[], Vec::as_slice)
+    /// Active paid campaigns with an affinity rule on `genre`, wherever they may serve.
+    pub fn affinity_lists(&self, genre: GenreId) -> impl Iterator<Item = &List> {
+        self.by_affinity_genre
+            .get(&genre)
+            .into_iter()
+            .flat_map(|g| g.anywhere.iter().chain(g.by_place.iter().flat_map(|(_, lists)| lists.iter())))
     }
 
     /// The paid campaigns that could serve this request, each once, in descending order of an
@@ -181,22 +244,31 @@ impl CatalogSnapshot {
             below_floor: Vec::new(),
             seen: Vec::new(),
         };
+        let request = request_country.and_then(|c| c.as_bytes().try_into().ok()).map(Place::Request);
+        let home = home.and_then(|p| p.details().home.as_ref()).and_then(country_code).map(Place::Home);
+        let here = |place: &Place| Some(*place) == request || Some(*place) == home;
+        let add_genre = |ranked: &mut Ranked<'a>, lists: &'a GenreLists, fit: f64| {
+            ranked.add(&lists.anywhere, Some(fit), default_floor);
+            for (place, lists) in &lists.by_place {
+                if here(place) {
+                    ranked.add(lists, Some(fit), default_floor);
+                }
+            }
+        };
         for (g, fit) in affinity_genres {
             if let Some(lists) = self.by_affinity_genre.get(&g) {
-                ranked.add(lists, Some(fit), default_floor);
+                add_genre(&mut ranked, lists, fit);
             }
         }
         for g in track_genres {
             if let Some(lists) = self.by_track_genre.get(g) {
-                ranked.add(lists, Some(1.0), default_floor);
+                add_genre(&mut ranked, lists, 1.0);
             }
         }
-        if let Some(lists) = request_country.and_then(|c| self.open_by_country.get(c)) {
-            ranked.add(lists, None, default_floor);
-        }
-        let home_country = home.and_then(|p| p.details().home.as_ref()).map(|h| &*h.country);
-        if let Some(lists) = home_country.and_then(|c| self.open_by_home_country.get(c)) {
-            ranked.add(lists, None, default_floor);
+        for place in [request, home].into_iter().flatten() {
+            if let Some(lists) = self.open_by_place.get(&place) {
+                ranked.add(lists, None, default_floor);
+            }
         }
         ranked.add(&self.open_anywhere, None, default_floor);
         ranked

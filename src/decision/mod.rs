@@ -18,6 +18,7 @@ pub mod pacing;
 mod ranking;
 
 pub use catalog::CatalogSnapshot;
+use catalog::List;
 use eligibility::Evaluation;
 
 /// Server-wide rules of the engine, from the config.
@@ -217,7 +218,7 @@ pub fn decide(
         // No campaign with an affinity rule can serve. Probe their lists only to learn whether
         // one would have matched but for consent (the reason to report), then leave them out.
         'probe: for (genre, _) in ctx.affinity_lists() {
-            for entry in catalog.affinity_lists(genre).iter().flat_map(|l| l.entries()) {
+            for entry in catalog.affinity_lists(genre).flat_map(List::entries) {
                 let campaign = catalog.get(entry.slot);
                 if let Evaluation::Rejected(rule) = ctx.evaluate(campaign, spend, rng) {
                     if furthest.is_none_or(|f| rule.reason() > f.reason()) {
@@ -264,19 +265,22 @@ pub fn decide(
         }
     }
 
+    let chosen = ranking::best_break(&mut paid, request.max_ads, request.max_duration_ms);
+
+    // House ads fill only a break no paid ad serves: evaluated then, or for the trace.
     let mut house = Vec::new();
-    for &slot in catalog.house() {
-        let campaign = catalog.get(slot);
-        match ctx.evaluate(campaign, spend, rng) {
-            Evaluation::Eligible(candidate) => house.push(candidate),
-            Evaluation::Rejected(rule) if explain => {
-                trace.push(rejected(campaign, rule, ctx.describe(campaign, rule)));
+    if chosen.is_empty() || explain {
+        for &slot in catalog.house() {
+            let campaign = catalog.get(slot);
+            match ctx.evaluate(campaign, spend, rng) {
+                Evaluation::Eligible(candidate) => house.push(candidate),
+                Evaluation::Rejected(rule) if explain => {
+                    trace.push(rejected(campaign, rule, ctx.describe(campaign, rule)));
+                }
+                Evaluation::Rejected(_) => {}
             }
-            Evaluation::Rejected(_) => {}
         }
     }
-
-    let chosen = ranking::best_break(&mut paid, request.max_ads, request.max_duration_ms);
     if chosen.is_empty() && furthest.is_none_or(|f| f.reason() < Reason::BelowRelevanceFloor) {
         // No paid ad: learn whether a campaign set aside as below its floor got that far, so
         // the reason says "not relevant enough" rather than "nothing targets you".

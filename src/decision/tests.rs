@@ -265,6 +265,26 @@ fn request_geo_targeting_uses_the_request_location() {
 }
 
 #[test]
+fn a_genre_campaign_for_one_country_serves_there_whether_by_request_or_home_location() {
+    // The index files these under their country: only that country's requests retrieve them.
+    let mut us = genre_campaign("us-opera", "met", 40, &[OPERA]);
+    us.targeting.geo_include = vec![place("US", "")];
+    let mut two = genre_campaign("de-fr-opera", "tour", 20, &[OPERA]);
+    two.targeting.geo_include = vec![place("FR", ""), place("DE", "")];
+    let mut home = genre_campaign("us-home-opera", "met-home", 30, &[OPERA]);
+    home.targeting.geo_include = vec![place("US", "")];
+    home.targeting.geo_use_home = true;
+    let mut f = fixture().taste(&[(OPERA, 50)]).with(us).with(two).with(home);
+    f.request.max_ads = 3;
+    check(&f, &["de-fr-opera"], Reason::Served);
+    assert_eq!(f.rejected_by("us-opera"), Some(Rule::Geo));
+    f.profile.as_mut().unwrap().details_mut().home = Some(place("US", "NYC"));
+    check(&f, &["us-home-opera", "de-fr-opera"], Reason::Served);
+    f.request.location = Some(place("US", "NYC"));
+    check(&f, &["us-opera", "us-home-opera"], Reason::Served);
+}
+
+#[test]
 fn device_age_and_daypart_rules() {
     let mut c = campaign("c", "adv", Tier::Standard, 10);
     c.targeting.geo_include = vec![place("DE", "BER")];
