@@ -240,7 +240,8 @@ impl CatalogSnapshot {
     ) -> Ranked<'a> {
         let mut ranked = Ranked {
             snapshot: self,
-            lists: Vec::with_capacity(16),
+            lists: Vec::with_capacity(32),
+            heads: Vec::with_capacity(32),
             below_floor: Vec::new(),
             seen: Vec::new(),
         };
@@ -323,6 +324,9 @@ pub struct Ranked<'a> {
     snapshot: &'a CatalogSnapshot,
     /// The unconsumed rest of each list, with its factor.
     lists: Vec<(&'a [Entry], f64)>,
+    /// The rank key of each list's head, side by side so a step scans one small array
+    /// instead of visiting every list; an exhausted list holds `EXHAUSTED`.
+    heads: Vec<(Tier, f64)>,
     /// Lists set aside: every campaign in them is below its relevance floor here.
     below_floor: Vec<&'a [Entry]>,
     /// Slots already yielded, sorted.
@@ -358,7 +362,10 @@ impl<'a> Ranked<'a> {
                 continue;
             }
             // Entries hold bid × the campaign's best relevance; scale to what is reachable here.
-            self.lists.push((&list.entries, reachable / best));
+            let factor = reachable / best;
+            let head = &list.entries[0];
+            self.lists.push((&list.entries, factor));
+            self.heads.push((head.tier, head.bound * factor));
         }
     }
 
@@ -368,27 +375,32 @@ impl<'a> Ranked<'a> {
     }
 }
 
+/// The head key of an exhausted list: below every real one (lists hold no house ads).
+const EXHAUSTED: (Tier, f64) = (Tier::House, f64::NEG_INFINITY);
+
 impl Iterator for Ranked<'_> {
     type Item = Retrieved;
 
     fn next(&mut self) -> Option<Retrieved> {
         loop {
-            // Few lists (the listener's genres and a couple more): a linear scan beats a heap.
-            let mut best: Option<(usize, Tier, f64)> = None;
-            for (i, &(list, factor)) in self.lists.iter().enumerate() {
-                let Some(head) = list.first() else { continue };
-                let bound = head.bound * factor;
-                let better = match best {
-                    None => true,
-                    Some((_, bt, bb)) => head.tier < bt || (head.tier == bt && bound > bb),
-                };
-                if better {
-                    best = Some((i, head.tier, bound));
+            // Tens of lists at most, and a decision takes few steps: a linear scan of the head
+            // keys beats building a heap.
+            let mut best = 0;
+            let mut best_key = EXHAUSTED;
+            for (i, &(tier, bound)) in self.heads.iter().enumerate() {
+                if tier < best_key.0 || (tier == best_key.0 && bound > best_key.1) {
+                    best = i;
+                    best_key = (tier, bound);
                 }
             }
-            let (i, tier, bound) = best?;
-            let slot = self.lists[i].0[0].slot;
-            self.lists[i].0 = &self.lists[i].0[1..];
+            if best_key.1 == f64::NEG_INFINITY {
+                return None;
+            }
+            let (tier, bound) = best_key;
+            let (entries, factor) = &mut self.lists[best];
+            let slot = entries[0].slot;
+            *entries = &entries[1..];
+            self.heads[best] = entries.first().map_or(EXHAUSTED, |e| (e.tier, e.bound * *factor));
             if !self.snapshot.multi[slot as usize] {
                 return Some(Retrieved { slot, tier, bound });
             }
