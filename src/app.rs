@@ -258,13 +258,14 @@ pub async fn serve(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // Health and reflection stay open (load balancers, grpcurl); the rest is guarded.
-        .add_service(InterceptedService::new(
+        // Health and reflection stay open (load balancers, grpcurl); the rest is guarded. The
+        // decision service checks its callers in its handlers (`Auth::admit_decision`): an
+        // interceptor costs a request round trip through parts and an extension per call.
+        .add_service(
             AdDecisionServiceServer::new(DecisionService::new(state.clone()))
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
-            state.auth.decision(),
-        ))
+        )
         .add_service(InterceptedService::new(
             CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
                 .max_decoding_message_size(max)

@@ -15,14 +15,15 @@ const VERSION: u8 = 1;
 /// Tokens longer than this are rejected before any decoding work.
 pub const MAX_TOKEN_LEN: usize = 1024;
 
-/// What a token asserts.
+/// What a token asserts. Signing borrows the ids (`ImpressionClaims<&str>`); verifying
+/// returns them owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImpressionClaims {
+pub struct ImpressionClaims<S = String> {
     /// Canonical listener id; empty = anonymous.
-    pub listener: String,
-    pub member: String,
-    pub campaign: String,
-    pub creative: String,
+    pub listener: S,
+    pub member: S,
+    pub campaign: S,
+    pub creative: S,
     pub price_micros: i64,
     pub decided_at: UnixMillis,
 }
@@ -67,12 +68,12 @@ impl TokenSigner {
     }
 
     /// Encodes and signs `claims`.
-    pub fn sign(&self, claims: &ImpressionClaims) -> String {
-        let mut payload = Vec::with_capacity(64);
+    pub fn sign<S: AsRef<str>>(&self, claims: &ImpressionClaims<S>) -> String {
+        let mut payload = Vec::with_capacity(96);
         payload.push(VERSION);
         payload.extend_from_slice(&claims.decided_at.0.to_be_bytes());
         payload.extend_from_slice(&claims.price_micros.to_be_bytes());
-        for s in [&claims.listener, &claims.member, &claims.campaign, &claims.creative] {
+        for s in [&claims.listener, &claims.member, &claims.campaign, &claims.creative].map(AsRef::as_ref) {
             // Ids are validated to at most 128 bytes, so the length fits in a u16.
             payload.extend_from_slice(&(s.len() as u16).to_be_bytes());
             payload.extend_from_slice(s.as_bytes());

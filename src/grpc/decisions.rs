@@ -50,6 +50,12 @@ impl DecisionService {
         Self { state, outcomes: Arc::new(outcomes) }
     }
 
+    /// Refuses callers without the decision (or admin) token, when one is configured.
+    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.state.auth.admit_decision(request.metadata())?;
+        Ok(())
+    }
+
     fn decide(&self, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
         let state = &self.state;
         let request = convert::ad_request(req, &state.vocabulary)?;
@@ -89,6 +95,7 @@ impl DecisionService {
     }
 
     fn response(&self, decision: Decision, key: Option<&HistoryKey>, now: UnixMillis) -> pb::DecideResponse {
+        let (listener, member) = key.map_or(("", ""), |k| (k.listener.as_str(), &*k.member));
         let ads = decision
             .ads
             .iter()
@@ -97,26 +104,27 @@ impl DecisionService {
                 let creative = &c.creatives[ad.creative];
                 let price_micros = if c.tier.is_paid() { c.price_micros() } else { 0 };
                 let token = self.state.signer.sign(&ImpressionClaims {
-                    listener: key.map(|k| k.listener.to_string()).unwrap_or_default(),
-                    member: key.map(|k| k.member.to_string()).unwrap_or_default(),
-                    campaign: c.id.to_string(),
-                    creative: creative.id.to_string(),
+                    listener,
+                    member,
+                    campaign: c.id.as_str(),
+                    creative: creative.id.as_str(),
                     price_micros,
                     decided_at: now,
                 });
+                // `String::from(&str)`, not `to_string()`: no trip through the formatter.
                 pb::DecidedAd {
-                    campaign_id: c.id.to_string(),
-                    creative_id: creative.id.to_string(),
-                    advertiser_id: c.advertiser_id.to_string(),
-                    advertiser_name: c.advertiser_name.to_string(),
-                    audio_url: creative.audio_url.to_string(),
+                    campaign_id: c.id.as_str().into(),
+                    creative_id: creative.id.as_str().into(),
+                    advertiser_id: c.advertiser_id.as_str().into(),
+                    advertiser_name: (*c.advertiser_name).into(),
+                    audio_url: (*creative.audio_url).into(),
                     duration: Some(convert::ms_to_duration(i64::from(creative.duration_ms))),
                     companion: creative.companion.as_ref().map(convert::companion_to_proto),
                     price_micros,
                     relevance_score: ad.relevance,
                     impression_token: token,
                     tier: convert::tier_to_proto(c.tier) as i32,
-                    iab_categories: c.categories.iter().map(ToString::to_string).collect(),
+                    iab_categories: c.categories.iter().map(|cat| cat.as_str().into()).collect(),
                 }
             })
             .collect();
@@ -233,7 +241,7 @@ impl AdDecisionService for DecisionService {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let started = Instant::now();
-        let result = DecisionService::decide(self, request.get_ref());
+        let result = self.admit(&request).and_then(|()| DecisionService::decide(self, request.get_ref()));
         rpc_metrics!("Decide").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }
@@ -243,7 +251,10 @@ impl AdDecisionService for DecisionService {
         request: Request<pb::RecordEventsRequest>,
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let started = Instant::now();
-        let result = DecisionService::record_events(self, request.get_ref()).await;
+        let result = match self.admit(&request) {
+            Ok(()) => DecisionService::record_events(self, request.get_ref()).await,
+            Err(status) => Err(status),
+        };
         rpc_metrics!("RecordEvents").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }
