@@ -4,7 +4,7 @@
 //! decision never sees a half-applied update and readers never take a lock.
 //!
 //! Every index list is sorted in rank order — tier first, then the campaign's score bound
-//! (bid × the highest relevance it can reach) descending — so a decision can walk the lists
+//! (bid × relevance², at the highest relevance it can reach) descending — so a decision can walk the lists
 //! merged, best first, and stop as soon as no remaining campaign can enter the ranking.
 
 use std::collections::HashMap;
@@ -108,7 +108,7 @@ impl List {
 /// One campaign in an index list, with its rank key inline so a merge reads lists sequentially.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Entry {
-    /// Bid × the highest relevance the campaign can reach.
+    /// The rank key at the highest relevance the campaign can reach.
     pub bound: f64,
     pub slot: Slot,
     pub tier: Tier,
@@ -278,7 +278,7 @@ impl CatalogSnapshot {
 
 /// Splits `slots` by static relevance into rank-ordered lists.
 fn split_lists(campaigns: &[Arc<Campaign>], slots: Vec<Slot>) -> Lists {
-    use super::eligibility::{max_relevance, static_relevance};
+    use super::eligibility::{max_relevance, rank_score, static_relevance};
     let mut lists: Lists = Vec::new();
     for slot in slots {
         let c = &campaigns[slot as usize];
@@ -299,7 +299,11 @@ fn split_lists(campaigns: &[Arc<Campaign>], slots: Vec<Slot>) -> Lists {
             Some(floor) => list.min_floor_override = list.min_floor_override.min(floor),
             None => list.default_floor = true,
         }
-        list.entries.push(Entry { bound: c.bid_cpm_micros as f64 * max_relevance(c), slot, tier: c.tier });
+        list.entries.push(Entry {
+            bound: rank_score(c.bid_cpm_micros, max_relevance(c)),
+            slot,
+            tier: c.tier,
+        });
     }
     for list in &mut lists {
         list.entries
@@ -361,8 +365,8 @@ impl<'a> Ranked<'a> {
                 self.below_floor.push(&list.entries);
                 continue;
             }
-            // Entries hold bid × the campaign's best relevance; scale to what is reachable here.
-            let factor = reachable / best;
+            // Entries hold the rank key at the campaign's best relevance; scale to what is reachable here.
+            let factor = (reachable / best).powi(super::eligibility::RELEVANCE_EXPONENT);
             let head = &list.entries[0];
             self.lists.push((&list.entries, factor));
             self.heads.push((head.tier, head.bound * factor));

@@ -125,7 +125,7 @@ impl<'a> Context<'a> {
             Err(rule) => return Evaluation::Rejected(rule),
         };
         let score =
-            if campaign.tier.is_paid() { campaign.bid_cpm_micros as f64 * relevance } else { relevance };
+            if campaign.tier.is_paid() { rank_score(campaign.bid_cpm_micros, relevance) } else { relevance };
         Evaluation::Eligible(Candidate {
             campaign,
             creative,
@@ -369,6 +369,17 @@ pub(super) const NEUTRAL_GENRE_FIT: f64 = 0.25;
 const GENRE_WEIGHT: f64 = 0.6;
 const GEO_WEIGHT: f64 = 0.25;
 const AUDIENCE_WEIGHT: f64 = 0.15;
+
+/// How much relevance counts against money in the ranking: a paid ad's rank key is
+/// bid × relevance^RELEVANCE_EXPONENT. Squared, an ad half as relevant needs four times the
+/// bid to win — listeners would rather hear nothing than something that is not for them, so
+/// a high bid must not buy its way past a much better fit.
+pub(super) const RELEVANCE_EXPONENT: i32 = 2;
+
+/// The rank key of a paid ad: bid × relevance^RELEVANCE_EXPONENT.
+pub(super) fn rank_score(bid_cpm_micros: i64, relevance: f64) -> f64 {
+    bid_cpm_micros as f64 * relevance.powi(RELEVANCE_EXPONENT)
+}
 
 /// Relevance from a genre fit and the static part.
 pub(super) fn relevance_of(genre_fit: f64, static_relevance: f64) -> f64 {

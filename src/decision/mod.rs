@@ -157,7 +157,7 @@ pub struct SelectedAd {
     pub creative: usize,
     /// In [0, 1].
     pub relevance: f64,
-    /// The rank key: bid x relevance (relevance alone for house ads).
+    /// The rank key: bid × relevance² (relevance alone for house ads).
     pub score: f64,
 }
 

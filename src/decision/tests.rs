@@ -375,13 +375,31 @@ fn a_higher_tier_wins_over_a_higher_bid() {
 }
 
 #[test]
-fn within_a_tier_bid_times_relevance_ranks() {
-    // Jazz is the top genre (fit 1.0), blues-ish classical weaker (fit 0.5): 10 x 0.72 > 12 x 0.42.
-    let f = fixture()
+fn within_a_tier_bid_times_relevance_squared_ranks() {
+    // Jazz is the top genre (fit 1.0), classical weaker (fit 0.5): 10 x 0.72² > 25 x 0.42²,
+    // although 25 x 0.42 > 10 x 0.72.
+    let mut f = fixture()
         .taste(&[(JAZZ, 20), (CLASSICAL, 10)])
         .with(genre_campaign("jazz", "a", 10, &[JAZZ]))
-        .with(genre_campaign("classical", "b", 12, &[CLASSICAL]));
+        .with(genre_campaign("classical", "b", 25, &[CLASSICAL]));
     check(&f, &["jazz"], Reason::Served);
+    // Money still counts: at three times the bid the weaker fit wins.
+    f.campaigns[1].bid_cpm_micros = 30 * 1_000_000;
+    check(&f, &["classical"], Reason::Served);
+}
+
+#[test]
+fn a_city_ad_does_not_outbid_the_listeners_top_genre_at_twice_the_price() {
+    // The city ad is relevant by place (0.445), the jazz ad by taste (0.72): bid × relevance
+    // would hand the break to the city ad, bid × relevance² does not.
+    let mut city = campaign("berlin-deals", "city", Tier::Standard, 20);
+    city.targeting.geo_include = vec![place("DE", "BER")];
+    let jazz = genre_campaign("jazz", "a", 10, &[JAZZ]);
+    let f = fixture().taste(&[(JAZZ, 20)]).with(jazz.clone()).with(city.clone());
+    check(&f, &["jazz"], Reason::Served);
+    // Without a taste for jazz, the city ad is the relevant one.
+    let f = fixture().taste(&[(OPERA, 20)]).with(jazz).with(city);
+    check(&f, &["berlin-deals"], Reason::Served);
 }
 
 #[test]

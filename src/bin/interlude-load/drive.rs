@@ -60,6 +60,10 @@ pub(crate) struct Quality {
     pub(crate) paid_ads_matching_taste: u64,
     /// Paid ads of campaigns without genre rules (geo or run-of-network).
     pub(crate) paid_ads_without_genre_rule: u64,
+    /// The paid ads served to listeners who consented to personalised ads, and those of them
+    /// that match taste or track.
+    pub(crate) consented_paid_ads: u64,
+    pub(crate) consented_paid_ads_matching: u64,
     pub(crate) house_breaks: u64,
     pub(crate) empty_breaks: u64,
     pub(crate) cap_violations: u64,
@@ -72,6 +76,8 @@ impl Quality {
         self.paid_ads += o.paid_ads;
         self.paid_ads_matching_taste += o.paid_ads_matching_taste;
         self.paid_ads_without_genre_rule += o.paid_ads_without_genre_rule;
+        self.consented_paid_ads += o.consented_paid_ads;
+        self.consented_paid_ads_matching += o.consented_paid_ads_matching;
         self.house_breaks += o.house_breaks;
         self.empty_breaks += o.empty_breaks;
         self.cap_violations += o.cap_violations;
@@ -333,6 +339,10 @@ impl Worker {
                 || facts.track.iter().any(|g| track.contains(g));
             q.paid_ads_matching_taste += u64::from(matches);
             q.paid_ads_without_genre_rule += u64::from(facts.affinity.is_empty() && facts.track.is_empty());
+            if m.consented {
+                q.consented_paid_ads += 1;
+                q.consented_paid_ads_matching += u64::from(matches);
+            }
             if let Some(times) = self.heard.get(&(member, ad.campaign_id.clone())) {
                 let violated = facts.caps.iter().any(|&(max, window)| {
                     let n = times.iter().filter(|&&t| window.is_none_or(|w| now - t < w)).count();

@@ -41,6 +41,9 @@ pub(crate) struct QualityReport {
     /// Of the paid ads whose campaign has a genre rule, the share matching the listener's top-3
     /// genres or the playing track (an ad without genre rule never counts as a match above).
     pub(crate) genre_targeted_ads_matching_taste: f64,
+    /// The share matching taste or track among paid ads to listeners who consented to
+    /// personalised ads (without consent, taste may not be used at all).
+    pub(crate) consented_paid_ads_matching: f64,
     pub(crate) house_break_share: f64,
     pub(crate) empty_break_share: f64,
     /// Must be 0 (closed loop only: one worker owns each listener).
@@ -103,6 +106,7 @@ impl PhaseReport {
                     q.paid_ads_matching_taste,
                     q.paid_ads.saturating_sub(q.paid_ads_without_genre_rule),
                 ),
+                consented_paid_ads_matching: share(q.consented_paid_ads_matching, q.consented_paid_ads),
                 house_break_share: share(q.house_breaks, q.decisions),
                 empty_break_share: share(q.empty_breaks, q.decisions),
                 cap_violations: if closed_loop { q.cap_violations } else { 0 },
@@ -150,10 +154,11 @@ impl Report {
             ));
             if let Some(q) = &p.quality {
                 out.push_str(&format!(
-                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% have no genre rule; {:.1}% of the genre-targeted match), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
+                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% of those to consenting listeners; {:.1}% have no genre rule; {:.1}% of the genre-targeted match), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
                     q.decisions,
                     q.paid_ads,
                     100.0 * q.paid_ads_matching_taste,
+                    100.0 * q.consented_paid_ads_matching,
                     100.0 * q.paid_ads_without_genre_rule,
                     100.0 * q.genre_targeted_ads_matching_taste,
                     100.0 * q.house_break_share,

@@ -30,6 +30,9 @@ pub(crate) struct Member {
     pub(crate) member_id: String,
     pub(crate) top3: Vec<&'static str>,
     pub(crate) home: usize,
+    /// Whether the account consented to personalised ads: without it, only contextual
+    /// (track-genre) and place-based ads may serve, whatever the taste.
+    pub(crate) consented: bool,
 }
 
 /// The generated world.
@@ -77,6 +80,7 @@ impl World {
                     member_id: member_id.clone(),
                     top3: synth::top_genres(&l, m, 3),
                     home: l.home,
+                    consented: l.profile.consent != interlude::domain::ConsentState::Denied,
                 });
             }
         }
