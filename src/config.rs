@@ -17,6 +17,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
 /// Default relevance floor: an untargeted campaign (relevance 0.27) stays under it.
 pub const DEFAULT_RELEVANCE_FLOOR: f64 = 0.35;
+/// Default weight of relevance against the bid in the rank key: the engine's own default.
+pub const DEFAULT_RELEVANCE_EXPONENT: u32 = crate::decision::DEFAULT_RELEVANCE_EXPONENT as u32;
 /// Default ad load: ads per listener per rolling hour.
 pub const DEFAULT_MAX_ADS_PER_HOUR: u32 = 8;
 /// Default category separation across breaks.
@@ -212,6 +214,8 @@ settings! {
     demo: bool,
     /// Default relevance floor in [0, 1] [default: 0.35].
     relevance_floor: f64,
+    /// Paid ads rank by bid × relevance^this, 1..=4: higher favours relevance over money [default: 2].
+    relevance_exponent: u32,
     /// Ads per listener per rolling hour [default: 8].
     max_ads_per_hour: u32,
     /// Category separation across breaks, seconds [default: 600].
@@ -312,6 +316,10 @@ impl Settings {
         let relevance_floor = self.relevance_floor.unwrap_or(DEFAULT_RELEVANCE_FLOOR);
         if !(0.0..=1.0).contains(&relevance_floor) {
             return Err(invalid("relevance_floor", "must be within [0, 1]"));
+        }
+        let relevance_exponent = self.relevance_exponent.unwrap_or(DEFAULT_RELEVANCE_EXPONENT);
+        if !(1..=4).contains(&relevance_exponent) {
+            return Err(invalid("relevance_exponent", "must be 1..=4"));
         }
         let max_ads_per_hour = self.max_ads_per_hour.unwrap_or(DEFAULT_MAX_ADS_PER_HOUR);
         if max_ads_per_hour == 0 {
@@ -435,6 +443,8 @@ impl Settings {
                 relevance_floor,
                 max_ads_per_hour,
                 category_separation_ms: category_separation_secs as i64 * 1000,
+                // Checked to be 1..=4 above.
+                relevance_exponent: relevance_exponent as i32,
             },
             suppression: SuppressionPolicy {
                 advertiser_ms: i64::from(
@@ -488,6 +498,7 @@ mod tests {
         assert!(config.listen.ip().is_loopback());
         assert!(config.demo);
         assert_eq!(config.policy.relevance_floor, DEFAULT_RELEVANCE_FLOOR);
+        assert_eq!(config.policy.relevance_exponent, 2);
     }
 
     #[test]
@@ -516,6 +527,12 @@ mod tests {
     fn bad_values_name_the_field() {
         let err = load(&["--relevance-floor", "1.5"], &[]).unwrap_err();
         assert!(err.to_string().contains("relevance_floor"), "{err}");
+        for exponent in ["0", "5"] {
+            let err = load(&["--relevance-exponent", exponent], &[]).unwrap_err();
+            assert!(err.to_string().contains("relevance_exponent"), "{err}");
+        }
+        let config = load(&[], &[("INTERLUDE_RELEVANCE_EXPONENT", "3")]).unwrap();
+        assert_eq!(config.policy.relevance_exponent, 3);
         let err = load(&[], &[("INTERLUDE_TOKEN_KEY", "abcd")]).unwrap_err();
         assert!(err.to_string().contains("token_key"), "{err}");
         let err = load(&[], &[("INTERLUDE_NO_SUCH_SETTING", "1")]).unwrap_err();

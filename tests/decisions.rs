@@ -29,6 +29,7 @@ async fn caps_hold_across_a_hundred_decisions_with_impressions_recorded() {
             max_ads_per_hour: 1000,
             category_separation_ms: 0,
             relevance_floor: 0.35,
+            ..interlude::decision::Policy::default()
         },
         data_dir: None,
         ..interlude::config::Config::default()

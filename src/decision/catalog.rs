@@ -3,13 +3,16 @@
 //! Built whole on every catalog change and swapped in atomically by `store::Catalog`, so a
 //! decision never sees a half-applied update and readers never take a lock.
 //!
-//! Every index list is sorted in rank order — tier first, then the campaign's score bound
-//! (bid × relevance², at the highest relevance it can reach) descending — so a decision can walk the lists
-//! merged, best first, and stop as soon as no remaining campaign can enter the ranking.
+//! Every index list is sorted in rank order — tier first, then bid descending. The campaigns of
+//! one list share the relevance they can reach for a request, so a list's order is their score
+//! order whatever the rank key's exponent, and a decision can walk the lists merged, best first,
+//! each scaled by what it can reach, and stop as soon as no remaining campaign can enter the
+//! ranking.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::Policy;
 use crate::domain::{Campaign, CampaignStatus, GenreId, GeoLocation, ListenerProfile, Tier};
 
 /// The maps of the snapshot: built once per catalog change, read by every decision.
@@ -108,8 +111,9 @@ impl List {
 /// One campaign in an index list, with its rank key inline so a merge reads lists sequentially.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Entry {
-    /// The rank key at the highest relevance the campaign can reach.
-    pub bound: f64,
+    /// The bid (CPM micros). Within a list every campaign reaches the same relevance for a
+    /// request, so the rank key is the bid times one factor per list and request.
+    pub bid: f64,
     pub slot: Slot,
     pub tier: Tier,
 }
@@ -236,8 +240,9 @@ impl CatalogSnapshot {
         track_genres: &[GenreId],
         request_country: Option<&str>,
         home: Option<&ListenerProfile>,
-        default_floor: f64,
+        policy: &Policy,
     ) -> Ranked<'a> {
+        let (default_floor, exponent) = (policy.relevance_floor, policy.relevance_exponent);
         let mut ranked = Ranked {
             snapshot: self,
             lists: Vec::with_capacity(32),
@@ -249,10 +254,10 @@ impl CatalogSnapshot {
         let home = home.and_then(|p| p.details().home.as_ref()).and_then(country_code).map(Place::Home);
         let here = |place: &Place| Some(*place) == request || Some(*place) == home;
         let add_genre = |ranked: &mut Ranked<'a>, lists: &'a GenreLists, fit: f64| {
-            ranked.add(&lists.anywhere, Some(fit), default_floor);
+            ranked.add(&lists.anywhere, Some(fit), default_floor, exponent);
             for (place, lists) in &lists.by_place {
                 if here(place) {
-                    ranked.add(lists, Some(fit), default_floor);
+                    ranked.add(lists, Some(fit), default_floor, exponent);
                 }
             }
         };
@@ -268,17 +273,17 @@ impl CatalogSnapshot {
         }
         for place in [request, home].into_iter().flatten() {
             if let Some(lists) = self.open_by_place.get(&place) {
-                ranked.add(lists, None, default_floor);
+                ranked.add(lists, None, default_floor, exponent);
             }
         }
-        ranked.add(&self.open_anywhere, None, default_floor);
+        ranked.add(&self.open_anywhere, None, default_floor, exponent);
         ranked
     }
 }
 
 /// Splits `slots` by static relevance into rank-ordered lists.
 fn split_lists(campaigns: &[Arc<Campaign>], slots: Vec<Slot>) -> Lists {
-    use super::eligibility::{max_relevance, rank_score, static_relevance};
+    use super::eligibility::static_relevance;
     let mut lists: Lists = Vec::new();
     for slot in slots {
         let c = &campaigns[slot as usize];
@@ -299,15 +304,11 @@ fn split_lists(campaigns: &[Arc<Campaign>], slots: Vec<Slot>) -> Lists {
             Some(floor) => list.min_floor_override = list.min_floor_override.min(floor),
             None => list.default_floor = true,
         }
-        list.entries.push(Entry {
-            bound: rank_score(c.bid_cpm_micros, max_relevance(c)),
-            slot,
-            tier: c.tier,
-        });
+        list.entries.push(Entry { bid: c.bid_cpm_micros as f64, slot, tier: c.tier });
     }
     for list in &mut lists {
         list.entries
-            .sort_by(|a, b| a.tier.cmp(&b.tier).then(b.bound.total_cmp(&a.bound)).then(a.slot.cmp(&b.slot)));
+            .sort_by(|a, b| a.tier.cmp(&b.tier).then(b.bid.total_cmp(&a.bid)).then(a.slot.cmp(&b.slot)));
     }
     lists
 }
@@ -341,18 +342,10 @@ impl<'a> Ranked<'a> {
     /// Adds the lists of one index key. `genre_fit` is the highest genre fit its campaigns can
     /// reach (None: they target no genre, and have the neutral fit). Lists whose best relevance
     /// is under every floor in them are set aside: nothing there can serve.
-    fn add(&mut self, lists: &'a [List], genre_fit: Option<f64>, default_floor: f64) {
+    fn add(&mut self, lists: &'a [List], genre_fit: Option<f64>, default_floor: f64, exponent: i32) {
         use super::eligibility::{NEUTRAL_GENRE_FIT, relevance_of};
         for list in lists {
-            let (reachable, best) = match genre_fit {
-                Some(fit) => {
-                    (relevance_of(fit, list.static_relevance), relevance_of(1.0, list.static_relevance))
-                }
-                None => {
-                    let r = relevance_of(NEUTRAL_GENRE_FIT, list.static_relevance);
-                    (r, r)
-                }
-            };
+            let reachable = relevance_of(genre_fit.unwrap_or(NEUTRAL_GENRE_FIT), list.static_relevance);
             let floor = if list.default_floor {
                 list.min_floor_override.min(default_floor)
             } else {
@@ -365,11 +358,11 @@ impl<'a> Ranked<'a> {
                 self.below_floor.push(&list.entries);
                 continue;
             }
-            // Entries hold the rank key at the campaign's best relevance; scale to what is reachable here.
-            let factor = (reachable / best).powi(super::eligibility::RELEVANCE_EXPONENT);
+            // bid × reachable^exponent bounds the score of every campaign here.
+            let factor = reachable.powi(exponent);
             let head = &list.entries[0];
             self.lists.push((&list.entries, factor));
-            self.heads.push((head.tier, head.bound * factor));
+            self.heads.push((head.tier, head.bid * factor));
         }
     }
 
@@ -404,7 +397,7 @@ impl Iterator for Ranked<'_> {
             let (entries, factor) = &mut self.lists[best];
             let slot = entries[0].slot;
             *entries = &entries[1..];
-            self.heads[best] = entries.first().map_or(EXHAUSTED, |e| (e.tier, e.bound * *factor));
+            self.heads[best] = entries.first().map_or(EXHAUSTED, |e| (e.tier, e.bid * *factor));
             if !self.snapshot.multi[slot as usize] {
                 return Some(Retrieved { slot, tier, bound });
             }

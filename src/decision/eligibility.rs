@@ -124,8 +124,11 @@ impl<'a> Context<'a> {
             Ok(i) => i,
             Err(rule) => return Evaluation::Rejected(rule),
         };
-        let score =
-            if campaign.tier.is_paid() { rank_score(campaign.bid_cpm_micros, relevance) } else { relevance };
+        let score = if campaign.tier.is_paid() {
+            rank_score(campaign.bid_cpm_micros, relevance, self.policy.relevance_exponent)
+        } else {
+            relevance
+        };
         Evaluation::Eligible(Candidate {
             campaign,
             creative,
@@ -370,15 +373,9 @@ const GENRE_WEIGHT: f64 = 0.6;
 const GEO_WEIGHT: f64 = 0.25;
 const AUDIENCE_WEIGHT: f64 = 0.15;
 
-/// How much relevance counts against money in the ranking: a paid ad's rank key is
-/// bid × relevance^RELEVANCE_EXPONENT. Squared, an ad half as relevant needs four times the
-/// bid to win — listeners would rather hear nothing than something that is not for them, so
-/// a high bid must not buy its way past a much better fit.
-pub(super) const RELEVANCE_EXPONENT: i32 = 2;
-
-/// The rank key of a paid ad: bid × relevance^RELEVANCE_EXPONENT.
-pub(super) fn rank_score(bid_cpm_micros: i64, relevance: f64) -> f64 {
-    bid_cpm_micros as f64 * relevance.powi(RELEVANCE_EXPONENT)
+/// The rank key of a paid ad: bid × relevance^exponent (`Policy::relevance_exponent`).
+pub(super) fn rank_score(bid_cpm_micros: i64, relevance: f64, exponent: i32) -> f64 {
+    bid_cpm_micros as f64 * relevance.powi(exponent)
 }
 
 /// Relevance from a genre fit and the static part.
@@ -412,12 +409,6 @@ fn geo_specificity(rule: &crate::domain::GeoLocation) -> f64 {
     } else {
         0.5
     }
-}
-
-/// The highest relevance the campaign can reach for anyone: its rank bound in the catalog.
-pub(super) fn max_relevance(c: &Campaign) -> f64 {
-    let genre_fit = if c.targeting.targets_genres() { 1.0 } else { NEUTRAL_GENRE_FIT };
-    GENRE_WEIGHT * genre_fit + static_relevance(c)
 }
 
 fn geo_matches(c: &Campaign, at: Option<&crate::domain::GeoLocation>) -> bool {

@@ -386,6 +386,12 @@ fn within_a_tier_bid_times_relevance_squared_ranks() {
     // Money still counts: at three times the bid the weaker fit wins.
     f.campaigns[1].bid_cpm_micros = 30 * 1_000_000;
     check(&f, &["classical"], Reason::Served);
+    // The exponent is the operator's: at 4, three times the bid is not enough; at 1, 2.5 times is.
+    f.policy.relevance_exponent = 4;
+    check(&f, &["jazz"], Reason::Served);
+    f.policy.relevance_exponent = 1;
+    f.campaigns[1].bid_cpm_micros = 25 * 1_000_000;
+    check(&f, &["classical"], Reason::Served);
 }
 
 #[test]
