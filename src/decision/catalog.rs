@@ -34,7 +34,7 @@ pub struct CatalogSnapshot {
     open_by_place: IndexMap<Place, Lists>,
     /// Active paid campaigns without genre or geo targeting.
     open_anywhere: Lists,
-    /// Active house campaigns (always evaluated: there are few, and they are the fallback).
+    /// Active house campaigns (evaluated when no paid ad fills, or for the trace).
     house: Vec<Slot>,
     /// Per slot: whether the campaign sits in more than one index list (only those need
     /// de-duplicating when lists are merged).
