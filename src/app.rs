@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
@@ -280,7 +279,7 @@ pub async fn serve(
                 .max_encoding_message_size(max),
             state.auth.decision(),
         ))
-        .serve_with_incoming_shutdown(incoming(listener), stop_accepting);
+        .serve_with_incoming_shutdown(crate::net::incoming(listener), stop_accepting);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,
@@ -294,21 +293,6 @@ pub async fn serve(
     }
     tracing::info!("server stopped");
     Ok(())
-}
-
-/// Accepted connections with Nagle's algorithm off: a unary response is several small writes
-/// (headers, data, trailers), and Nagle plus delayed ACKs would hold them back ~40 ms.
-fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt as _;
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY");
-        }
-        Ok(stream)
-    })
 }
 
 /// Reflection over our contract, health, both reflection versions, and google.rpc error details

@@ -2,7 +2,7 @@
 //!
 //! Crate map (see ARCHITECTURE.md): `domain` plain types; `decision` the pure engine; `store`
 //! in-memory state; `token` impression tokens; `grpc` the only module that knows wire types;
-//! `app` wiring and serving; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
+//! `app` wiring and serving; `net` accepted connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -11,6 +11,7 @@ pub mod decision;
 pub mod demo;
 pub mod domain;
 pub mod grpc;
+pub mod net;
 pub mod signal;
 pub mod store;
 pub mod synth;
