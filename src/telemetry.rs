@@ -2,7 +2,11 @@
 //! and the Prometheus `/metrics` endpoint.
 //!
 //! Invariant: metric names live only here, and only these helpers emit metrics (clippy.toml
-//! forbids the `metrics` macros elsewhere). Label values are bounded sets.
+//! forbids the `metrics` macros elsewhere). Label values are bounded sets. The exception that
+//! proves the rule: the standard `process_*` metrics (`process_cpu_seconds_total`,
+//! `process_resident_memory_bytes`, …) are named by the `metrics-process` crate, as every
+//! Prometheus client names them (`process_cpu_seconds_total` is exported as a gauge: the
+//! `metrics` crate's counters are integers, which would round CPU time to whole seconds).
 
 // The one module allowed to emit metrics.
 #![allow(clippy::disallowed_macros)]
@@ -91,6 +95,7 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     let recorder = prometheus_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder)?;
+    metrics_process::Collector::default().describe();
     let upkeep = handle.clone();
     std::thread::Builder::new().name("interlude-metrics-upkeep".into()).spawn(move || {
         loop {
@@ -230,6 +235,9 @@ pub async fn serve_metrics(
 
 fn metrics_response(req: &Request<Incoming>, handle: &PrometheusHandle) -> Response<Full<Bytes>> {
     let mut response = if req.uri().path() == "/metrics" {
+        // Read at the scrape, so a scraper's before/after difference of CPU seconds is exact
+        // to the kernel's tick (the load harness divides it by the requests it sent).
+        metrics_process::Collector::default().collect();
         Response::new(Full::new(Bytes::from(handle.render())))
     } else {
         let mut r = Response::new(Full::new(Bytes::from_static(b"not found; try /metrics\n")));

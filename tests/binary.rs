@@ -54,6 +54,8 @@ async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
         "{metrics}"
     );
     assert!(metrics.contains("interlude_decisions_total"), "{metrics}");
+    // The standard process metrics, which the load harness reads for the server's CPU per request.
+    assert!(metrics.contains("process_cpu_seconds_total"), "{metrics}");
     // The demo was committed to the fresh store at start.
     assert!(metrics.contains(r#"interlude_store_commits_total{result="ok"}"#), "{metrics}");
     assert!(metrics.contains("interlude_store_commit_duration_seconds_bucket"), "{metrics}");

@@ -11,13 +11,15 @@ use common::{ADMIN_TOKEN, Binary};
 
 #[test]
 fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
-    let server = Binary::bare();
+    let server = Binary::in_memory("127.0.0.1:0");
     let addr = server.grpc.clone();
+    let metrics = format!("http://{}/metrics", server.metrics);
     let report_path = std::env::temp_dir().join(format!("interlude-load-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
         .args(["--target", &format!("http://{addr}"), "--admin-token", ADMIN_TOKEN])
         .args(["--campaigns", "300", "--listeners", "300", "--concurrency", "4", "--connections", "2"])
         .args(["--duration", "1.5", "--warmup", "0.2", "--compare", "--strict"])
+        .args(["--server-metrics", &metrics])
         .arg("--json")
         .arg(&report_path)
         .output()
@@ -33,6 +35,9 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     assert_eq!(targets, vec!["Decide", "HealthCheck", "DecideAndRecord"]);
     for phase in phases {
         assert!(phase["requests_ok"].as_u64().unwrap() > 0, "{phase}");
+        // The server's own CPU was read from its /metrics around the measured window.
+        assert!(phase["server"]["cpu_us_per_request"].as_f64().unwrap() > 0.0, "{phase}");
+        assert!(phase["server"]["busy"].as_f64().unwrap() > 0.0, "{phase}");
         assert!(phase["errors"].as_object().unwrap().is_empty(), "{phase}");
         assert!(phase["latency_us"]["p99"].as_u64().unwrap() >= phase["latency_us"]["p50"].as_u64().unwrap());
     }
@@ -40,6 +45,7 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     assert_eq!(recorded["cap_violations"].as_u64(), Some(0), "{recorded}");
     assert!(recorded["impressions_recorded"].as_u64().unwrap() > 0, "{recorded}");
     assert!(report["decide_to_check_ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["check_to_decide_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["budgets"]["budgeted_campaigns"].as_u64().unwrap() > 0);
     let _ = std::fs::remove_file(report_path);
 }

@@ -286,9 +286,14 @@ impl Binary {
 
     /// The binary in memory only, with no demo, no metrics, and the test admin token.
     pub fn bare() -> Binary {
+        Binary::in_memory("off")
+    }
+
+    /// Like [`Binary::bare`], with metrics on `metrics_listen` ("127.0.0.1:0" for any port).
+    pub fn in_memory(metrics_listen: &str) -> Binary {
         Binary::start([
             "--metrics-listen",
-            "off",
+            metrics_listen,
             "--demo",
             "false",
             "--data-dir",

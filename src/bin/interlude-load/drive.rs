@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
+use crate::server_cpu::ServerCpu;
 use crate::world::{Member, World};
 
 /// What each request is.
@@ -50,6 +51,15 @@ pub(crate) struct Outcome {
     pub(crate) quality: Quality,
     /// Open loop: requests not sent because too many were in flight.
     pub(crate) shed_by_client: u64,
+    /// The server's CPU over the measured window, or why it could not be read.
+    pub(crate) server_cpu: Option<Result<CpuWindow, String>>,
+}
+
+/// The server's CPU seconds over a wall-clock window.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CpuWindow {
+    pub(crate) cpu_seconds: f64,
+    pub(crate) wall_seconds: f64,
 }
 
 /// Decision quality, counted by the harness from what the server answered.
@@ -99,18 +109,25 @@ pub(crate) struct Shared {
     pub(crate) run_id: u64,
 }
 
-/// Runs one phase for `duration` (after `warmup`, not measured).
+/// Runs one phase for `duration` (after `warmup`, not measured), reading the server's CPU
+/// time from `cpu` when the measured window opens and once every answer is in.
 pub(crate) async fn run(
     shared: &Shared,
     target: Target,
     mode: Mode,
-    warmup: Duration,
-    duration: Duration,
+    (warmup, duration): (Duration, Duration),
+    cpu: Option<&ServerCpu>,
     progress: &ProgressBar,
 ) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring_from = Instant::now() + warmup;
     let deadline = measuring_from + duration;
+    let cpu_before = cpu.cloned().map(|cpu| {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(measuring_from).await;
+            cpu.seconds().await.map(|s| (s, Instant::now()))
+        })
+    });
     let results = match mode {
         Mode::Closed { concurrency } => {
             let mut handles = Vec::with_capacity(concurrency);
@@ -135,6 +152,10 @@ pub(crate) async fn run(
         }
     };
     stop.store(true, Ordering::Relaxed);
+    let server_cpu = match (cpu, cpu_before) {
+        (Some(cpu), Some(before)) => Some(cpu_window(cpu, before).await.map_err(|e| format!("{e:#}"))),
+        _ => None,
+    };
     let mut outcome = Outcome {
         target,
         elapsed: duration,
@@ -143,6 +164,7 @@ pub(crate) async fn run(
         errors: HashMap::new(),
         quality: Quality::default(),
         shed_by_client: 0,
+        server_cpu,
     };
     for r in results {
         outcome.ok += r.ok;
@@ -154,6 +176,15 @@ pub(crate) async fn run(
         outcome.shed_by_client += r.shed;
     }
     outcome
+}
+
+async fn cpu_window(
+    cpu: &ServerCpu,
+    before: tokio::task::JoinHandle<anyhow::Result<(f64, Instant)>>,
+) -> anyhow::Result<CpuWindow> {
+    let (from, opened) = before.await??;
+    let to = cpu.seconds().await?;
+    Ok(CpuWindow { cpu_seconds: to - from, wall_seconds: opened.elapsed().as_secs_f64() })
 }
 
 fn new_histogram() -> Histogram<u64> {

@@ -13,6 +13,7 @@
 
 mod drive;
 mod report;
+mod server_cpu;
 mod world;
 
 use std::sync::Arc;
@@ -86,6 +87,9 @@ struct Args {
     /// Decision token for Decide and RecordEvents, if the server has one.
     #[arg(long, env = "INTERLUDE_DECISION_TOKEN", hide_env_values = true)]
     decision_token: Option<String>,
+    /// The server's Prometheus endpoint, read for its CPU seconds per request ("off": don't).
+    #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
+    server_metrics: String,
     /// Exit non-zero if any request failed or a cap was violated (for CI smoke runs).
     #[arg(long)]
     strict: bool,
@@ -144,6 +148,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if !targets.contains(&args.workload) {
         targets.push(args.workload);
     }
+    let cpu = match args.server_metrics.as_str() {
+        "off" => None,
+        url => Some(server_cpu::ServerCpu::new(url).context("--server-metrics")?),
+    };
     let mut phases = Vec::new();
     for target in targets {
         let progress = progress_bar(target, args.duration);
@@ -151,8 +159,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             &shared,
             target,
             mode,
-            Duration::from_secs_f64(args.warmup),
-            Duration::from_secs_f64(args.duration),
+            (Duration::from_secs_f64(args.warmup), Duration::from_secs_f64(args.duration)),
+            cpu.as_ref(),
             &progress,
         )
         .await;
@@ -162,6 +170,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let throughput = |t: Target| phases.iter().find(|p| p.target == t).map(|p| p.throughput_per_sec);
     let decide_to_check_ratio = match (throughput(Target::Decide), throughput(Target::HealthCheck)) {
         (Some(d), Some(c)) if c > 0.0 => Some(d / c),
+        _ => None,
+    };
+    let cost = |t: Target| {
+        phases.iter().find(|p| p.target == t).and_then(|p| p.server.as_ref()).map(|s| s.cpu_us_per_request)
+    };
+    // Check's cost over Decide's: what share of the Check rate the server could decide at if it
+    // alone were the bottleneck.
+    let check_to_decide_cost_ratio = match (cost(Target::Decide), cost(Target::HealthCheck)) {
+        (Some(d), Some(c)) if d > 0.0 => Some(c / d),
         _ => None,
     };
     let budgets = budget_report(&world, &channels[0], &admin).await?;
@@ -176,6 +193,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         seeding_seconds,
         phases,
         decide_to_check_ratio,
+        check_to_decide_cost_ratio,
+        server_metrics: cpu.as_ref().map(server_cpu::ServerCpu::url),
         budgets: Some(budgets),
     };
     print!("{}", report.table());

@@ -17,8 +17,24 @@ pub(crate) struct PhaseReport {
     pub(crate) latency_us: Percentiles,
     pub(crate) errors: BTreeMap<String, u64>,
     pub(crate) shed_by_client: u64,
+    /// The server's own CPU over the measured window (read from its /metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server: Option<ServerReport>,
+    /// Why the server's CPU could not be read, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_cpu_unread: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quality: Option<QualityReport>,
+}
+
+/// What the phase cost the server.
+#[derive(Debug, Serialize)]
+pub(crate) struct ServerReport {
+    /// Server CPU (user + system, all threads) per successful request, in microseconds.
+    pub(crate) cpu_us_per_request: f64,
+    /// Server CPU seconds per wall-clock second: under 1 on a one-core server means the load
+    /// generator, not the server, set the pace.
+    pub(crate) busy: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -73,6 +89,12 @@ pub(crate) struct Report {
     /// Decide throughput over health Check throughput (with --compare).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) decide_to_check_ratio: Option<f64>,
+    /// Server CPU per Check over server CPU per Decide (with --compare and server metrics).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) check_to_decide_cost_ratio: Option<f64>,
+    /// Where the server's CPU seconds were read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) server_metrics: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) budgets: Option<BudgetReport>,
 }
@@ -97,6 +119,17 @@ impl PhaseReport {
             },
             errors: o.errors.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             shed_by_client: o.shed_by_client,
+            server: match &o.server_cpu {
+                Some(Ok(w)) if o.ok > 0 && w.wall_seconds > 0.0 => Some(ServerReport {
+                    cpu_us_per_request: 1e6 * w.cpu_seconds / o.ok as f64,
+                    busy: w.cpu_seconds / w.wall_seconds,
+                }),
+                _ => None,
+            },
+            server_cpu_unread: match &o.server_cpu {
+                Some(Err(e)) => Some(e.clone()),
+                _ => None,
+            },
             quality: (o.target != Target::HealthCheck).then(|| QualityReport {
                 decisions: q.decisions,
                 paid_ads: q.paid_ads,
@@ -125,8 +158,8 @@ impl Report {
             self.seed, self.campaigns, self.listeners, self.mode, self.seeding_seconds
         ));
         out.push_str(&format!(
-            "{:<18} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8}  errors\n",
-            "target", "ok", "req/s", "p50 µs", "p90", "p99", "p99.9", "max"
+            "{:<18} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>9}  errors\n",
+            "target", "ok", "req/s", "p50 µs", "p90", "p99", "p99.9", "max", "srv cpu µs", "srv busy"
         ));
         for p in &self.phases {
             let l = &p.latency_us;
@@ -135,8 +168,11 @@ impl Report {
             } else {
                 p.errors.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
             };
+            let (cpu, busy) = p.server.as_ref().map_or(("-".to_string(), "-".to_string()), |s| {
+                (format!("{:.1}", s.cpu_us_per_request), format!("{:.0}%", 100.0 * s.busy))
+            });
             out.push_str(&format!(
-                "{:<18} {:>10} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>8}  {}{}\n",
+                "{:<18} {:>10} {:>12.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>9}  {}{}\n",
                 format!("{:?}", p.target),
                 p.requests_ok,
                 p.throughput_per_sec,
@@ -145,6 +181,8 @@ impl Report {
                 l.p99,
                 l.p999,
                 l.max,
+                cpu,
+                busy,
                 errors,
                 if p.shed_by_client > 0 {
                     format!(" (client shed {})", p.shed_by_client)
@@ -170,6 +208,12 @@ impl Report {
         }
         if let Some(r) = self.decide_to_check_ratio {
             out.push_str(&format!("Decide / health Check throughput: {r:.2}\n"));
+        }
+        if let Some(r) = self.check_to_decide_cost_ratio {
+            out.push_str(&format!("health Check / Decide server CPU per request: {r:.2}\n"));
+        }
+        if let Some(e) = self.phases.iter().find_map(|p| p.server_cpu_unread.as_ref()) {
+            out.push_str(&format!("server CPU not read: {e}\n"));
         }
         if let Some(b) = &self.budgets {
             out.push_str(&format!(
