@@ -28,6 +28,7 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("Decide / health Check throughput"), "{stdout}");
+    assert!(stdout.contains("health Check / Decide server CPU per request"), "{stdout}");
 
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     let phases = report["phases"].as_array().unwrap();

@@ -195,6 +195,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         decide_to_check_ratio,
         check_to_decide_cost_ratio,
         server_metrics: cpu.as_ref().map(server_cpu::ServerCpu::url),
+        closed_loop: matches!(mode, Mode::Closed { .. }),
         budgets: Some(budgets),
     };
     print!("{}", report.table());

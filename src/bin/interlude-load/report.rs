@@ -27,6 +27,10 @@ pub(crate) struct PhaseReport {
     pub(crate) quality: Option<QualityReport>,
 }
 
+/// A closed-loop phase whose server was less busy than this was paced by the load generator
+/// (the server is meant to run on one core).
+const SATURATED: f64 = 0.9;
+
 /// What the phase cost the server.
 #[derive(Debug, Serialize)]
 pub(crate) struct ServerReport {
@@ -95,6 +99,8 @@ pub(crate) struct Report {
     /// Where the server's CPU seconds were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_metrics: Option<String>,
+    /// Closed loop (as fast as the server answers) rather than a fixed rate.
+    pub(crate) closed_loop: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) budgets: Option<BudgetReport>,
 }
@@ -211,6 +217,19 @@ impl Report {
         }
         if let Some(r) = self.check_to_decide_cost_ratio {
             out.push_str(&format!("health Check / Decide server CPU per request: {r:.2}\n"));
+        }
+        let paced: Vec<String> = self
+            .phases
+            .iter()
+            .filter(|p| p.server.as_ref().is_some_and(|s| s.busy < SATURATED))
+            .map(|p| format!("{:?}", p.target))
+            .collect();
+        if self.closed_loop && !paced.is_empty() {
+            out.push_str(&format!(
+                "note: the server was under {:.0}% busy in {}: there the load generator set the pace, so compare the server CPU per request\n",
+                100.0 * SATURATED,
+                paced.join(", ")
+            ));
         }
         if let Some(e) = self.phases.iter().find_map(|p| p.server_cpu_unread.as_ref()) {
             out.push_str(&format!("server CPU not read: {e}\n"));
