@@ -124,6 +124,12 @@ impl AppState {
         Ok((state, empty))
     }
 
+    /// Whether writes are made durable: without a store, `write` drops the changes it is
+    /// given, so a hot write path can skip taking its snapshots.
+    pub fn persists(&self) -> bool {
+        self.durable.is_some()
+    }
+
     /// Applies a write to memory and makes it durable: `apply` runs under the write-order lock
     /// and returns its result with the changes to persist (snapshots of what it changed), which
     /// are queued before the lock is released — so the store receives snapshots in the order

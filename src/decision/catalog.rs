@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::Policy;
-use crate::domain::{Campaign, CampaignStatus, GenreId, GeoLocation, ListenerProfile, Tier};
+use crate::domain::{Campaign, CampaignId, CampaignStatus, GenreId, GeoLocation, ListenerProfile, Tier};
 
 /// The maps of the snapshot: built once per catalog change, read by every decision.
 type IndexMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -26,6 +26,9 @@ pub type Slot = u32;
 pub struct CatalogSnapshot {
     /// Every campaign, any status, sorted by id (the explain trace walks all of them).
     campaigns: Vec<Arc<Campaign>>,
+    /// The slot of each campaign id: recording an event finds its campaign here with one hash
+    /// and one comparison, where a search of the sorted ids compares ~14 strings.
+    by_id: IndexMap<CampaignId, Slot>,
     /// Active paid campaigns with affinity targeting, under each targeted genre.
     by_affinity_genre: IndexMap<GenreId, GenreLists>,
     /// Active paid campaigns with track-genre targeting, under each track genre.
@@ -193,6 +196,7 @@ impl CatalogSnapshot {
             open_anywhere: split(open_anywhere),
             house,
             multi: lists_per_slot.into_iter().map(|n| n > 1).collect(),
+            by_id: campaigns.iter().enumerate().map(|(slot, c)| (c.id.clone(), slot as Slot)).collect(),
             campaigns,
         }
     }
@@ -205,6 +209,11 @@ impl CatalogSnapshot {
     /// The campaign in `slot`.
     pub fn get(&self, slot: Slot) -> &Arc<Campaign> {
         &self.campaigns[slot as usize]
+    }
+
+    /// The campaign with `id`, of any status.
+    pub fn find(&self, id: &str) -> Option<&Arc<Campaign>> {
+        self.by_id.get(id).map(|&slot| self.get(slot))
     }
 
     /// Number of campaigns of any status.

@@ -321,6 +321,19 @@ fn flight_and_status_bound_serving() {
 }
 
 #[test]
+fn a_snapshot_finds_campaigns_of_any_status_by_id() {
+    let mut paused = campaign("paused", "adv", Tier::Standard, 10);
+    paused.status = CampaignStatus::Paused;
+    let campaigns = [campaign("b", "adv", Tier::Remnant, 1), paused, campaign("house", "us", Tier::House, 0)];
+    let snapshot = CatalogSnapshot::new(campaigns.into_iter().map(Arc::new).collect());
+    for id in ["b", "paused", "house"] {
+        assert_eq!(snapshot.find(id).map(|c| c.id.as_str()), Some(id));
+    }
+    assert!(snapshot.find("a").is_none());
+    assert!(snapshot.find("").is_none());
+}
+
+#[test]
 fn stale_life_stage_signal_is_ignored() {
     let mut uniforms = campaign("uniforms", "tinysteps", Tier::Standard, 9);
     uniforms.targeting.signals = vec![SignalRequirement {

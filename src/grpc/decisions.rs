@@ -159,6 +159,9 @@ impl DecisionService {
         let now = now();
         let mut errors = InvalidRequest::default();
         let mut verified = Vec::with_capacity(events.len());
+        // A token names a campaign that served, so it is in the snapshot that decided it or a
+        // later one (campaigns are never removed, only archived).
+        let catalog = state.catalog.snapshot();
         for (i, e) in events.iter().enumerate() {
             let claims = match state.signer.verify(e.token, now) {
                 Ok(claims) => claims,
@@ -167,7 +170,7 @@ impl DecisionService {
                     continue;
                 }
             };
-            let Ok(campaign) = state.catalog.get(&claims.campaign) else {
+            let Some(campaign) = catalog.find(&claims.campaign).cloned() else {
                 errors.add(
                     format!("events[{i}].impression_token"),
                     "names a campaign this server does not have",
@@ -208,6 +211,9 @@ impl DecisionService {
         let applied = state
             .write(|| {
                 let applied = state.delivery.apply(&verified, state.suppression);
+                if !state.persists() {
+                    return Ok((applied, Vec::new()));
+                }
                 // Acknowledged events are durable: their ids, and what they changed.
                 let mut changes: Vec<Change> =
                     verified.iter().map(|e| Change::Event { id: e.event_id.to_string(), at: e.at }).collect();
