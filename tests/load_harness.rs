@@ -48,5 +48,29 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     assert!(report["decide_to_check_ratio"].as_f64().unwrap() > 0.0);
     assert!(report["check_to_decide_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["budgets"]["budgeted_campaigns"].as_u64().unwrap() > 0);
+    assert_eq!(report["threads"].as_u64(), Some(1), "one current-thread runtime by default");
     let _ = std::fs::remove_file(report_path);
+}
+
+#[test]
+fn the_harness_runs_on_several_threads_when_asked_and_refuses_none() {
+    let server = Binary::in_memory("127.0.0.1:0");
+    let report_path = std::env::temp_dir().join(format!("interlude-load-mt-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
+        .args(["--target", &format!("http://{}", server.grpc), "--admin-token", ADMIN_TOKEN])
+        .args(["--campaigns", "30", "--listeners", "30", "--threads", "2", "--workload", "health-check"])
+        .args(["--duration", "0.5", "--warmup", "0", "--strict", "--server-metrics", "off", "--json"])
+        .arg(&report_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["threads"].as_u64(), Some(2));
+    assert!(report["phases"][0]["requests_ok"].as_u64().unwrap() > 0, "{report}");
+    let _ = std::fs::remove_file(report_path);
+
+    let refused =
+        Command::new(env!("CARGO_BIN_EXE_interlude-load")).args(["--threads", "0"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--threads"));
 }

@@ -63,6 +63,10 @@ struct Args {
     /// HTTP/2 connections to spread requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Threads of the load generator: 1 (the default, for a generator pinned to one core) runs
+    /// every worker on one current-thread runtime; more use a multi-thread runtime.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
     /// Measured seconds per phase.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -97,7 +101,15 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // On one core a multi-thread runtime is two threads taking turns (the one in `block_on` and
+    // its one worker), and every wake-up crosses between them: measured, it capped the generator
+    // at ~60k health Checks/s where one current thread sends ~110k/s (docs/PERFORMANCE.md).
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(usize::from(n)).enable_all().build()?
+        }
+    };
     runtime.block_on(run(args))
 }
 
@@ -190,6 +202,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Mode::Closed { concurrency } => format!("closed loop, {concurrency} workers"),
             Mode::Open { rate, .. } => format!("open loop, {rate} req/s"),
         },
+        threads: args.threads,
         seeding_seconds,
         phases,
         decide_to_check_ratio,

@@ -88,6 +88,8 @@ pub(crate) struct Report {
     pub(crate) campaigns: usize,
     pub(crate) listeners: usize,
     pub(crate) mode: String,
+    /// Threads of the load generator (1: one current-thread runtime).
+    pub(crate) threads: u16,
     pub(crate) seeding_seconds: f64,
     pub(crate) phases: Vec<PhaseReport>,
     /// Decide throughput over health Check throughput (with --compare).
@@ -160,8 +162,16 @@ impl Report {
     pub(crate) fn table(&self) -> String {
         let mut out = String::new();
         out.push_str(&format!(
-            "interlude-load: seed {} | {} campaigns | {} listeners | {} | seeding {:.1} s\n",
-            self.seed, self.campaigns, self.listeners, self.mode, self.seeding_seconds
+            "interlude-load: seed {} | {} campaigns | {} listeners | {} | {} | seeding {:.1} s\n",
+            self.seed,
+            self.campaigns,
+            self.listeners,
+            self.mode,
+            match self.threads {
+                1 => "1 thread".to_string(),
+                n => format!("{n} threads"),
+            },
+            self.seeding_seconds
         ));
         out.push_str(&format!(
             "{:<18} {:>10} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12} {:>9}  errors\n",
