@@ -54,7 +54,7 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
 
 #[test]
 fn the_harness_runs_on_several_threads_when_asked_and_refuses_none() {
-    let server = Binary::in_memory("127.0.0.1:0");
+    let server = Binary::bare();
     let report_path = std::env::temp_dir().join(format!("interlude-load-mt-{}.json", std::process::id()));
     let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
         .args(["--target", &format!("http://{}", server.grpc), "--admin-token", ADMIN_TOKEN])
