@@ -42,6 +42,15 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
         assert!(phase["errors"].as_object().unwrap().is_empty(), "{phase}");
         assert!(phase["latency_us"]["p99"].as_u64().unwrap() >= phase["latency_us"]["p50"].as_u64().unwrap());
     }
+    // Every paid ad either matches taste or track or is counted as one kind of miss.
+    let decided = &phases[0]["quality"];
+    assert!(decided["paid_ads"].as_u64().unwrap() > 0, "{decided}");
+    let share = |key: &str| decided["misses"][key].as_f64().unwrap();
+    let misses =
+        share("place_ads_without_consent") + share("place_ads_with_consent") + share("affinity_outside_top3");
+    let matching = decided["paid_ads_matching_taste"].as_f64().unwrap();
+    assert!((matching + misses - 1.0).abs() < 1e-9, "{decided}");
+    assert!(share("sponsorship") <= misses + 1e-12, "{decided}");
     let recorded = &phases[2]["quality"];
     assert_eq!(recorded["cap_violations"].as_u64(), Some(0), "{recorded}");
     assert!(recorded["impressions_recorded"].as_u64().unwrap() > 0, "{recorded}");

@@ -19,7 +19,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::server_cpu::ServerCpu;
-use crate::world::{Member, World};
+use crate::world::{CampaignFacts, Member, World};
 
 /// What each request is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -68,12 +68,16 @@ pub(crate) struct Quality {
     pub(crate) decisions: u64,
     pub(crate) paid_ads: u64,
     pub(crate) paid_ads_matching_taste: u64,
+    /// Paid ads of sponsorship campaigns, which outrank every other tier.
+    pub(crate) sponsorship_ads: u64,
     /// Paid ads of campaigns without genre rules (geo or run-of-network).
     pub(crate) paid_ads_without_genre_rule: u64,
     /// The paid ads served to listeners who consented to personalised ads, and those of them
     /// that match taste or track.
     pub(crate) consented_paid_ads: u64,
     pub(crate) consented_paid_ads_matching: u64,
+    /// The paid ads that match neither taste nor track, by why they could still serve.
+    pub(crate) misses: Misses,
     pub(crate) house_breaks: u64,
     pub(crate) empty_breaks: u64,
     pub(crate) cap_violations: u64,
@@ -85,13 +89,51 @@ impl Quality {
         self.decisions += o.decisions;
         self.paid_ads += o.paid_ads;
         self.paid_ads_matching_taste += o.paid_ads_matching_taste;
+        self.sponsorship_ads += o.sponsorship_ads;
         self.paid_ads_without_genre_rule += o.paid_ads_without_genre_rule;
         self.consented_paid_ads += o.consented_paid_ads;
         self.consented_paid_ads_matching += o.consented_paid_ads_matching;
+        self.misses.merge(&o.misses);
         self.house_breaks += o.house_breaks;
         self.empty_breaks += o.empty_breaks;
         self.cap_violations += o.cap_violations;
         self.impressions_recorded += o.impressions_recorded;
+    }
+}
+
+/// Paid ads that match neither the listener's top-3 genres nor the playing track, counted by
+/// the kind of campaign that served them: the engine's rules allow each kind, so the counts say
+/// which rule a higher match rate would have to give up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Misses {
+    /// A campaign without genre rules (targeted by place, or not at all) to a listener who
+    /// denied personalised ads: for them only contextual and place ads may serve.
+    pub(crate) place_without_consent: u64,
+    /// A campaign without genre rules to a consenting listener.
+    pub(crate) place_with_consent: u64,
+    /// A campaign whose affinity genre is one of the listener's genres, but not of the top 3.
+    pub(crate) affinity_outside_top3: u64,
+    /// Of all the misses above, those of sponsorship campaigns, which outrank every standard
+    /// ad, however relevant, by tier.
+    pub(crate) sponsorship: u64,
+}
+
+impl Misses {
+    /// Counts one paid ad that matched neither taste nor track.
+    pub(crate) fn count(&mut self, facts: &CampaignFacts, consented: bool, tier: pb::PriorityTier) {
+        match (facts.affinity.is_empty() && facts.track.is_empty(), consented) {
+            (true, false) => self.place_without_consent += 1,
+            (true, true) => self.place_with_consent += 1,
+            (false, _) => self.affinity_outside_top3 += 1,
+        }
+        self.sponsorship += u64::from(tier == pb::PriorityTier::Sponsorship);
+    }
+
+    fn merge(&mut self, o: &Misses) {
+        self.place_without_consent += o.place_without_consent;
+        self.place_with_consent += o.place_with_consent;
+        self.affinity_outside_top3 += o.affinity_outside_top3;
+        self.sponsorship += o.sponsorship;
     }
 }
 
@@ -369,6 +411,10 @@ impl Worker {
             let matches = facts.affinity.iter().any(|g| m.top3.contains(&g.as_str()) || track.contains(g))
                 || facts.track.iter().any(|g| track.contains(g));
             q.paid_ads_matching_taste += u64::from(matches);
+            q.sponsorship_ads += u64::from(ad.tier() == pb::PriorityTier::Sponsorship);
+            if !matches {
+                q.misses.count(facts, m.consented, ad.tier());
+            }
             q.paid_ads_without_genre_rule += u64::from(facts.affinity.is_empty() && facts.track.is_empty());
             if m.consented {
                 q.consented_paid_ads += 1;
@@ -509,4 +555,42 @@ async fn open_loop(
     // Cap violations are only exact when one worker owns a listener (closed loop).
     total.quality.cap_violations = 0;
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(affinity: &[&str], track: &[&str]) -> CampaignFacts {
+        CampaignFacts {
+            affinity: affinity.iter().map(|g| g.to_string()).collect(),
+            track: track.iter().map(|g| g.to_string()).collect(),
+            house: false,
+            caps: Vec::new(),
+            lifetime_budget_micros: 0,
+        }
+    }
+
+    #[test]
+    fn misses_are_counted_by_the_kind_of_campaign_and_its_tier() {
+        let mut m = Misses::default();
+        m.count(&facts(&[], &[]), false, pb::PriorityTier::Sponsorship);
+        m.count(&facts(&[], &[]), true, pb::PriorityTier::Standard);
+        m.count(&facts(&[], &[]), true, pb::PriorityTier::Sponsorship);
+        m.count(&facts(&["jazz"], &[]), true, pb::PriorityTier::Remnant);
+        assert_eq!(
+            m,
+            Misses {
+                place_without_consent: 1,
+                place_with_consent: 2,
+                affinity_outside_top3: 1,
+                sponsorship: 2
+            }
+        );
+        let mut total = Misses::default();
+        total.merge(&m);
+        total.merge(&m);
+        assert_eq!(total.place_with_consent, 4);
+        assert_eq!(total.sponsorship, 4);
+    }
 }

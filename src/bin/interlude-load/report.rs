@@ -56,6 +56,8 @@ pub(crate) struct QualityReport {
     pub(crate) paid_ads: u64,
     /// Share of paid ads matching the listener's top-3 genres or the playing track's genre.
     pub(crate) paid_ads_matching_taste: f64,
+    /// Share of paid ads from sponsorship campaigns (first by tier, whatever their relevance).
+    pub(crate) sponsorship_share: f64,
     /// Share of paid ads from campaigns without genre rules (geo-targeted or run-of-network).
     pub(crate) paid_ads_without_genre_rule: f64,
     /// Of the paid ads whose campaign has a genre rule, the share matching the listener's top-3
@@ -64,11 +66,23 @@ pub(crate) struct QualityReport {
     /// The share matching taste or track among paid ads to listeners who consented to
     /// personalised ads (without consent, taste may not be used at all).
     pub(crate) consented_paid_ads_matching: f64,
+    /// The paid ads matching neither taste nor track, as shares of all paid ads, by the kind of
+    /// campaign that served them.
+    pub(crate) misses: MissShares,
     pub(crate) house_break_share: f64,
     pub(crate) empty_break_share: f64,
     /// Must be 0 (closed loop only: one worker owns each listener).
     pub(crate) cap_violations: u64,
     pub(crate) impressions_recorded: u64,
+}
+
+/// `drive::Misses` as shares of the paid ads.
+#[derive(Debug, Serialize)]
+pub(crate) struct MissShares {
+    pub(crate) place_ads_without_consent: f64,
+    pub(crate) place_ads_with_consent: f64,
+    pub(crate) affinity_outside_top3: f64,
+    pub(crate) sponsorship: f64,
 }
 
 /// Budget outcome over the campaigns with a lifetime budget.
@@ -142,12 +156,19 @@ impl PhaseReport {
                 decisions: q.decisions,
                 paid_ads: q.paid_ads,
                 paid_ads_matching_taste: share(q.paid_ads_matching_taste, q.paid_ads),
+                sponsorship_share: share(q.sponsorship_ads, q.paid_ads),
                 paid_ads_without_genre_rule: share(q.paid_ads_without_genre_rule, q.paid_ads),
                 genre_targeted_ads_matching_taste: share(
                     q.paid_ads_matching_taste,
                     q.paid_ads.saturating_sub(q.paid_ads_without_genre_rule),
                 ),
                 consented_paid_ads_matching: share(q.consented_paid_ads_matching, q.consented_paid_ads),
+                misses: MissShares {
+                    place_ads_without_consent: share(q.misses.place_without_consent, q.paid_ads),
+                    place_ads_with_consent: share(q.misses.place_with_consent, q.paid_ads),
+                    affinity_outside_top3: share(q.misses.affinity_outside_top3, q.paid_ads),
+                    sponsorship: share(q.misses.sponsorship, q.paid_ads),
+                },
                 house_break_share: share(q.house_breaks, q.decisions),
                 empty_break_share: share(q.empty_breaks, q.decisions),
                 cap_violations: if closed_loop { q.cap_violations } else { 0 },
@@ -219,6 +240,15 @@ impl Report {
                     100.0 * q.empty_break_share,
                     q.cap_violations,
                     q.impressions_recorded
+                ));
+                let m = &q.misses;
+                out.push_str(&format!(
+                    "  misses, as shares of paid ads: {:.1}% place ads to listeners without consent, {:.1}% place ads to consenting listeners, {:.1}% affinity for a genre outside the top 3; {:.1}% are sponsorships (sponsorships: {:.1}% of all paid ads)\n",
+                    100.0 * m.place_ads_without_consent,
+                    100.0 * m.place_ads_with_consent,
+                    100.0 * m.affinity_outside_top3,
+                    100.0 * m.sponsorship,
+                    100.0 * q.sponsorship_share,
                 ));
             }
         }
