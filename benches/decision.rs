@@ -23,7 +23,9 @@ fn bench_decide(c: &mut Criterion) {
     let mut group = c.benchmark_group("interlude::decision::decide");
     group.throughput(Throughput::Elements(1));
     for n in [1_000usize, 10_000, 100_000] {
-        let spec = WorldSpec { seed: 7, campaigns: n, listeners: LISTENERS };
+        // Sponsorships booked a day before the decisions: a day into their flights.
+        let spec =
+            WorldSpec { seed: 7, campaigns: n, listeners: LISTENERS, booked_at: UnixMillis(NOW.0 - DAY_MS) };
         let vocabulary = Vocabulary::default();
         let campaigns = synth::campaigns(&spec, &vocabulary).expect("synthetic campaigns");
         let snapshot = CatalogSnapshot::new(campaigns.into_iter().map(Arc::new).collect());

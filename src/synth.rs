@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 
 use crate::domain::{
     AgeBracket, Budget, Campaign, CampaignStatus, CapScope, Category, ConsentState, Creative, DAY_MS,
-    DeviceType, FrequencyCap, GenreId, GeoLocation, HOUR_MS, ListenerProfile, Targeting, Tier, UnixMillis,
+    DeviceType, FrequencyCap, GenreId, GeoLocation, HOUR_MS, ListenerProfile, PacingMode, Targeting, Tier,
+    UnixMillis,
 };
 use crate::store::{StoreError, Vocabulary};
 
@@ -86,7 +87,15 @@ pub struct WorldSpec {
     pub seed: u64,
     pub campaigns: usize,
     pub listeners: usize,
+    /// When the sponsorships were booked: their flights start here.
+    pub booked_at: UnixMillis,
 }
+
+/// A sponsorship's flight: four weeks from its booking.
+pub const SPONSORSHIP_FLIGHT_MS: i64 = 28 * DAY_MS;
+/// A sponsorship's impression goal over its flight, per listener of the world: each listener
+/// hears a given sponsor about twice in four weeks.
+pub const SPONSORSHIP_IMPRESSIONS_PER_LISTENER: u64 = 2;
 
 /// Draws an index in `0..n` with probability proportional to 1 / (index + 1).
 pub fn zipf(rng: &mut impl Rng, n: usize) -> usize {
@@ -167,6 +176,21 @@ pub fn campaigns(spec: &WorldSpec, vocabulary: &Vocabulary) -> Result<Vec<Campai
         } else {
             Budget::default()
         };
+        // A sponsorship is a guaranteed deal: an impression goal over a flight, delivered evenly.
+        // Without one, sponsorships (3 % of campaigns) outranked every other ad by tier and took
+        // 98 % of the breaks, and the auction among the rest was never exercised.
+        let sponsorship = tier == Tier::Sponsorship;
+        let (budget, flight_start, flight_end) = if sponsorship {
+            let goal = SPONSORSHIP_IMPRESSIONS_PER_LISTENER * spec.listeners.max(1) as u64;
+            let start = spec.booked_at;
+            (
+                Budget { impression_goal: goal, pacing: PacingMode::Even, ..budget },
+                Some(start),
+                Some(UnixMillis(start.0 + SPONSORSHIP_FLIGHT_MS)),
+            )
+        } else {
+            (budget, None, None)
+        };
         out.push(Campaign {
             id: format!("{}-{i:06}", if is_house { "house" } else { "camp" }).as_str().into(),
             advertiser_id: advertiser.as_str().into(),
@@ -182,8 +206,8 @@ pub fn campaigns(spec: &WorldSpec, vocabulary: &Vocabulary) -> Result<Vec<Campai
                 FrequencyCap { scope: CapScope::Advertiser, max_impressions: 10, window_ms: Some(DAY_MS) },
             ],
             relevance_floor: None,
-            flight_start: None,
-            flight_end: None,
+            flight_start,
+            flight_end,
             budget,
             creatives: vec![
                 Creative {
@@ -304,7 +328,7 @@ mod tests {
 
     #[test]
     fn worlds_are_deterministic_per_seed() {
-        let spec = WorldSpec { seed: 42, campaigns: 200, listeners: 10 };
+        let spec = WorldSpec { seed: 42, campaigns: 200, listeners: 10, booked_at: UnixMillis(0) };
         let v = Vocabulary::default();
         let a = campaigns(&spec, &v).unwrap();
         let b = campaigns(&spec, &v).unwrap();
@@ -313,6 +337,22 @@ mod tests {
         assert_eq!(a.iter().filter(|c| c.tier == Tier::House).count(), 10);
         assert_eq!(listener(&spec, 3).profile.id, listener(&spec, 3).profile.id);
         assert_eq!(listener(&spec, 3).members, listener(&spec, 3).members);
+    }
+
+    #[test]
+    fn sponsorships_are_booked_with_an_even_goal_over_a_flight() {
+        let spec =
+            WorldSpec { seed: 42, campaigns: 2000, listeners: 1000, booked_at: UnixMillis(5 * DAY_MS) };
+        let all = campaigns(&spec, &Vocabulary::default()).unwrap();
+        let (sponsorships, rest): (Vec<_>, Vec<_>) = all.iter().partition(|c| c.tier == Tier::Sponsorship);
+        assert!(sponsorships.len() > 20, "{}", sponsorships.len());
+        for c in &sponsorships {
+            assert_eq!(c.budget.impression_goal, 2 * 1000);
+            assert_eq!(c.budget.pacing, PacingMode::Even);
+            assert_eq!(c.flight_start, Some(spec.booked_at));
+            assert_eq!(c.flight_end, Some(UnixMillis(spec.booked_at.0 + SPONSORSHIP_FLIGHT_MS)));
+        }
+        assert!(rest.iter().all(|c| c.flight_start.is_none() && c.budget.impression_goal == 0));
     }
 
     #[test]

@@ -22,7 +22,7 @@ struct World {
 }
 
 static WORLD: LazyLock<World> = LazyLock::new(|| {
-    let spec = WorldSpec { seed: 3, campaigns: 500, listeners: 16 };
+    let spec = WorldSpec { seed: 3, campaigns: 500, listeners: 16, booked_at: UnixMillis(NOW.0 - DAY_MS) };
     let vocabulary = Vocabulary::default();
     let campaigns = synth::campaigns(&spec, &vocabulary).expect("synthetic campaigns");
     let snapshot = CatalogSnapshot::new(campaigns.into_iter().map(Arc::new).collect());

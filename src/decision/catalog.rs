@@ -11,9 +11,12 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use super::Policy;
-use crate::domain::{Campaign, CampaignId, CampaignStatus, GenreId, GeoLocation, ListenerProfile, Tier};
+use crate::domain::{
+    Campaign, CampaignId, CampaignStatus, GenreId, GeoLocation, ListenerProfile, Tier, UnixMillis,
+};
 
 /// The maps of the snapshot: built once per catalog change, read by every decision.
 type IndexMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -42,6 +45,11 @@ pub struct CatalogSnapshot {
     /// Per slot: whether the campaign sits in more than one index list (only those need
     /// de-duplicating when lists are merged).
     multi: Vec<bool>,
+    /// Per slot: until when (unix ms) the campaign is known to be held back by its pacing or
+    /// budget, whoever the listener. The one thing in a snapshot that decisions write: a memo
+    /// of `pacing::held_until`, so that paced campaigns, which lead every list of their tier,
+    /// do not cost each decision a spend lookup apiece.
+    held: Box<[AtomicI64]>,
 }
 
 /// The campaigns under one index key, split by their static relevance (geo and audience fit,
@@ -196,6 +204,7 @@ impl CatalogSnapshot {
             open_anywhere: split(open_anywhere),
             house,
             multi: lists_per_slot.into_iter().map(|n| n > 1).collect(),
+            held: campaigns.iter().map(|_| AtomicI64::new(0)).collect(),
             by_id: campaigns.iter().enumerate().map(|(slot, c)| (c.id.clone(), slot as Slot)).collect(),
             campaigns,
         }
@@ -214,6 +223,17 @@ impl CatalogSnapshot {
     /// The campaign with `id`, of any status.
     pub fn find(&self, id: &str) -> Option<&Arc<Campaign>> {
         self.by_id.get(id).map(|&slot| self.get(slot))
+    }
+
+    /// Whether the campaign in `slot` is known to be held back by pacing or budget at `now`.
+    pub fn is_held(&self, slot: Slot, now: UnixMillis) -> bool {
+        // Relaxed: a stale read only makes a decision look at the campaign itself.
+        self.held[slot as usize].load(Ordering::Relaxed) > now.0
+    }
+
+    /// Records that the campaign in `slot` is held back until `until`.
+    pub fn hold(&self, slot: Slot, until: UnixMillis) {
+        self.held[slot as usize].store(until.0, Ordering::Relaxed);
     }
 
     /// Number of campaigns of any status.
@@ -243,6 +263,9 @@ impl CatalogSnapshot {
     /// upper bound of their score: a superset of the eligible ones that can clear their floor.
     /// `affinity_genres` pairs each genre whose affinity list should be read with the highest
     /// genre fit a campaign found there can reach (see `Context::affinity_lists`).
+    ///
+    /// With `skip_held_at`, campaigns known to be held back by pacing or budget at that instant
+    /// are passed over inside the merge (`Ranked::skipped_held` tells whether any were).
     pub fn retrieve<'a>(
         &'a self,
         affinity_genres: impl Iterator<Item = (GenreId, f64)>,
@@ -250,6 +273,7 @@ impl CatalogSnapshot {
         request_country: Option<&str>,
         home: Option<&ListenerProfile>,
         policy: &Policy,
+        skip_held_at: Option<UnixMillis>,
     ) -> Ranked<'a> {
         let (default_floor, exponent) = (policy.relevance_floor, policy.relevance_exponent);
         let mut ranked = Ranked {
@@ -258,6 +282,8 @@ impl CatalogSnapshot {
             heads: Vec::with_capacity(32),
             below_floor: Vec::new(),
             seen: Vec::new(),
+            skip_held_at,
+            skipped_held: false,
         };
         let request = request_country.and_then(|c| c.as_bytes().try_into().ok()).map(Place::Request);
         let home = home.and_then(|p| p.details().home.as_ref()).and_then(country_code).map(Place::Home);
@@ -345,6 +371,9 @@ pub struct Ranked<'a> {
     below_floor: Vec<&'a [Entry]>,
     /// Slots already yielded, sorted.
     seen: Vec<Slot>,
+    /// Pass over campaigns held back at this instant (see `CatalogSnapshot::hold`).
+    skip_held_at: Option<UnixMillis>,
+    skipped_held: bool,
 }
 
 impl<'a> Ranked<'a> {
@@ -369,10 +398,25 @@ impl<'a> Ranked<'a> {
             }
             // bid × reachable^exponent bounds the score of every campaign here.
             let factor = reachable.powi(exponent);
-            let head = &list.entries[0];
-            self.lists.push((&list.entries, factor));
-            self.heads.push((head.tier, head.bid * factor));
+            let entries = self.past_held(&list.entries);
+            self.lists.push((entries, factor));
+            self.heads.push(entries.first().map_or(EXHAUSTED, |e| (e.tier, e.bid * factor)));
         }
+    }
+
+    /// `entries` from the first campaign not held back. Paced campaigns lead their lists (they
+    /// are of the first tier), so passing them here, one atomic load each, spares the merge a
+    /// step per held campaign and list.
+    fn past_held(&mut self, entries: &'a [Entry]) -> &'a [Entry] {
+        let Some(now) = self.skip_held_at else { return entries };
+        let held = entries.iter().take_while(|e| self.snapshot.is_held(e.slot, now)).count();
+        self.skipped_held |= held > 0;
+        &entries[held..]
+    }
+
+    /// Whether campaigns held back by pacing or budget were passed over.
+    pub fn skipped_held(&self) -> bool {
+        self.skipped_held
     }
 
     /// The lists set aside because none of their campaigns can clear its relevance floor.
@@ -403,10 +447,11 @@ impl Iterator for Ranked<'_> {
                 return None;
             }
             let (tier, bound) = best_key;
-            let (entries, factor) = &mut self.lists[best];
+            let (entries, factor) = self.lists[best];
             let slot = entries[0].slot;
-            *entries = &entries[1..];
-            self.heads[best] = entries.first().map_or(EXHAUSTED, |e| (e.tier, e.bid * *factor));
+            let rest = self.past_held(&entries[1..]);
+            self.lists[best].0 = rest;
+            self.heads[best] = rest.first().map_or(EXHAUSTED, |e| (e.tier, e.bid * factor));
             if !self.snapshot.multi[slot as usize] {
                 return Some(Retrieved { slot, tier, bound });
             }

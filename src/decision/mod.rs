@@ -53,6 +53,11 @@ impl Default for Policy {
 /// docs/PERFORMANCE.md; it is the business's choice of relevance against revenue.
 pub const DEFAULT_RELEVANCE_EXPONENT: i32 = 2;
 
+/// The longest a campaign held back by its pacing or budget is skipped before a decision looks
+/// at its spend again (`CatalogSnapshot::hold`): spend can fall as reservations expire or the
+/// day turns, so a held campaign may serve at most this much later than it could have.
+pub const PACE_HOLD_MS: i64 = 250;
+
 /// What a campaign has spent so far, as the engine needs it for budget checks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Spend {
@@ -248,12 +253,17 @@ pub fn decide(
     }
     let country = request.location.as_ref().map(|l| &*l.country);
     let affinity = ctx.affinity_lists().filter(|_| personalized);
-    let mut ranked = catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy);
+    // Campaigns held back by pacing or budget cannot serve: the merge passes over them unseen
+    // (not when explaining, which names every campaign's rule).
+    let skip_held_at = (!explain).then_some(now);
+    let mut ranked =
+        catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy, skip_held_at);
 
     let width = ranking::search_width(request.max_ads);
     let mut threshold = ranking::Threshold::new(width);
     let mut paid = Vec::with_capacity(width);
     let mut cut_at = None;
+    let mut skipped_held = false;
     for catalog::Retrieved { slot, tier, bound } in ranked.by_ref() {
         if !threshold.admits(tier, bound) {
             cut_at = Some(slot);
@@ -261,6 +271,10 @@ pub fn decide(
         }
         if explain {
             visited.push(slot);
+        } else if catalog.is_held(slot, now) {
+            // Held by an earlier candidate of this very walk (it sits in several lists).
+            skipped_held = true;
+            continue;
         }
         let campaign = catalog.get(slot);
         match ctx.evaluate(campaign, spend, rng) {
@@ -272,6 +286,12 @@ pub fn decide(
                 if furthest.is_none_or(|f| rule.reason() > f.reason()) {
                     furthest = Some(rule);
                 }
+                if matches!(rule, Rule::Pacing | Rule::Budget)
+                    && let Some(until) =
+                        pacing::held_until(campaign, &spend.spend(&campaign.id), now, PACE_HOLD_MS)
+                {
+                    catalog.hold(slot, until);
+                }
                 if explain {
                     trace.push(rejected(campaign, rule, ctx.describe(campaign, rule)));
                 }
@@ -280,6 +300,21 @@ pub fn decide(
     }
 
     let chosen = ranking::best_break(&mut paid, request.max_ads, request.max_duration_ms);
+    if chosen.is_empty() && (skipped_held || ranked.skipped_held()) {
+        // The reason for an unfilled break must not depend on the memo: look at the campaigns
+        // it skipped (they may have got further than any other before pacing stopped them).
+        let affinity = ctx.affinity_lists().filter(|_| personalized);
+        for r in catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy, None) {
+            if !catalog.is_held(r.slot, now) {
+                continue;
+            }
+            if let Evaluation::Rejected(rule) = ctx.evaluate(catalog.get(r.slot), spend, rng)
+                && furthest.is_none_or(|f| rule.reason() > f.reason())
+            {
+                furthest = Some(rule);
+            }
+        }
+    }
 
     // House ads fill only a break no paid ad serves: evaluated then, or for the trace.
     let mut house = Vec::new();

@@ -53,6 +53,42 @@ pub fn pace(campaign: &Campaign, spend: &Spend, now: UnixMillis) -> Pace {
     if ahead { Pace::Throttled } else { Pace::Open }
 }
 
+/// How long a campaign held back at `now` may be skipped without asking again: until its
+/// curve allows one more ad, assuming its spend does not change, and at most `max_hold_ms` —
+/// spend can fall (reservations expire, the UTC day turns), so a hold must stay short.
+/// `None` when the campaign may serve now.
+pub fn held_until(
+    campaign: &Campaign,
+    spend: &Spend,
+    now: UnixMillis,
+    max_hold_ms: i64,
+) -> Option<UnixMillis> {
+    match pace(campaign, spend, now) {
+        Pace::Open => None,
+        Pace::Exhausted => Some(UnixMillis(now.0 + max_hold_ms)),
+        Pace::Throttled => {
+            // Targets only grow with time within a flight and a day, so the first instant the
+            // campaign opens again is found by bisection; the search stops at the day's end,
+            // where the daily curve starts over with today's spend.
+            let day_end = now.0 - now.0.rem_euclid(DAY_MS) + DAY_MS;
+            let mut hi = (now.0 + max_hold_ms).min(day_end - 1);
+            if pace(campaign, spend, UnixMillis(hi)) != Pace::Open {
+                return Some(UnixMillis(hi));
+            }
+            let mut lo = now.0;
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if pace(campaign, spend, UnixMillis(mid)) == Pace::Open {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            Some(UnixMillis(hi))
+        }
+    }
+}
+
 /// How `campaign`'s recorded delivery compares with its curve at `now`.
 pub fn status(campaign: &Campaign, spend: &Spend, now: UnixMillis) -> PaceStatus {
     let recorded = Spend { reserved_micros: 0, reserved_impressions: 0, ..*spend };
@@ -264,6 +300,28 @@ mod tests {
             "a new day"
         );
         assert_eq!(pace(&c, &Spend { today_micros: PRICE, ..Spend::default() }, at), Pace::Exhausted);
+    }
+
+    #[test]
+    fn a_held_campaign_is_held_until_its_curve_allows_one_more_ad() {
+        // 2,400 impressions evenly over a day: one every 36 s.
+        let c = paced(PacingMode::Even, Budget { impression_goal: 2_400, ..Budget::default() }, 1);
+        let at = |s: i64| UnixMillis(s * 1000);
+        let open = Spend { impressions: 10, ..Spend::default() };
+        // At 360 s the curve allows 10: open now, not held.
+        assert_eq!(held_until(&c, &open, at(360), 60_000), None);
+        // One more delivered: held until the curve reaches 11, at 396 s.
+        let ahead = Spend { impressions: 11, ..Spend::default() };
+        assert_eq!(pace(&c, &ahead, at(360)), Pace::Throttled);
+        let until = held_until(&c, &ahead, at(360), 60_000).unwrap();
+        assert_eq!(pace(&c, &ahead, until), Pace::Open);
+        assert_eq!(pace(&c, &ahead, UnixMillis(until.0 - 1)), Pace::Throttled);
+        assert!((until.0 - 396_000).abs() <= 1, "{until:?}");
+        // Further ahead than the longest hold: held for the longest hold, then asked again.
+        assert_eq!(held_until(&c, &ahead, at(360), 10_000), Some(at(370)));
+        // Past a hard limit: held for the longest hold.
+        let spent = Spend { impressions: 2_400, ..Spend::default() };
+        assert_eq!(held_until(&c, &spent, at(360), 10_000), Some(at(370)));
     }
 
     #[test]

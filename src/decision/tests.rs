@@ -11,8 +11,8 @@ use super::*;
 use crate::domain::history::SuppressionTarget;
 use crate::domain::{
     AgeBracket, Budget, CampaignStatus, CapScope, Category, Creative, DAY_MS, Daypart, DeviceType,
-    FrequencyCap, GenreId, GeoLocation, ImpressionRecord, MINUTE_MS, Milestone, Signal, SignalRequirement,
-    Targeting,
+    FrequencyCap, GenreId, GeoLocation, ImpressionRecord, MINUTE_MS, Milestone, PacingMode, Signal,
+    SignalRequirement, Targeting,
 };
 
 const CLASSICAL: GenreId = GenreId(1);
@@ -514,6 +514,60 @@ fn exhausted_budgets_stop_serving() {
     check(&f, &["c"], Reason::Served);
     f.spend.insert("c".into(), Spend { lifetime_micros: 990_001, ..Spend::default() });
     check(&f, &[], Reason::BudgetExhausted);
+}
+
+#[test]
+fn a_sponsorship_ahead_of_its_goal_curve_leaves_the_break_to_the_auction() {
+    // 2,800 impressions evenly over 28 days, one day in: the curve allows 100 by now.
+    let mut sponsor = genre_campaign("sponsor", "s", 5, &[JAZZ]);
+    sponsor.tier = Tier::Sponsorship;
+    sponsor.budget = Budget { impression_goal: 2_800, pacing: PacingMode::Even, ..Budget::default() };
+    sponsor.flight_start = Some(UnixMillis(NOW.0 - DAY_MS));
+    sponsor.flight_end = Some(UnixMillis(NOW.0 + 27 * DAY_MS));
+    let mut f =
+        fixture().taste(&[(JAZZ, 10)]).with(sponsor).with(genre_campaign("auction", "a", 50, &[JAZZ]));
+    f.spend.insert("sponsor".into(), Spend { impressions: 99, ..Spend::default() });
+    check(&f, &["sponsor"], Reason::Served);
+    // Decided but unrecorded ads count too: one held in reservation puts it at the curve.
+    f.spend.insert("sponsor".into(), Spend { impressions: 99, reserved_impressions: 2, ..Spend::default() });
+    check(&f, &["auction"], Reason::Served);
+    assert_eq!(f.rejected_by("sponsor"), Some(Rule::Pacing));
+}
+
+#[test]
+fn a_held_back_campaign_is_skipped_until_its_hold_ends_and_the_reason_stays_true() {
+    let mut sponsor = genre_campaign("sponsor", "s", 5, &[JAZZ]);
+    sponsor.tier = Tier::Sponsorship;
+    sponsor.budget = Budget { impression_goal: 2_800, pacing: PacingMode::Even, ..Budget::default() };
+    sponsor.flight_start = Some(UnixMillis(NOW.0 - DAY_MS));
+    sponsor.flight_end = Some(UnixMillis(NOW.0 + 27 * DAY_MS));
+    let f = fixture().taste(&[(JAZZ, 10)]);
+    let on = |snapshot: &CatalogSnapshot, spend: &HashMap<CampaignId, Spend>, now: UnixMillis| {
+        let profile = f.profile.as_ref();
+        let listener = Listener { profile, taste: profile.and_then(|p| p.member("")), history: &f.history };
+        let d =
+            decide(snapshot, listener, &f.request, &f.policy, spend, now, &mut SmallRng::seed_from_u64(1));
+        (d.ads.iter().map(|a| a.campaign.id.to_string()).collect::<Vec<_>>(), d.reason)
+    };
+    let ahead = HashMap::from([("sponsor".into(), Spend { impressions: 101, ..Spend::default() })]);
+    let fallen = HashMap::from([("sponsor".into(), Spend { impressions: 99, ..Spend::default() })]);
+
+    // Alone, held back: the reason is its pacing, whether it was looked at or skipped.
+    let alone = CatalogSnapshot::new(vec![Arc::new(sponsor.clone())]);
+    assert_eq!(on(&alone, &ahead, NOW), (vec![], Reason::BudgetExhausted));
+    assert!(alone.is_held(0, NOW));
+    assert_eq!(on(&alone, &ahead, NOW), (vec![], Reason::BudgetExhausted));
+
+    // Beside another campaign: skipped while held, even once its spend has fallen (say its
+    // reservations expired), and served again when the hold ends, at most PACE_HOLD_MS late.
+    let both =
+        CatalogSnapshot::new(vec![Arc::new(sponsor), Arc::new(genre_campaign("auction", "a", 50, &[JAZZ]))]);
+    let slot = both.campaigns().iter().position(|c| c.id.as_str() == "sponsor").unwrap() as catalog::Slot;
+    assert_eq!(on(&both, &ahead, NOW).0, ["auction"]);
+    assert!(both.is_held(slot, NOW));
+    assert!(!both.is_held(slot, UnixMillis(NOW.0 + PACE_HOLD_MS)));
+    assert_eq!(on(&both, &fallen, NOW).0, ["auction"]);
+    assert_eq!(on(&both, &fallen, UnixMillis(NOW.0 + PACE_HOLD_MS)).0, ["sponsor"]);
 }
 
 // === breaks ===

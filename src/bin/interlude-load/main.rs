@@ -114,7 +114,13 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let spec = WorldSpec { seed: args.seed, campaigns: args.campaigns, listeners: args.listeners };
+    // Sponsorship flights start now: a world seeded now is booked now.
+    let spec = WorldSpec {
+        seed: args.seed,
+        campaigns: args.campaigns,
+        listeners: args.listeners,
+        booked_at: interlude::grpc::now(),
+    };
     let world = Arc::new(World::generate(spec)?);
     if let Some(path) = &args.write_h2load_body {
         return write_h2load_body(&world, path);
