@@ -516,19 +516,25 @@ fn exhausted_budgets_stop_serving() {
     check(&f, &[], Reason::BudgetExhausted);
 }
 
-#[test]
-fn a_sponsorship_ahead_of_its_goal_curve_leaves_the_break_to_the_auction() {
-    // 2,800 impressions evenly over 28 days, one day in: the curve allows 100 by now.
+/// A jazz sponsorship booked for 2,800 impressions evenly over 28 days, one day in: its curve
+/// allows 100 by `NOW`.
+fn paced_sponsorship() -> Campaign {
     let mut sponsor = genre_campaign("sponsor", "s", 5, &[JAZZ]);
     sponsor.tier = Tier::Sponsorship;
     sponsor.budget = Budget { impression_goal: 2_800, pacing: PacingMode::Even, ..Budget::default() };
     sponsor.flight_start = Some(UnixMillis(NOW.0 - DAY_MS));
     sponsor.flight_end = Some(UnixMillis(NOW.0 + 27 * DAY_MS));
+    sponsor
+}
+
+#[test]
+fn a_sponsorship_ahead_of_its_goal_curve_leaves_the_break_to_the_auction() {
+    let sponsor = paced_sponsorship();
     let mut f =
         fixture().taste(&[(JAZZ, 10)]).with(sponsor).with(genre_campaign("auction", "a", 50, &[JAZZ]));
     f.spend.insert("sponsor".into(), Spend { impressions: 99, ..Spend::default() });
     check(&f, &["sponsor"], Reason::Served);
-    // Decided but unrecorded ads count too: one held in reservation puts it at the curve.
+    // Decided but unrecorded ads count too: two held in reservation put it past the curve.
     f.spend.insert("sponsor".into(), Spend { impressions: 99, reserved_impressions: 2, ..Spend::default() });
     check(&f, &["auction"], Reason::Served);
     assert_eq!(f.rejected_by("sponsor"), Some(Rule::Pacing));
@@ -536,11 +542,7 @@ fn a_sponsorship_ahead_of_its_goal_curve_leaves_the_break_to_the_auction() {
 
 #[test]
 fn a_held_back_campaign_is_skipped_until_its_hold_ends_and_the_reason_stays_true() {
-    let mut sponsor = genre_campaign("sponsor", "s", 5, &[JAZZ]);
-    sponsor.tier = Tier::Sponsorship;
-    sponsor.budget = Budget { impression_goal: 2_800, pacing: PacingMode::Even, ..Budget::default() };
-    sponsor.flight_start = Some(UnixMillis(NOW.0 - DAY_MS));
-    sponsor.flight_end = Some(UnixMillis(NOW.0 + 27 * DAY_MS));
+    let sponsor = paced_sponsorship();
     let f = fixture().taste(&[(JAZZ, 10)]);
     let on = |snapshot: &CatalogSnapshot, spend: &HashMap<CampaignId, Spend>, now: UnixMillis| {
         let profile = f.profile.as_ref();
