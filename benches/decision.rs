@@ -3,13 +3,15 @@
 //!
 //! Run: `cargo bench --bench decision`. Figures and machine: docs/PERFORMANCE.md.
 
+use std::collections::HashSet;
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use interlude::decision::{self, CatalogSnapshot, Listener, NoSpend, Policy};
+use interlude::decision::{self, CatalogSnapshot, Listener, NoSpend, Policy, Spend, SpendView};
 use interlude::domain::{
-    AdRequest, ConsentState, DAY_MS, DeliveryHistory, DeviceType, ImpressionRecord, MINUTE_MS, UnixMillis,
+    AdRequest, CampaignId, ConsentState, DAY_MS, DeliveryHistory, DeviceType, ImpressionRecord, MINUTE_MS,
+    Tier, UnixMillis,
 };
 use interlude::store::Vocabulary;
 use interlude::synth::{self, WorldSpec};
@@ -118,8 +120,38 @@ fn bench_decide(c: &mut Criterion) {
                 })
             });
         }
+        // A server's steady state: every sponsorship held back by its pacing (they deliver a
+        // small share), so the break goes to the auction of the other tiers.
+        let paced = AtGoal(
+            snapshot
+                .campaigns()
+                .iter()
+                .filter(|c| c.tier == Tier::Sponsorship)
+                .map(|c| c.id.clone())
+                .collect(),
+        );
+        let mut i = 0usize;
+        group.bench_with_input(BenchmarkId::new("n_campaigns_sponsorships_held", n), &n, |b, _| {
+            b.iter(|| {
+                i = (i + 1) % LISTENERS;
+                let profile = &listeners[i].profile;
+                let listener =
+                    Listener { profile: Some(profile), taste: profile.member(""), history: &empty };
+                black_box(decision::decide(&snapshot, listener, &requests[i], &policy, &paced, NOW, &mut rng))
+            })
+        });
     }
     group.finish();
+}
+
+/// Spend with the listed campaigns at their goal, the rest untouched.
+struct AtGoal(HashSet<CampaignId>);
+
+impl SpendView for AtGoal {
+    fn spend(&self, campaign: &CampaignId) -> Spend {
+        let impressions = if self.0.contains(campaign) { u64::MAX / 2 } else { 0 };
+        Spend { impressions, ..Spend::default() }
+    }
 }
 
 criterion_group!(benches, bench_decide);
