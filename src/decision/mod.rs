@@ -49,8 +49,7 @@ impl Default for Policy {
 /// Squared, an ad half as relevant needs four times the bid to win: listeners would rather hear
 /// nothing than something that is not for them, so a high bid must not buy its way past a much
 /// better fit — while money still counts. What the exponent does to quality in the synthetic
-/// world (1: 84 %, 2: 88 %, 3: 90 %, 4: 92 % of paid ads match taste or track) is in
-/// docs/PERFORMANCE.md; it is the business's choice of relevance against revenue.
+/// world is in docs/PERFORMANCE.md; it is the business's choice of relevance against revenue.
 pub const DEFAULT_RELEVANCE_EXPONENT: i32 = 2;
 
 /// The longest a campaign held back by its pacing or budget is skipped before a decision looks
