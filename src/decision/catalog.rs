@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use super::Policy;
 use crate::domain::{
@@ -110,6 +110,25 @@ pub struct List {
     /// Whether some campaign here uses the server's default floor.
     default_floor: bool,
     entries: Vec<Entry>,
+    /// The run of held campaigns this list starts with (its first tier's paced deals), as
+    /// `held_run::pack(until, length)`: the first `length` entries are all held until `until`
+    /// at least, so a decision passes them with one load instead of one per campaign.
+    held_run: AtomicU64,
+}
+
+/// `List::held_run`: an instant in unix ms (41 bits) and a run length (23 bits).
+mod held_run {
+    const LEN_BITS: u32 = 23;
+    const LEN_MASK: u64 = (1 << LEN_BITS) - 1;
+
+    pub(super) fn pack(until: i64, len: usize) -> u64 {
+        // A run too long to count is recorded shorter: it only means more per-campaign loads.
+        (u64::try_from(until).unwrap_or(0) << LEN_BITS) | (len as u64).min(LEN_MASK)
+    }
+
+    pub(super) fn unpack(packed: u64) -> (i64, usize) {
+        ((packed >> LEN_BITS) as i64, (packed & LEN_MASK) as usize)
+    }
 }
 
 impl List {
@@ -234,6 +253,10 @@ impl CatalogSnapshot {
     /// Records that the campaign in `slot` is held back until `until`.
     pub fn hold(&self, slot: Slot, until: UnixMillis) {
         self.held[slot as usize].store(until.0, Ordering::Relaxed);
+    }
+
+    fn held_until(&self, slot: Slot) -> i64 {
+        self.held[slot as usize].load(Ordering::Relaxed)
     }
 
     /// Number of campaigns of any status.
@@ -398,7 +421,7 @@ impl<'a> Ranked<'a> {
             }
             // bid × reachable^exponent bounds the score of every campaign here.
             let factor = reachable.powi(exponent);
-            let entries = self.past_held(&list.entries);
+            let entries = self.past_held_run(list);
             self.lists.push((entries, factor));
             self.heads.push(entries.first().map_or(EXHAUSTED, |e| (e.tier, e.bid * factor)));
         }
@@ -412,6 +435,25 @@ impl<'a> Ranked<'a> {
         let held = entries.iter().take_while(|e| self.snapshot.is_held(e.slot, now)).count();
         self.skipped_held |= held > 0;
         &entries[held..]
+    }
+
+    /// `list`'s entries from the first campaign not held back: the run of held campaigns it
+    /// starts with is passed by its memo while the memo holds, and the memo renewed when the
+    /// run has grown.
+    fn past_held_run(&mut self, list: &'a List) -> &'a [Entry] {
+        let Some(now) = self.skip_held_at else { return &list.entries };
+        let (until, len) = held_run::unpack(list.held_run.load(Ordering::Relaxed));
+        let known = if until > now.0 { len.min(list.entries.len()) } else { 0 };
+        let more = list.entries[known..].iter().take_while(|e| self.snapshot.is_held(e.slot, now)).count();
+        let run = known + more;
+        if more > 0 {
+            // Holds end on shared period boundaries (`pacing::held_until`), so the run's earliest
+            // end is usually the next boundary: about one renewal per list and period.
+            let until = list.entries[..run].iter().map(|e| self.snapshot.held_until(e.slot)).min();
+            list.held_run.store(held_run::pack(until.unwrap_or(0), run), Ordering::Relaxed);
+        }
+        self.skipped_held |= run > 0;
+        &list.entries[run..]
     }
 
     /// Whether campaigns held back by pacing or budget were passed over.

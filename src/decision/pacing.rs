@@ -54,24 +54,26 @@ pub fn pace(campaign: &Campaign, spend: &Spend, now: UnixMillis) -> Pace {
 }
 
 /// How long a campaign held back at `now` may be skipped without asking again: until its
-/// curve allows one more ad, assuming its spend does not change, and at most `max_hold_ms` —
-/// spend can fall (reservations expire, the UTC day turns), so a hold must stay short.
-/// `None` when the campaign may serve now.
+/// curve allows one more ad, assuming its spend does not change, and at most until the end of
+/// the current `max_hold_ms` period — spend can fall (reservations expire, the UTC day turns),
+/// so a hold must stay short, and holds that end on the same period boundary let a list's
+/// held campaigns be passed over as one run. `None` when the campaign may serve now.
 pub fn held_until(
     campaign: &Campaign,
     spend: &Spend,
     now: UnixMillis,
     max_hold_ms: i64,
 ) -> Option<UnixMillis> {
+    let period_end = now.0 - now.0.rem_euclid(max_hold_ms) + max_hold_ms;
     match pace(campaign, spend, now) {
         Pace::Open => None,
-        Pace::Exhausted => Some(UnixMillis(now.0 + max_hold_ms)),
+        Pace::Exhausted => Some(UnixMillis(period_end)),
         Pace::Throttled => {
             // Targets only grow with time within a flight and a day, so the first instant the
             // campaign opens again is found by bisection; the search stops at the day's end,
             // where the daily curve starts over with today's spend.
             let day_end = now.0 - now.0.rem_euclid(DAY_MS) + DAY_MS;
-            let mut hi = (now.0 + max_hold_ms).min(day_end - 1);
+            let mut hi = period_end.min(day_end - 1);
             if pace(campaign, spend, UnixMillis(hi)) != Pace::Open {
                 return Some(UnixMillis(hi));
             }
@@ -317,11 +319,12 @@ mod tests {
         assert_eq!(pace(&c, &ahead, until), Pace::Open);
         assert_eq!(pace(&c, &ahead, UnixMillis(until.0 - 1)), Pace::Throttled);
         assert!((until.0 - 396_000).abs() <= 1, "{until:?}");
-        // Further ahead than the longest hold: held for the longest hold, then asked again.
+        // Further ahead than the hold period: held to the period's end, then asked again.
         assert_eq!(held_until(&c, &ahead, at(360), 10_000), Some(at(370)));
-        // Past a hard limit: held for the longest hold.
+        assert_eq!(held_until(&c, &ahead, UnixMillis(361_500), 10_000), Some(at(370)));
+        // Past a hard limit: held to the period's end.
         let spent = Spend { impressions: 2_400, ..Spend::default() };
-        assert_eq!(held_until(&c, &spent, at(360), 10_000), Some(at(370)));
+        assert_eq!(held_until(&c, &spent, UnixMillis(365_000), 10_000), Some(at(370)));
     }
 
     #[test]

@@ -572,6 +572,41 @@ fn a_held_back_campaign_is_skipped_until_its_hold_ends_and_the_reason_stays_true
     assert_eq!(on(&both, &fallen, UnixMillis(NOW.0 + PACE_HOLD_MS)).0, ["sponsor"]);
 }
 
+#[test]
+fn a_run_of_held_sponsorships_is_passed_until_the_hold_period_ends() {
+    let f = fixture().taste(&[(JAZZ, 10)]);
+    let mut campaigns: Vec<Arc<Campaign>> = (1..=3)
+        .map(|i| {
+            let mut c = paced_sponsorship();
+            c.id = format!("sponsor-{i}").as_str().into();
+            c.advertiser_id = format!("s{i}").as_str().into();
+            c.bid_cpm_micros = i * 1_000_000;
+            Arc::new(c)
+        })
+        .collect();
+    campaigns.push(Arc::new(genre_campaign("auction", "a", 50, &[JAZZ])));
+    let snapshot = CatalogSnapshot::new(campaigns);
+    let spend_of = |impressions| -> HashMap<CampaignId, Spend> {
+        (1..=3)
+            .map(|i| (format!("sponsor-{i}").as_str().into(), Spend { impressions, ..Spend::default() }))
+            .collect()
+    };
+    let served = |spend: &HashMap<CampaignId, Spend>, now: UnixMillis| {
+        let profile = f.profile.as_ref();
+        let listener = Listener { profile, taste: profile.and_then(|p| p.member("")), history: &f.history };
+        let d =
+            decide(&snapshot, listener, &f.request, &f.policy, spend, now, &mut SmallRng::seed_from_u64(1));
+        d.ads.iter().map(|a| a.campaign.id.to_string()).collect::<Vec<_>>()
+    };
+    // All three ahead of their curves: held, and the auction serves.
+    assert_eq!(served(&spend_of(101), NOW), ["auction"]);
+    // Within the hold period the run is passed as a whole, even with their spend fallen...
+    assert_eq!(served(&spend_of(99), UnixMillis(NOW.0 + 100)), ["auction"]);
+    assert_eq!(served(&spend_of(99), UnixMillis(NOW.0 + PACE_HOLD_MS - 1)), ["auction"]);
+    // ...and at its end the best sponsorship serves again.
+    assert_eq!(served(&spend_of(99), UnixMillis(NOW.0 + PACE_HOLD_MS)), ["sponsor-3"]);
+}
+
 // === breaks ===
 
 #[test]
