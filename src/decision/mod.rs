@@ -52,8 +52,9 @@ impl Default for Policy {
 /// world is in docs/PERFORMANCE.md; it is the business's choice of relevance against revenue.
 pub const DEFAULT_RELEVANCE_EXPONENT: i32 = 2;
 
-/// The longest a campaign held back by its pacing or budget is skipped before a decision looks
-/// at its spend again (`CatalogSnapshot::hold`): spend can fall as reservations expire or the
+/// The period of the holds on campaigns held back by their pacing or budget
+/// (`CatalogSnapshot::hold`): a hold ends at the latest on the next multiple of this, when a
+/// decision looks at the campaign's spend again. Spend can fall as reservations expire or the
 /// day turns, so a held campaign may serve at most this much later than it could have.
 pub const PACE_HOLD_MS: i64 = 250;
 
