@@ -116,7 +116,7 @@ impl AppState {
             state.listeners.restore_alias(&alias, id);
         }
         let window = state.dedupe_window.as_millis() as i64;
-        state.delivery.restore(r.histories, r.counters, r.events, window, now);
+        state.delivery.restore(r.histories, r.counters, r.events, r.legacy_events, window, now);
         // The event table would otherwise grow forever; what is older than the window is dead.
         // Not awaited: nothing acknowledged depends on it.
         drop(durable.submit(vec![Change::PurgeEvents { before: UnixMillis(now.0 - window) }])?);

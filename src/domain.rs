@@ -18,6 +18,39 @@ pub use taste::{ArtistStat, GenreStat, Taste};
 )]
 pub struct UnixMillis(pub i64);
 
+/// The unique id of one decided ad (one slot of one break), bound into its impression token:
+/// each kind of event counts at most once per ad. 128 random bits, so that replicas drawing
+/// them independently never collide in practice.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdId(pub u128);
+
+impl AdId {
+    /// A fresh id from `rng`.
+    pub fn random(rng: &mut impl rand::Rng) -> Self {
+        Self(rng.random())
+    }
+}
+
+impl std::fmt::Display for AdId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl std::fmt::Debug for AdId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdId({self})")
+    }
+}
+
+impl std::str::FromStr for AdId {
+    type Err = std::num::ParseIntError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        u128::from_str_radix(s, 16).map(Self)
+    }
+}
+
 /// One minute in milliseconds.
 pub const MINUTE_MS: i64 = 60_000;
 /// One hour in milliseconds.
@@ -287,6 +320,28 @@ pub enum EventKind {
     Complete,
     Skip,
     NotForMe,
+}
+
+impl EventKind {
+    /// Every kind, in `code` order.
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Impression, EventKind::Click, EventKind::Complete, EventKind::Skip, EventKind::NotForMe];
+
+    /// The kind's stable number in stored data (never reuse one).
+    pub fn code(self) -> u8 {
+        match self {
+            EventKind::Impression => 1,
+            EventKind::Click => 2,
+            EventKind::Complete => 3,
+            EventKind::Skip => 4,
+            EventKind::NotForMe => 5,
+        }
+    }
+
+    /// The kind stored as `code`.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.code() == code)
+    }
 }
 
 /// A place; empty optional parts match anything.

@@ -1,17 +1,24 @@
 //! Impression tokens: an HMAC-SHA256-authenticated record of one decided ad.
 //!
-//! A token binds the resolved listener, member, campaign, creative, price and decision time, so
-//! RecordEvents can trust what it counts and nobody can forge or alter an impression.
+//! A token binds the decided ad's unique id, the resolved listener, member, campaign, creative,
+//! price and decision time, so RecordEvents can trust what it counts, nobody can forge or alter
+//! an impression, and each kind of event is counted once per ad whatever its event id.
 //! Format: `base64url(payload) "." base64url(mac)`; the payload is versioned binary.
+//!
+//! Version 1 tokens (before ad ids) still verify until they expire: their ad id is derived from
+//! their payload, so one token is still one ad.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::domain::UnixMillis;
+use crate::domain::{AdId, UnixMillis};
 
-const VERSION: u8 = 1;
+/// The version signed today: 2 carries the ad id.
+const VERSION: u8 = 2;
+/// Tokens signed before ad ids existed; accepted until they expire.
+const VERSION_WITHOUT_AD_ID: u8 = 1;
 /// Tokens longer than this are rejected before any decoding work.
 pub const MAX_TOKEN_LEN: usize = 1024;
 
@@ -19,6 +26,10 @@ pub const MAX_TOKEN_LEN: usize = 1024;
 /// returns them owned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImpressionClaims<S = String> {
+    /// The decided ad: unique per ad of every break, the key of "once per ad".
+    pub ad: AdId,
+    /// True for a version-1 token, whose ad id is derived from its payload (see the module doc).
+    pub legacy: bool,
     /// Canonical listener id; empty = anonymous.
     pub listener: S,
     pub member: S,
@@ -71,6 +82,7 @@ impl TokenSigner {
     pub fn sign<S: AsRef<str>>(&self, claims: &ImpressionClaims<S>) -> String {
         let mut payload = Vec::with_capacity(96);
         payload.push(VERSION);
+        payload.extend_from_slice(&claims.ad.0.to_be_bytes());
         payload.extend_from_slice(&claims.decided_at.0.to_be_bytes());
         payload.extend_from_slice(&claims.price_micros.to_be_bytes());
         for s in [&claims.listener, &claims.member, &claims.campaign, &claims.creative].map(AsRef::as_ref) {
@@ -110,9 +122,14 @@ impl TokenSigner {
 
 fn decode(payload: &[u8]) -> Option<ImpressionClaims> {
     let (&version, rest) = payload.split_first()?;
-    if version != VERSION {
-        return None;
-    }
+    let (ad, legacy, rest) = match version {
+        VERSION => {
+            let (ad, rest) = rest.split_first_chunk::<16>()?;
+            (AdId(u128::from_be_bytes(*ad)), false, rest)
+        }
+        VERSION_WITHOUT_AD_ID => (legacy_ad_id(payload), true, rest),
+        _ => return None,
+    };
     let (decided_at, rest) = rest.split_first_chunk::<8>()?;
     let (price, mut rest) = rest.split_first_chunk::<8>()?;
     let mut next = || -> Option<String> {
@@ -126,6 +143,8 @@ fn decode(payload: &[u8]) -> Option<ImpressionClaims> {
         String::from_utf8(s.to_vec()).ok()
     };
     let claims = ImpressionClaims {
+        ad,
+        legacy,
         listener: next()?,
         member: next()?,
         campaign: next()?,
@@ -136,12 +155,24 @@ fn decode(payload: &[u8]) -> Option<ImpressionClaims> {
     rest.is_empty().then_some(claims)
 }
 
+/// The ad id of a version-1 token: the first 128 bits of the SHA-256 of its payload, so that
+/// every copy of one token names one ad.
+fn legacy_ad_id(payload: &[u8]) -> AdId {
+    use sha2::Digest as _;
+    let digest = Sha256::digest(payload);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    AdId(u128::from_be_bytes(first))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn claims() -> ImpressionClaims {
         ImpressionClaims {
+            ad: AdId(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+            legacy: false,
             listener: "acct-1".into(),
             member: "kid".into(),
             campaign: "camp".into(),
@@ -178,5 +209,31 @@ mod tests {
         assert_eq!(signer.verify(&token, UnixMillis(62_000)), Err(TokenError::Expired));
         assert_eq!(signer.verify("garbage", UnixMillis(0)), Err(TokenError::Malformed));
         assert_eq!(signer.verify("a.b.c", UnixMillis(0)), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn a_version_1_token_still_verifies_as_one_ad() {
+        let signer = TokenSigner::new(&[7; 32], 60_000);
+        // A version-1 payload, as the previous release signed it.
+        let mut payload = vec![VERSION_WITHOUT_AD_ID];
+        payload.extend_from_slice(&1_000i64.to_be_bytes());
+        payload.extend_from_slice(&12_000i64.to_be_bytes());
+        for s in ["acct-1", "kid", "camp", "cr"] {
+            payload.extend_from_slice(&(s.len() as u16).to_be_bytes());
+            payload.extend_from_slice(s.as_bytes());
+        }
+        let mut mac = signer.key.clone();
+        mac.update(&payload);
+        let token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(&payload),
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        );
+        let first = signer.verify(&token, UnixMillis(2_000)).unwrap();
+        let again = signer.verify(&token, UnixMillis(3_000)).unwrap();
+        assert!(first.legacy);
+        assert_eq!(first.ad, again.ad, "one token, one ad");
+        assert_eq!((first.campaign.as_str(), first.price_micros), ("camp", 12_000));
+        assert_ne!(signer.verify(&signer.sign(&claims()), UnixMillis(2_000)).unwrap().ad, first.ad);
     }
 }

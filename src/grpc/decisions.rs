@@ -10,8 +10,8 @@ use super::status::InvalidRequest;
 use super::{code_of, convert, now, pb, rpc_metrics};
 use crate::app::AppState;
 use crate::decision::{self, Decision, Fill, Listener, Reason};
-use crate::domain::{CampaignId, ListenerId, Tier, UnixMillis};
-use crate::store::delivery::{HistoryKey, VerifiedEvent};
+use crate::domain::{AdId, CampaignId, ListenerId, Tier, UnixMillis};
+use crate::store::delivery::{CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
 use crate::store::durable::Change;
 use crate::telemetry;
 use crate::token::ImpressionClaims;
@@ -96,6 +96,7 @@ impl DecisionService {
 
     fn response(&self, decision: Decision, key: Option<&HistoryKey>, now: UnixMillis) -> pb::DecideResponse {
         let (listener, member) = key.map_or(("", ""), |k| (k.listener.as_str(), &*k.member));
+        let mut rng = rand::rng();
         let ads = decision
             .ads
             .iter()
@@ -103,7 +104,10 @@ impl DecisionService {
                 let c = &ad.campaign;
                 let creative = &c.creatives[ad.creative];
                 let price_micros = if c.tier.is_paid() { c.price_micros() } else { 0 };
+                let ad_id = AdId::random(&mut rng);
                 let token = self.state.signer.sign(&ImpressionClaims {
+                    ad: ad_id,
+                    legacy: false,
                     listener,
                     member,
                     campaign: c.id.as_str(),
@@ -125,6 +129,7 @@ impl DecisionService {
                     impression_token: token,
                     tier: convert::tier_to_proto(c.tier) as i32,
                     iab_categories: c.categories.iter().map(|cat| cat.as_str().into()).collect(),
+                    ad_id: ad_id.to_string(),
                 }
             })
             .collect();
@@ -193,6 +198,8 @@ impl DecisionService {
                 continue;
             }
             verified.push(VerifiedEvent {
+                ad: claims.ad,
+                legacy: claims.legacy,
                 event_id: e.event_id.into(),
                 kind: e.kind,
                 at,
@@ -214,9 +221,20 @@ impl DecisionService {
                 if !state.persists() {
                     return Ok((applied, Vec::new()));
                 }
-                // Acknowledged events are durable: their ids, and what they changed.
-                let mut changes: Vec<Change> =
-                    verified.iter().map(|e| Change::Event { id: e.event_id.to_string(), at: e.at }).collect();
+                // Acknowledged events are durable: what counted, and what it changed.
+                let mut changes: Vec<Change> = verified
+                    .iter()
+                    .zip(&applied.outcomes)
+                    .filter(|(_, outcome)| **outcome == EventOutcome::Accepted)
+                    .map(|(e, _)| {
+                        Change::Event(CountedEvent {
+                            ad: e.ad,
+                            kind: e.kind,
+                            event_id: e.event_id.to_string(),
+                            at: e.at,
+                        })
+                    })
+                    .collect();
                 let mut keys: Vec<&HistoryKey> = verified.iter().filter_map(|e| e.history.as_ref()).collect();
                 keys.sort_by(|a, b| (&a.listener, &a.member).cmp(&(&b.listener, &b.member)));
                 keys.dedup();
@@ -236,7 +254,11 @@ impl DecisionService {
             })
             .await?;
         telemetry::record_events(applied.accepted, applied.duplicates);
-        Ok(pb::RecordEventsResponse { accepted: applied.accepted, duplicates: applied.duplicates })
+        Ok(pb::RecordEventsResponse {
+            accepted: applied.accepted,
+            duplicates: applied.duplicates,
+            outcomes: applied.outcomes.iter().map(|&o| outcome_to_proto(o) as i32).collect(),
+        })
     }
 }
 
@@ -263,6 +285,14 @@ impl AdDecisionService for DecisionService {
         };
         rpc_metrics!("RecordEvents").record(code_of(&result), started.elapsed());
         result.map(Response::new)
+    }
+}
+
+fn outcome_to_proto(o: EventOutcome) -> pb::EventOutcome {
+    match o {
+        EventOutcome::Accepted => pb::EventOutcome::Accepted,
+        EventOutcome::Retried => pb::EventOutcome::Retried,
+        EventOutcome::AlreadyCounted => pb::EventOutcome::AlreadyCounted,
     }
 }
 

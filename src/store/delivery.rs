@@ -1,5 +1,6 @@
 //! Delivery state: per-listener histories (caps, suppression), per-campaign counters (spend),
-//! and the ids of events already applied (idempotent RecordEvents).
+//! and the events already counted: each kind of event at most once per decided ad, whatever
+//! its event id (IAB/MRC: duplicate impressions are removed), so a replayed token bills nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,8 +10,8 @@ use super::FastMap;
 use crate::decision::{Spend, SpendView};
 use crate::domain::history::SuppressionTarget;
 use crate::domain::{
-    AdvertiserId, Campaign, CampaignId, DAY_MS, DeliveryHistory, EventKind, ImpressionRecord, ListenerId,
-    UnixMillis,
+    AdId, AdvertiserId, Campaign, CampaignId, DAY_MS, DeliveryHistory, EventKind, ImpressionRecord,
+    ListenerId, UnixMillis,
 };
 
 /// Whose history: a listener account's household member ("" = main profile).
@@ -38,6 +39,10 @@ pub struct CampaignCounters {
 /// One authenticated event, ready to apply.
 #[derive(Clone, Debug)]
 pub struct VerifiedEvent {
+    /// The decided ad, from its token.
+    pub ad: AdId,
+    /// The ad came from a version-1 token: its event id may be stored in the legacy form.
+    pub legacy: bool,
     pub event_id: Box<str>,
     pub kind: EventKind,
     pub at: UnixMillis,
@@ -68,9 +73,13 @@ pub struct Delivery {
 struct Inner {
     histories: FastMap<HistoryKey, DeliveryHistory>,
     campaigns: FastMap<CampaignId, CampaignCounters>,
-    /// Applied event ids, kept as long as a token can be valid: an event whose token expired
-    /// is rejected anyway, so an older id can never be applied twice.
-    applied: moka::sync::Cache<Box<str>, ()>,
+    /// The events counted, by ad and kind, with the event id that counted: kept as long as a
+    /// token can be valid (an event whose token expired is rejected anyway, so an older one can
+    /// never be applied twice).
+    counted: moka::sync::Cache<(AdId, EventKind), Box<str>>,
+    /// Event ids applied before ad ids existed (read back from an older store), checked for
+    /// version-1 tokens only; they age out with the dedupe window.
+    legacy: moka::sync::Cache<Box<str>, ()>,
     /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
     reserved: FastMap<CampaignId, Reservations>,
 }
@@ -94,11 +103,34 @@ struct ReservationBucket {
     impressions: u64,
 }
 
+/// What became of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// Counted now.
+    Accepted,
+    /// The same event again (same ad, kind and event id): a retry, not counted again.
+    Retried,
+    /// This kind of event was already counted for this ad under another event id (a replayed
+    /// token, or a player firing twice): not counted again.
+    AlreadyCounted,
+}
+
 /// Outcome of applying a batch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     pub accepted: u32,
     pub duplicates: u32,
+    /// One per event, in order.
+    pub outcomes: Vec<EventOutcome>,
+}
+
+/// One counted event as stored: restored at start so that it never counts twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CountedEvent {
+    pub ad: AdId,
+    pub kind: EventKind,
+    pub event_id: String,
+    pub at: UnixMillis,
 }
 
 static EMPTY_HISTORY: std::sync::LazyLock<DeliveryHistory> =
@@ -111,7 +143,8 @@ impl Delivery {
             inner: Arc::new(Inner {
                 histories: FastMap::default(),
                 campaigns: FastMap::default(),
-                applied: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 reserved: FastMap::default(),
             }),
         }
@@ -126,12 +159,14 @@ impl Delivery {
         }
     }
 
-    /// Applies events once each (by event id). `suppression` says how long "not for me" lasts.
+    /// Applies each event unless its kind was already counted for its ad. `suppression` says
+    /// how long "not for me" lasts. Callers serialise batches (`AppState::write`).
     pub fn apply(&self, events: &[VerifiedEvent], suppression: SuppressionPolicy) -> Applied {
-        let mut out = Applied::default();
+        let mut out = Applied { outcomes: Vec::with_capacity(events.len()), ..Applied::default() };
         for event in events {
-            let fresh = self.inner.applied.entry(event.event_id.clone()).or_insert(()).is_fresh();
-            if !fresh {
+            let outcome = self.admit(event);
+            out.outcomes.push(outcome);
+            if outcome != EventOutcome::Accepted {
                 out.duplicates += 1;
                 continue;
             }
@@ -142,6 +177,22 @@ impl Delivery {
             }
         }
         out
+    }
+
+    /// Records that `event` counts, unless its ad already counted its kind.
+    fn admit(&self, event: &VerifiedEvent) -> EventOutcome {
+        if event.legacy && self.inner.legacy.contains_key(&event.event_id) {
+            return EventOutcome::Retried;
+        }
+        let entry =
+            self.inner.counted.entry((event.ad, event.kind)).or_insert_with(|| event.event_id.clone());
+        if entry.is_fresh() {
+            EventOutcome::Accepted
+        } else if *entry.value() == event.event_id {
+            EventOutcome::Retried
+        } else {
+            EventOutcome::AlreadyCounted
+        }
     }
 
     fn count(&self, event: &VerifiedEvent) {
@@ -292,7 +343,8 @@ impl Delivery {
         &self,
         histories: Vec<(HistoryKey, DeliveryHistory)>,
         counters: Vec<(CampaignId, CampaignCounters)>,
-        events: Vec<(String, UnixMillis)>,
+        events: Vec<CountedEvent>,
+        legacy_events: Vec<(String, UnixMillis)>,
         window_ms: i64,
         now: UnixMillis,
     ) {
@@ -302,9 +354,14 @@ impl Delivery {
         for (id, c) in counters {
             self.inner.campaigns.insert(id, c);
         }
-        for (id, at) in events {
+        for e in events {
+            if now.0 - e.at.0 <= window_ms {
+                self.inner.counted.insert((e.ad, e.kind), e.event_id.into());
+            }
+        }
+        for (id, at) in legacy_events {
             if now.0 - at.0 <= window_ms {
-                self.inner.applied.insert(id.into(), ());
+                self.inner.legacy.insert(id.into(), ());
             }
         }
     }

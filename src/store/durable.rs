@@ -18,9 +18,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
+use crate::domain::{AdId, EventKind};
 use crate::domain::{Campaign, CampaignId, DeliveryHistory, ListenerId, ListenerProfile, UnixMillis};
 use crate::store::StoreError;
-use crate::store::delivery::{CampaignCounters, HistoryKey};
+use crate::store::delivery::{CampaignCounters, CountedEvent, HistoryKey};
 use crate::store::listeners::ProfileSource;
 
 /// The SQLite file inside the data directory.
@@ -67,11 +68,9 @@ pub enum Change {
     },
     History(HistoryKey, DeliveryHistory),
     Counters(CampaignId, CampaignCounters),
-    Event {
-        id: String,
-        at: UnixMillis,
-    },
-    /// Drops event ids older than this: their tokens have expired, so they cannot come back.
+    /// An event counted for its ad (once per ad and kind).
+    Event(CountedEvent),
+    /// Drops counted events older than this: their tokens have expired, so they cannot come back.
     PurgeEvents {
         before: UnixMillis,
     },
@@ -107,12 +106,17 @@ pub struct Recovered {
     pub aliases: Vec<(String, ListenerId)>,
     pub histories: Vec<(HistoryKey, DeliveryHistory)>,
     pub counters: Vec<(CampaignId, CampaignCounters)>,
-    pub events: Vec<(String, UnixMillis)>,
+    pub events: Vec<CountedEvent>,
+    /// Event ids stored before ad ids existed (the `events` table), still within their window.
+    pub legacy_events: Vec<(String, UnixMillis)>,
 }
 
+/// `secure_delete` overwrites deleted content with zeros, so an erased listener's bytes leave
+/// the database pages (and, after the checkpoint that follows an erasure, the WAL).
 const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
+    PRAGMA secure_delete = ON;
     CREATE TABLE IF NOT EXISTS genres (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
     CREATE TABLE IF NOT EXISTS artists (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
     CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -124,6 +128,9 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS counters (campaign TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+    CREATE TABLE IF NOT EXISTS ad_events (ad BLOB NOT NULL, kind INTEGER NOT NULL, event_id TEXT NOT NULL,
+        at INTEGER NOT NULL, PRIMARY KEY (ad, kind));
+    CREATE INDEX IF NOT EXISTS ad_events_by_time ON ad_events (at);
 ";
 
 impl Durable {
@@ -131,6 +138,8 @@ impl Durable {
     pub fn open(dir: &Path) -> Result<(Durable, Recovered), DurableError> {
         std::fs::create_dir_all(dir).map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
         let conn = Connection::open(dir.join(DB_FILE))?;
+        // The checkpoint after an erasure waits this long for a reader to finish.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
         let recovered = recover(&conn)?;
         let (tx, rx) = mpsc::channel::<Batch>();
@@ -333,16 +342,43 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                     params![id.as_str(), doc(c)?],
                 )?;
             }
-            Change::Event { id, at } => {
-                tx.execute("INSERT OR IGNORE INTO events (id, at) VALUES (?1, ?2)", params![id, at.0])?;
+            Change::Event(e) => {
+                tx.prepare_cached(
+                    "INSERT OR IGNORE INTO ad_events (ad, kind, event_id, at) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    &e.ad.0.to_be_bytes()[..],
+                    e.kind.code(),
+                    e.event_id,
+                    e.at.0
+                ])?;
             }
             Change::PurgeEvents { before } => {
                 tx.execute("DELETE FROM events WHERE at < ?1", params![before.0])?;
+                tx.execute("DELETE FROM ad_events WHERE at < ?1", params![before.0])?;
             }
         }
     }
     tx.commit()?;
+    let erased = batches.iter().flat_map(|b| &b.changes).any(|c| matches!(c, Change::ForgetListener(_)));
+    if erased {
+        checkpoint(conn)?;
+    }
     Ok(())
+}
+
+/// Copies the WAL into the database and truncates it, so that the frames holding an erased
+/// listener's rows leave the disk with the erasure. It waits for readers (the busy timeout;
+/// reads are single primary-key lookups) and is tried three times; failing that the erasure
+/// is not acknowledged.
+fn checkpoint(conn: &Connection) -> Result<(), DurableError> {
+    for _ in 0..3 {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+    }
+    Err(DurableError::Commit("the WAL could not be checkpointed after an erasure".into()))
 }
 
 fn doc(value: &impl Serialize) -> Result<String, DurableError> {
@@ -387,8 +423,19 @@ fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
         r.counters.push((id.as_str().into(), serde_json::from_str(&d)?));
     }
     let mut stmt = conn.prepare("SELECT id, at FROM events")?;
-    r.events =
+    r.legacy_events =
         stmt.query_map([], |row| Ok((row.get(0)?, UnixMillis(row.get(1)?))))?.collect::<Result<_, _>>()?;
+    let mut stmt = conn.prepare("SELECT ad, kind, event_id, at FROM ad_events")?;
+    let rows: Vec<(Vec<u8>, u8, String, i64)> = stmt
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
+        .collect::<Result<_, _>>()?;
+    for (ad, kind, event_id, at) in rows {
+        let ad = <[u8; 16]>::try_from(ad.as_slice())
+            .map_err(|_| DurableError::Corrupt(format!("an ad id of {} bytes", ad.len())))?;
+        let kind = EventKind::from_code(kind)
+            .ok_or_else(|| DurableError::Corrupt(format!("unknown event kind {kind}")))?;
+        r.events.push(CountedEvent { ad: AdId(u128::from_be_bytes(ad)), kind, event_id, at: UnixMillis(at) });
+    }
     let _ = conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
     Ok(r)
 }
@@ -403,6 +450,15 @@ mod tests {
         dir
     }
 
+    fn counted(ad: u128, event_id: &str, at: i64) -> CountedEvent {
+        CountedEvent {
+            ad: AdId(ad),
+            kind: EventKind::Impression,
+            event_id: event_id.into(),
+            at: UnixMillis(at),
+        }
+    }
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
@@ -415,14 +471,14 @@ mod tests {
         let changes = vec![
             Change::Genre { id: 0, name: "jazz".into() },
             Change::Artist { id: 0, name: "Nina Simone".into() },
-            Change::Event { id: "ev-1".into(), at: UnixMillis(5) },
+            Change::Event(counted(1, "ev-1", 5)),
             Change::Listener(Arc::new(ListenerProfile::new("nina".into()))),
             Change::Alias { alias: "email:n".into(), listener: "nina".into() },
         ];
         block_on(durable.submit(changes).unwrap().wait()).unwrap();
         let (durable, recovered) = Durable::open(&dir).unwrap();
         assert_eq!(recovered.genres, vec![(0, "jazz".to_string())]);
-        assert_eq!(recovered.events, vec![("ev-1".to_string(), UnixMillis(5))]);
+        assert_eq!(recovered.events, vec![counted(1, "ev-1", 5)]);
         assert_eq!(recovered.artists, vec![(0, "Nina Simone".to_string())]);
         assert_eq!(recovered.listener_count, 1);
         let reader = Durable::profile_reader(&dir);
@@ -433,11 +489,11 @@ mod tests {
         let (durable, recovered) = Durable::open(&dir).unwrap();
         assert!(recovered.listener_count == 0 && recovered.aliases.is_empty());
         assert!(reader.load("nina").unwrap().is_none(), "erased from disk");
-        let late = Change::Event { id: "ev-2".into(), at: UnixMillis(100) };
+        let late = Change::Event(counted(2, "ev-2", 100));
         block_on(durable.submit(vec![late, Change::PurgeEvents { before: UnixMillis(50) }]).unwrap().wait())
             .unwrap();
         let (_, recovered) = Durable::open(&dir).unwrap();
-        assert_eq!(recovered.events, vec![("ev-2".to_string(), UnixMillis(100))], "expired ids are purged");
+        assert_eq!(recovered.events, vec![counted(2, "ev-2", 100)], "expired events are purged");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -446,10 +502,8 @@ mod tests {
         let dir = temp_dir("failstop");
         let (durable, _) = Durable::open(&dir).unwrap();
         // Sabotage the store behind the writer's back: its next insert fails.
-        Connection::open(dir.join(DB_FILE)).unwrap().execute_batch("DROP TABLE events").unwrap();
-        let failed = block_on(
-            durable.submit(vec![Change::Event { id: "a".into(), at: UnixMillis(1) }]).unwrap().wait(),
-        );
+        Connection::open(dir.join(DB_FILE)).unwrap().execute_batch("DROP TABLE ad_events").unwrap();
+        let failed = block_on(durable.submit(vec![Change::Event(counted(1, "a", 1))]).unwrap().wait());
         assert!(matches!(failed, Err(DurableError::Commit(_))), "{failed:?}");
         let genre = vec![Change::Genre { id: 0, name: "jazz".into() }];
         let refused = durable.submit(genre).map_or_else(Err, |commit| block_on(commit.wait()));
