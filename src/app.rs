@@ -260,6 +260,12 @@ pub async fn serve(
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_interval))
         .http2_max_header_list_size(limits.max_header_list_bytes)
+        // Both reset guards explicitly: tonic passes None for the first unless told, which
+        // turns hyper's protection against server-provoked resets off (CVE-2025-8671).
+        .http2_max_local_error_reset_streams(Some(limits.max_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+        // Marks each request's connection active (the idle and handshake timeouts, net.rs).
+        .layer(crate::net::ActivityLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -285,7 +291,7 @@ pub async fn serve(
                 .max_encoding_message_size(max),
             state.auth.decision(),
         ))
-        .serve_with_incoming_shutdown(crate::net::incoming(listener), stop_accepting);
+        .serve_with_incoming_shutdown(crate::net::incoming(listener, limits.edge()), stop_accepting);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => result?,

@@ -47,6 +47,19 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_KEEPALIVE_SECS: u64 = 30;
 /// Default largest request header list.
 pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// Default most connections the gRPC listener holds; more are closed when accepted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default time a new connection has to send its first request.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 10;
+/// Default time a connection may stay open with no RPC in flight.
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 300;
+/// Default streams a client may have the server reset for its errors (hyper's own default,
+/// set explicitly: tonic otherwise passes none, turning the protection off — "MadeYouReset",
+/// CVE-2025-8671); past it the connection gets GOAWAY.
+pub const DEFAULT_MAX_ERROR_RESET_STREAMS: usize = 1024;
+/// Default streams reset by the client before the server accepted them, pending at once (h2's
+/// own default, set explicitly; the rapid-reset guard, CVE-2023-44487).
+pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
 /// Default data directory of the embedded store, relative to the working directory.
 pub const DEFAULT_DATA_DIR: &str = "interlude-data";
 /// Default memory budget of the listener profile cache (with a data directory), MiB.
@@ -138,6 +151,22 @@ pub struct Limits {
     pub request_timeout: Duration,
     pub keepalive_interval: Duration,
     pub max_header_list_bytes: u32,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_error_reset_streams: usize,
+    pub max_pending_reset_streams: usize,
+}
+
+impl Limits {
+    /// The limits the connection layer applies (net.rs).
+    pub fn edge(&self) -> crate::net::EdgeLimits {
+        crate::net::EdgeLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
 }
 
 /// Why the configuration is unusable. Printed to stderr; the process exits with 64 (EX_USAGE).
@@ -248,6 +277,16 @@ settings! {
     keepalive_secs: u64,
     /// Largest request header list, bytes [default: 16384].
     max_header_list_bytes: u32,
+    /// Most connections held open; more are closed as soon as accepted [default: 10000].
+    max_connections: usize,
+    /// Seconds a new connection has to send its first request [default: 10].
+    handshake_timeout_secs: u64,
+    /// Seconds a connection may stay open with no RPC in flight [default: 300].
+    idle_timeout_secs: u64,
+    /// Streams a client may make the server reset for its errors before GOAWAY [default: 1024].
+    max_error_reset_streams: usize,
+    /// Client-reset streams pending at once before GOAWAY (rapid reset) [default: 20].
+    max_pending_reset_streams: usize,
     /// Data directory of the embedded store, or "off" for memory only [default: interlude-data].
     data_dir: String,
     /// Memory budget of the listener profile cache over the store, MiB; the rest of the profiles
@@ -363,6 +402,15 @@ impl Settings {
             ),
             keepalive_interval: Duration::from_secs(self.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS)),
             max_header_list_bytes: self.max_header_list_bytes.unwrap_or(DEFAULT_MAX_HEADER_LIST_BYTES),
+            max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            handshake_timeout: Duration::from_secs(
+                self.handshake_timeout_secs.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_SECS),
+            ),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECS)),
+            max_error_reset_streams: self.max_error_reset_streams.unwrap_or(DEFAULT_MAX_ERROR_RESET_STREAMS),
+            max_pending_reset_streams: self
+                .max_pending_reset_streams
+                .unwrap_or(DEFAULT_MAX_PENDING_RESET_STREAMS),
         };
         if !(1024..=64 * 1024 * 1024).contains(&limits.max_message_bytes) {
             return Err(invalid("max_message_bytes", "must be within [1024, 67108864]"));
@@ -381,6 +429,23 @@ impl Settings {
         }
         if limits.max_header_list_bytes < 1024 {
             return Err(invalid("max_header_list_bytes", "must be at least 1024"));
+        }
+        if !(1..=1_000_000).contains(&limits.max_connections) {
+            return Err(invalid("max_connections", "must be within [1, 1000000]"));
+        }
+        if !(1..=600).contains(&limits.handshake_timeout.as_secs()) {
+            return Err(invalid("handshake_timeout_secs", "must be within [1, 600]"));
+        }
+        // An RPC in flight keeps its connection: the idle timeout only has to outlast a pause
+        // between RPCs, but a shorter one than the request timeout would surprise.
+        if limits.idle_timeout < limits.request_timeout || limits.idle_timeout > Duration::from_secs(86_400) {
+            return Err(invalid("idle_timeout_secs", "must be within [request_timeout_secs, 86400]"));
+        }
+        if !(1..=100_000).contains(&limits.max_error_reset_streams) {
+            return Err(invalid("max_error_reset_streams", "must be within [1, 100000]"));
+        }
+        if !(1..=10_000).contains(&limits.max_pending_reset_streams) {
+            return Err(invalid("max_pending_reset_streams", "must be within [1, 10000]"));
         }
         let data_dir = match self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR) {
             "off" => None,

@@ -33,6 +33,11 @@ pub const ADS_SERVED: &str = "interlude_ads_served_total";
 pub const EVENTS: &str = "interlude_events_total";
 /// Plays ingested, by `result` (accepted, rejected).
 pub const PLAYS: &str = "interlude_plays_total";
+/// Connections the gRPC listener holds open.
+pub const CONNECTIONS_OPEN: &str = "interlude_connections_open";
+/// Connections the server closed itself, by `reason` (over_limit, handshake_timeout,
+/// idle_timeout), and accept failures (`reason` = accept_failed).
+pub const CONNECTIONS_CUT: &str = "interlude_connections_cut_total";
 /// Campaigns in the catalog.
 pub const CAMPAIGNS: &str = "interlude_campaigns";
 /// Durable-store commits, by `result` (ok, failed).
@@ -176,10 +181,22 @@ impl DecisionMetrics {
     }
 }
 
-/// Records applied events.
-pub fn record_events(accepted: u32, duplicates: u32) {
+/// Records applied events: counted, retried (same event id), and already counted for their ad
+/// under another id (replays).
+pub fn record_events(accepted: u32, retried: u32, already_counted: u32) {
     metrics::counter!(EVENTS, "result" => "accepted").increment(u64::from(accepted));
-    metrics::counter!(EVENTS, "result" => "duplicate").increment(u64::from(duplicates));
+    metrics::counter!(EVENTS, "result" => "duplicate").increment(u64::from(retried));
+    metrics::counter!(EVENTS, "result" => "already_counted").increment(u64::from(already_counted));
+}
+
+/// Records the number of open gRPC connections.
+pub fn record_connections_open(n: usize) {
+    metrics::gauge!(CONNECTIONS_OPEN).set(n as f64);
+}
+
+/// Records a connection the server cut (or an accept that failed), by a fixed `reason`.
+pub fn record_connection_cut(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CUT, "reason" => reason).increment(1);
 }
 
 /// Records ingested plays.

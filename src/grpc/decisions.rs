@@ -253,7 +253,8 @@ impl DecisionService {
                 Ok::<_, Status>((applied, changes))
             })
             .await?;
-        telemetry::record_events(applied.accepted, applied.duplicates);
+        let replays = applied.outcomes.iter().filter(|&&o| o == EventOutcome::AlreadyCounted).count() as u32;
+        telemetry::record_events(applied.accepted, applied.duplicates - replays, replays);
         Ok(pb::RecordEventsResponse {
             accepted: applied.accepted,
             duplicates: applied.duplicates,
