@@ -16,6 +16,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// BSD `EX_USAGE`: the configuration is unusable.
 const EXIT_USAGE: u8 = 64;
+/// BSD `EX_DATAERR`: the stored data cannot be read (a corrupt or truncated database).
+const EXIT_DATAERR: u8 = 65;
 
 fn main() -> ExitCode {
     let config = match Config::load(Cli::parse(), &ProcessEnv) {
@@ -30,7 +32,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = format!("{error:#}"), "interlude failed");
-            ExitCode::FAILURE
+            match error.downcast_ref::<durable::DurableError>() {
+                Some(durable::DurableError::Unreadable { .. }) => ExitCode::from(EXIT_DATAERR),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

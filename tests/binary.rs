@@ -94,3 +94,106 @@ fn a_bad_config_exits_64_naming_the_setting_before_binding() {
     assert!(stderr.contains("relevance_floor"), "{stderr}");
     assert!(!stderr.contains("serving"), "{stderr}");
 }
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_listener_backs_off_and_serves_again() {
+    // 64 descriptors: the runtime and listener take a handful, so accepts fail with EMFILE
+    // after some fifty connections.
+    let server = Binary::start_with_file_limit(
+        64,
+        [
+            "--metrics-listen",
+            "off",
+            "--demo",
+            "false",
+            "--data-dir",
+            "off",
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--handshake-timeout-secs",
+            "1",
+        ],
+    );
+    let held: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(&server.grpc).unwrap()).collect();
+    let mut lines = 0;
+    let backed_off = loop {
+        let line = server.log.recv_timeout(TEST_TIMEOUT).expect("the server says accept failed");
+        lines += 1;
+        if line.contains("accept failed; backing off") {
+            break line;
+        }
+    };
+    assert!(backed_off.contains("Too many open files"), "{backed_off}");
+    drop(held);
+    // The silent connections it holds are closed at their handshake timeout; then it serves.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel().await);
+    let status = tokio::time::timeout(
+        TEST_TIMEOUT,
+        health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }),
+    )
+    .await
+    .expect("serving again in time")
+    .unwrap();
+    assert_eq!(status.into_inner().status(), tonic_health::pb::health_check_response::ServingStatus::Serving);
+    // A backoff, not a spin: a handful of warnings, not one per failed accept in a tight loop.
+    let warnings = lines + server.log.try_iter().filter(|l| l.contains("accept failed")).count();
+    assert!(warnings < 100, "{warnings} warnings");
+}
+
+fn data_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("interlude-binary-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the binary on `dir` until it exits, returning its status and stderr.
+fn run_on(dir: &std::path::Path) -> (std::process::ExitStatus, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_interlude"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--admin-token", ADMIN_TOKEN])
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    (output.status, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn a_corrupt_or_truncated_database_exits_65_naming_the_file() {
+    let garbage = data_dir("garbage");
+    std::fs::write(
+        garbage.join("interlude.sqlite3"),
+        b"this is not a database, it is a shopping list".repeat(200),
+    )
+    .unwrap();
+    let (status, stderr) = run_on(&garbage);
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("interlude.sqlite3") && stderr.contains("not a database"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A real store (the demo's), cut to its first pages.
+    let truncated = data_dir("truncated");
+    let mut server = Binary::start(
+        ["--metrics-listen", "off", "--admin-token", ADMIN_TOKEN, "--data-dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([truncated.display().to_string()]),
+    );
+    server.kill_9();
+    let db = truncated.join("interlude.sqlite3");
+    // Fold the WAL in first, so the file holds every page, then cut it.
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get::<_, i64>(0))
+        .unwrap();
+    let len = std::fs::metadata(&db).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    file.set_len(len / 3).unwrap();
+    drop(file);
+    let (status, stderr) = run_on(&truncated);
+    assert_eq!(status.code(), Some(65), "{stderr}");
+    assert!(stderr.contains("interlude.sqlite3"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = std::fs::remove_dir_all(garbage);
+    let _ = std::fs::remove_dir_all(truncated);
+}

@@ -46,6 +46,9 @@ pub enum DurableError {
     WriterGone,
     #[error("stored data is inconsistent: {0}")]
     Corrupt(String),
+    /// The database file cannot be read back at start (not a database, truncated, corrupt).
+    #[error("cannot read {path}: {reason} (restore it from a backup, or move it aside to start empty)")]
+    Unreadable { path: PathBuf, reason: String },
 }
 
 /// One change to persist.
@@ -137,11 +140,18 @@ impl Durable {
     /// Opens (or creates) the store in `dir`, reads everything back, and starts the writer.
     pub fn open(dir: &Path) -> Result<(Durable, Recovered), DurableError> {
         std::fs::create_dir_all(dir).map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
-        let conn = Connection::open(dir.join(DB_FILE))?;
+        let path = dir.join(DB_FILE);
+        let unreadable = |e: DurableError| match e {
+            DurableError::Sqlite(_) | DurableError::Codec(_) | DurableError::Corrupt(_) => {
+                DurableError::Unreadable { path: path.clone(), reason: e.to_string() }
+            }
+            other => other,
+        };
+        let conn = Connection::open(&path).map_err(|e| unreadable(e.into()))?;
         // The checkpoint after an erasure waits this long for a reader to finish.
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(SCHEMA)?;
-        let recovered = recover(&conn)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unreadable(e.into()))?;
+        conn.execute_batch(SCHEMA).map_err(|e| unreadable(e.into()))?;
+        let recovered = recover(&conn).map_err(unreadable)?;
         let (tx, rx) = mpsc::channel::<Batch>();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         std::thread::Builder::new()

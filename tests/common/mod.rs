@@ -254,14 +254,32 @@ impl Binary {
     /// Starts the binary with `args` (after `--listen 127.0.0.1:0`) and waits for its "serving"
     /// line. Pass `--admin-token` to use admin RPCs.
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Binary {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_interlude"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_interlude"));
+        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        Binary::run(command)
+    }
+
+    /// Like [`Binary::start`], with at most `max_files` open file descriptors (`ulimit -n`).
+    pub fn start_with_file_limit<S: AsRef<std::ffi::OsStr>>(
+        max_files: u32,
+        args: impl IntoIterator<Item = S>,
+    ) -> Binary {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args([
+                "-c",
+                &format!("ulimit -n {max_files} && exec \"$0\" \"$@\""),
+                env!("CARGO_BIN_EXE_interlude"),
+            ])
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+            .args(args);
+        Binary::run(command)
+    }
+
+    fn run(mut command: std::process::Command) -> Binary {
+        use std::io::BufRead as _;
+        let mut child =
+            command.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
