@@ -172,11 +172,23 @@ async fn delivered(channel: tonic::transport::Channel, campaign: &str) -> (u64, 
     (stats.impressions, stats.spend_micros)
 }
 
+/// What a crash test saw.
+#[derive(Debug, Default)]
+struct CrashReport {
+    kills: usize,
+    events: usize,
+    acknowledged_before_last_kill: usize,
+    /// Longest time from a restart's spawn to its first answered RPC.
+    slowest_restart: std::time::Duration,
+    integrity_checks: usize,
+}
+
 /// The crash test: `clients` concurrent clients send impressions in small batches while the
 /// server is killed with SIGKILL after a random number of acknowledged batches, `kills` times;
 /// after each restart the unacknowledged events are retried. Every acknowledged event must be
-/// counted after every restart, and at the end every event exactly once.
-async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) {
+/// counted after every restart, the database must pass `PRAGMA integrity_check` after every
+/// kill, and at the end every event counts exactly once with the exact spend.
+async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) -> CrashReport {
     use rand::{Rng as _, SeedableRng as _};
     let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
     let dir = data_dir(&format!("kill9-{seed}"));
@@ -203,12 +215,16 @@ async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) {
         });
     }
 
+    let mut report = CrashReport { kills, events: events_n, ..CrashReport::default() };
     let mut acknowledged = std::collections::HashSet::new();
+    // Kills are spread over the run: each comes within twice a fair share of the batches.
+    let share = (events_n / 3 / kills.max(1)).max(1) * 2;
     for round in 0..=kills {
         let pending: Vec<pb::AdEvent> =
             events.iter().filter(|e| !acknowledged.contains(&e.event_id)).cloned().collect();
         let batches: Vec<Vec<pb::AdEvent>> = pending.chunks(3).map(<[_]>::to_vec).collect();
-        let kill_after = if round < kills { rng.random_range(1..=batches.len().max(1)) } else { usize::MAX };
+        let kill_after =
+            if round < kills { rng.random_range(1..=batches.len().clamp(1, share)) } else { usize::MAX };
         // `clients` connections, each sending its share of the batches one after another and
         // reporting every acknowledged batch.
         let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel::<Vec<String>>();
@@ -237,8 +253,17 @@ async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) {
             }
         }
         server.kill_9();
+        report.acknowledged_before_last_kill = acknowledged.len();
+        let check: String = rusqlite::Connection::open(dir.join("interlude.sqlite3"))
+            .unwrap()
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok", "round {round}: integrity_check after kill -9");
+        report.integrity_checks += 1;
+        let restarted = tokio::time::Instant::now();
         server = start_binary(&dir);
         let (count, _) = delivered(server.channel().await, "ctx").await;
+        report.slowest_restart = report.slowest_restart.max(restarted.elapsed());
         assert!(
             count >= acknowledged.len() as u64,
             "round {round}: {count} counted < {} acknowledged",
@@ -263,6 +288,7 @@ async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) {
     assert_eq!(spend, events_n as i64 * 10_000, "CPM $10 = 10,000 micros an impression");
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
+    report
 }
 
 #[tokio::test]
@@ -278,6 +304,31 @@ async fn crash_test_many_clients_random_kills() {
     for seed in 0..5 {
         crash_test(600, 8, 4, seed).await;
     }
+}
+
+/// The crash loop as a tool: minutes of kills. `CRASH_LOOP_KILLS` (default 100),
+/// `CRASH_LOOP_EVENTS` (default 100,000) and `CRASH_LOOP_CLIENTS` (default 8):
+/// `cargo test --release --test durability crash_loop -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a tool: minutes long (docs/RELIABILITY.md)"]
+async fn crash_loop() {
+    let var = |name: &str, default: usize| std::env::var(name).map_or(default, |v| v.parse().unwrap());
+    let kills = var("CRASH_LOOP_KILLS", 100);
+    let events = var("CRASH_LOOP_EVENTS", 100_000);
+    let clients = var("CRASH_LOOP_CLIENTS", 8);
+    let started = tokio::time::Instant::now();
+    let report = crash_test(events, clients, kills, 2026).await;
+    eprintln!(
+        "crash loop: {} kills, {} events from {clients} clients, {} acknowledged; \
+         0 lost, 0 doubled, spend exact; integrity_check ok {} times; slowest restart to first answer \
+         {:.0} ms; {:.0} s in all",
+        report.kills,
+        report.events,
+        report.acknowledged_before_last_kill,
+        report.integrity_checks,
+        report.slowest_restart.as_secs_f64() * 1e3,
+        started.elapsed().as_secs_f64()
+    );
 }
 
 async fn campaign_count(channel: tonic::transport::Channel) -> usize {

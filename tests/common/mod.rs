@@ -289,11 +289,15 @@ impl Binary {
                 }
             }
         });
+        let mut before = Vec::new();
         let serving = loop {
-            let line = rx.recv_timeout(TEST_TIMEOUT).expect("the server logs its addresses");
+            let line = rx
+                .recv_timeout(TEST_TIMEOUT)
+                .unwrap_or_else(|_| panic!("the server logs its addresses; it logged {before:#?}"));
             if line.contains("serving") {
                 break line;
             }
+            before.push(line);
         };
         let field = |name: &str| {
             let start = serving.find(&format!("{name}=")).unwrap() + name.len() + 1;
