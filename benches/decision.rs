@@ -43,6 +43,7 @@ fn bench_decide(c: &mut Criterion) {
                     member_id: "".into(),
                     track_id: "t".into(),
                     track_genres: top.iter().filter_map(|g| vocabulary.lookup(g)).collect(),
+                    recent_genres: Vec::new(),
                     device: Some(DeviceType::Mobile),
                     location: l.profile.details().home.clone(),
                     consent: ConsentState::Unspecified,

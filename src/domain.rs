@@ -435,18 +435,37 @@ pub struct Targeting {
     pub daypart: Option<Daypart>,
     pub signals: Vec<SignalRequirement>,
     pub exclude_signals: Vec<SignalRequirement>,
+    /// Affinity only from real listening history (with consent); false = the context may stand
+    /// in for a listener with thin or no history. Stored campaigns without it read as false.
+    #[serde(default)]
+    pub affinity_from_history_only: bool,
 }
 
 impl Targeting {
     /// Whether serving needs profile data, and so the listener's consent.
     pub fn uses_profile_data(&self) -> bool {
-        !self.affinity_genres.is_empty()
-            || !self.exclude_affinity_genres.is_empty()
-            || !self.milestones.is_empty()
+        self.uses_affinity() || self.uses_other_profile_data()
+    }
+
+    /// Whether an affinity rule (include or exclude) is set.
+    pub fn uses_affinity(&self) -> bool {
+        !self.affinity_genres.is_empty() || !self.exclude_affinity_genres.is_empty()
+    }
+
+    /// Whether a profile rule other than affinity is set: these need consent whatever the
+    /// context says.
+    pub fn uses_other_profile_data(&self) -> bool {
+        !self.milestones.is_empty()
             || self.geo_use_home
             || !self.age_brackets.is_empty()
             || !self.signals.is_empty()
             || !self.exclude_signals.is_empty()
+    }
+
+    /// Whether the campaign may serve without consent, on contextual evidence alone: its only
+    /// profile rule is affinity, and its advertiser allows the context to stand in.
+    pub fn serves_contextually(&self) -> bool {
+        !self.affinity_from_history_only && !self.uses_other_profile_data()
     }
 
     /// Whether any genre rule (affinity or contextual) is set.
@@ -725,6 +744,8 @@ pub struct AdRequest {
     pub track_id: Box<str>,
     /// Genres of the playing track that the server knows (unknown slugs cannot match anything).
     pub track_genres: Vec<GenreId>,
+    /// Genres of the session's recent tracks, most recent first (known ones, at most 20).
+    pub recent_genres: Vec<GenreId>,
     pub device: Option<DeviceType>,
     pub location: Option<GeoLocation>,
     pub consent: ConsentState,

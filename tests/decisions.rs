@@ -188,9 +188,10 @@ async fn a_listener_without_consent_gets_contextual_or_house_ads_only() {
     let server = start_server().await;
     let mut contextual = campaign("soda", "fizz", 3);
     contextual.targeting = Some(pb::Targeting { track_genres: vec!["hip-hop".into()], ..Default::default() });
-    server
-        .upsert([genre_campaign("sneakers", "kicks", 40, &["hip-hop"]), contextual, house_ad("house")])
-        .await;
+    // Real fans only: without consent, the track playing does not stand in for taste.
+    let mut sneakers = genre_campaign("sneakers", "kicks", 40, &["hip-hop"]);
+    sneakers.targeting.as_mut().unwrap().affinity_from_history_only = true;
+    server.upsert([sneakers, contextual, house_ad("house")]).await;
     server.listener("private", |l| l.personalized_ads = pb::ConsentState::Denied as i32).await;
     server.plays("private", "", &[("hip-hop", 50)]).await;
 
@@ -211,6 +212,29 @@ async fn a_listener_without_consent_gets_contextual_or_house_ads_only() {
         ..Default::default()
     });
     assert_eq!(served(&server.decide(granted).await), vec!["house"]);
+
+    // An affinity campaign that lets the context stand in serves on the track playing alone.
+    server.upsert([genre_campaign("caps", "hats", 20, &["hip-hop"])]).await;
+    let response = server.decide(request_with_genre("private", "hip-hop")).await;
+    assert_eq!(served(&response), vec!["caps"]);
+    server.stop().await;
+}
+
+fn request_with_genre(listener: &str, genre: &str) -> pb::DecideRequest {
+    let mut request = break_for(listener);
+    request.context = Some(pb::PlaybackContext { track_genres: vec![genre.into()], ..Default::default() });
+    request
+}
+
+#[tokio::test]
+async fn a_never_seen_listener_who_grants_consent_hears_the_genre_playing() {
+    let server = start_server().await;
+    server.upsert([genre_campaign("jazz-label", "blue", 10, &["jazz"]), house_ad("house")]).await;
+    let mut request = request_with_genre("brand-new-listener", "jazz");
+    request.context.as_mut().unwrap().personalized_ads = pb::ConsentState::Granted as i32;
+    let response = server.decide(request).await;
+    assert_eq!(served(&response), vec!["jazz-label"]);
+    assert_eq!(response.reason(), pb::DecisionReason::Served);
     server.stop().await;
 }
 

@@ -142,7 +142,10 @@ async fn unknown_and_anonymous_listeners_are_decided_on_context() {
     let server = start_server().await;
     let mut contextual = campaign("fizz", "fizz-co", 5);
     contextual.targeting = Some(pb::Targeting { track_genres: vec!["pop".into()], ..Default::default() });
-    server.upsert([contextual, genre_campaign("needs-profile", "other", 30, &["pop"])]).await;
+    // Real fans only: an unknown listener has no history to show.
+    let mut needs_profile = genre_campaign("needs-profile", "other", 30, &["pop"]);
+    needs_profile.targeting.as_mut().unwrap().affinity_from_history_only = true;
+    server.upsert([contextual, needs_profile]).await;
 
     for listener in ["never-seen-before", ""] {
         let mut request = break_for(listener);

@@ -17,6 +17,13 @@ use crate::domain::{AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINU
 pub const MIN_AFFINITY_SHARE: f32 = 0.05;
 /// An excluded genre rejects a listener when it holds at least this share of their taste.
 pub const STRONG_AFFINITY_SHARE: f32 = 0.2;
+/// A listener with fewer decayed plays than this has a *thin* history: the context (the track
+/// playing, the session's recent tracks) stands in for the part of their taste we do not know
+/// yet, in proportion — at 0 plays the context is all the evidence, at this many it is none.
+pub const THIN_HISTORY_PLAYS: f32 = 20.0;
+/// In the contextual evidence, the playing track's genres weigh this much against one recent
+/// track's genre.
+const PLAYING_WEIGHT: f32 = 2.0;
 
 /// Everything about the request that every candidate is checked against.
 #[derive(Debug)]
@@ -32,6 +39,12 @@ pub(super) struct Context<'a> {
     taste: Option<&'a Taste>,
     total_weight: f32,
     top_weight: f32,
+    /// How much of the taste evidence is history, in [0, 1]: 1 = history alone (the common
+    /// case, and the engine's path before contextual evidence), 0 = the context alone (no
+    /// usable history: a new listener, or one without consent).
+    history_share: f32,
+    /// The highest blended share of any genre (see `share`), to scale genre fit.
+    top_share: f32,
 }
 
 /// A campaign that may serve, with its chosen creative and rank key.
@@ -60,7 +73,9 @@ impl<'a> Context<'a> {
         now: UnixMillis,
     ) -> Self {
         let taste = listener.taste.filter(|_| personalized);
-        Self {
+        let total_weight = taste.map_or(0.0, Taste::total_weight);
+        let top_weight = taste.map_or(0.0, Taste::top_weight);
+        let mut ctx = Self {
             listener,
             request,
             policy,
@@ -68,18 +83,85 @@ impl<'a> Context<'a> {
             now,
             local_ms: now.0 + i64::from(request.utc_offset_minutes) * MINUTE_MS,
             taste,
-            total_weight: taste.map_or(0.0, Taste::total_weight),
-            top_weight: taste.map_or(0.0, Taste::top_weight),
-        }
+            total_weight,
+            top_weight,
+            history_share: (total_weight / THIN_HISTORY_PLAYS).clamp(0.0, 1.0),
+            top_share: 0.0,
+        };
+        ctx.top_share = if ctx.history_share >= 1.0 {
+            if total_weight > 0.0 { top_weight / total_weight } else { 0.0 }
+        } else {
+            let tasted = taste.into_iter().flat_map(|t| &t.genres).map(|s| ctx.share(s.genre));
+            let context = request.track_genres.iter().chain(&request.recent_genres).map(|&g| ctx.share(g));
+            tasted.chain(context).fold(0.0, f32::max)
+        };
+        ctx
     }
 
-    /// The affinity index lists a decision reads, each with the highest genre fit a campaign
-    /// first found there can reach: the listener's genres holding at least `MIN_AFFINITY_SHARE`
-    /// (fit = the genre's weight relative to the top genre, since a campaign's fit is that of its
-    /// best targeted genre, and it is first found under that genre), and the playing track's
-    /// genres (fit 1). Profile data is read regardless of consent: the
-    /// consent rule then rejects, and reports, what the listener would otherwise have matched.
+    /// The share of `genre` in the context's evidence: the playing track's genres and the
+    /// session's recent ones, in [0, 1] (0 when the request names none).
+    fn context_share(&self, genre: GenreId) -> f32 {
+        let playing = &self.request.track_genres;
+        let recent = &self.request.recent_genres;
+        let total = PLAYING_WEIGHT * playing.len() as f32 + recent.len() as f32;
+        if total <= 0.0 {
+            return 0.0;
+        }
+        let hits = PLAYING_WEIGHT * playing.iter().filter(|&&g| g == genre).count() as f32
+            + recent.iter().filter(|&&g| g == genre).count() as f32;
+        hits / total
+    }
+
+    /// The genre's weight relative to the strongest genre of the evidence, in [0, 1].
+    fn genre_fit(&self, genre: GenreId) -> f32 {
+        if self.history_share >= 1.0 {
+            if self.top_weight <= 0.0 {
+                return 0.0;
+            }
+            return (self.taste.map_or(0.0, |t| t.weight(genre)) / self.top_weight).min(1.0);
+        }
+        if self.top_share <= 0.0 { 0.0 } else { (self.share(genre) / self.top_share).min(1.0) }
+    }
+
+    /// The highest genre fit a campaign first found under `genre` can reach: the blended fit,
+    /// or for a history-only campaign the taste's own (the same in the common case).
+    fn list_fit(&self, genre: GenreId) -> f32 {
+        let taste_fit = if self.top_weight <= 0.0 {
+            0.0
+        } else {
+            (self.taste.map_or(0.0, |t| t.weight(genre)) / self.top_weight).min(1.0)
+        };
+        self.genre_fit(genre).max(taste_fit)
+    }
+
+    /// The affinity index lists of the evidence a decision may use (see `share`), each with
+    /// the highest genre fit a campaign first found there can reach; the playing track's
+    /// genres have fit 1.
     pub(super) fn affinity_lists(&self) -> impl Iterator<Item = (GenreId, f64)> + '_ {
+        let playing = &self.request.track_genres;
+        let recent = &self.request.recent_genres;
+        let blended = self.history_share < 1.0;
+        let tasted = self.taste.into_iter().flat_map(|t| &t.genres).map(|s| s.genre);
+        // Context genres not already among the taste's (first occurrence only).
+        let context =
+            playing.iter().chain(recent).enumerate().filter(move |_| blended).filter_map(move |(i, &g)| {
+                let earlier = playing.iter().chain(recent).take(i).any(|&e| e == g);
+                let tasted = self.taste.is_some_and(|t| t.weight(g) > 0.0);
+                (!earlier && !tasted).then_some(g)
+            });
+        tasted
+            .chain(context)
+            .filter(move |&g| self.share(g) >= MIN_AFFINITY_SHARE)
+            .map(move |g| (g, if playing.contains(&g) { 1.0 } else { f64::from(self.list_fit(g)) }))
+            .chain(playing.iter().filter(move |&&g| self.share(g) < MIN_AFFINITY_SHARE).map(|&g| (g, 1.0)))
+    }
+
+    /// The lists of the listener's own taste, whether or not it may be used (probed without
+    /// consent, to learn whether consent was the obstacle): the listener's genres holding at
+    /// least `MIN_AFFINITY_SHARE` (fit = the genre's weight relative to the top genre, since a
+    /// campaign's fit is that of its best targeted genre, and it is first found under that
+    /// genre), and the playing track's genres (fit 1).
+    pub(super) fn taste_lists(&self) -> impl Iterator<Item = (GenreId, f64)> + '_ {
         let taste = self.listener.taste;
         let total = taste.map_or(0.0, Taste::total_weight);
         let top = taste.map_or(0.0, Taste::top_weight);
@@ -166,20 +248,35 @@ impl<'a> Context<'a> {
         if !t.geo_use_home && !geo_matches(c, req.location.as_ref()) {
             return Err(Rule::Geo);
         }
-        // Profile-based rules.
-        if t.uses_profile_data() && !self.personalized {
+        // Profile-based rules. Without consent only a campaign whose one profile rule is
+        // affinity may serve, on the context's evidence (`share` then holds no history).
+        if !self.personalized && t.uses_profile_data() && !t.serves_contextually() {
             return Err(Rule::Consent);
         }
         let profile = self.listener.profile;
         if t.geo_use_home && !geo_matches(c, profile.and_then(|p| p.details().home.as_ref())) {
             return Err(Rule::Geo);
         }
-        if !t.affinity_genres.is_empty()
-            && !t.affinity_genres.iter().any(|&g| self.share(g) >= MIN_AFFINITY_SHARE)
+        let share = |g: GenreId| {
+            // Real fans only: history counts in proportion to how much of it there is (so a
+            // campaign that passes here is also on one of the lists `affinity_lists` gives).
+            if t.affinity_from_history_only {
+                self.history_share * self.history_only_share(g)
+            } else {
+                self.share(g)
+            }
+        };
+        if !t.affinity_genres.is_empty() && !t.affinity_genres.iter().any(|&g| share(g) >= MIN_AFFINITY_SHARE)
         {
-            return Err(Rule::AffinityGenre);
+            // Without consent, say so when the listener's own (unused) taste would have matched.
+            let taste_would = !self.personalized
+                && self
+                    .listener
+                    .taste
+                    .is_some_and(|ts| t.affinity_genres.iter().any(|&g| ts.share(g) >= MIN_AFFINITY_SHARE));
+            return Err(if taste_would { Rule::Consent } else { Rule::AffinityGenre });
         }
-        if t.exclude_affinity_genres.iter().any(|&g| self.share(g) >= STRONG_AFFINITY_SHARE) {
+        if t.exclude_affinity_genres.iter().any(|&g| share(g) >= STRONG_AFFINITY_SHARE) {
             return Err(Rule::AffinityGenre);
         }
         if !t
@@ -289,15 +386,17 @@ impl<'a> Context<'a> {
                 .track_genres
                 .iter()
                 .any(|g| t.track_genres.contains(g) || t.affinity_genres.contains(g));
-            if playing || t.affinity_genres.is_empty() || self.top_weight <= 0.0 {
+            if playing || t.affinity_genres.is_empty() {
                 f64::from(u8::from(playing))
-            } else {
+            } else if t.affinity_from_history_only {
                 let w = t
                     .affinity_genres
                     .iter()
                     .map(|&g| self.taste.map_or(0.0, |ts| ts.weight(g)))
                     .fold(0.0, f32::max);
-                f64::from((w / self.top_weight).min(1.0))
+                if self.top_weight <= 0.0 { 0.0 } else { f64::from((w / self.top_weight).min(1.0)) }
+            } else {
+                f64::from(t.affinity_genres.iter().map(|&g| self.genre_fit(g)).fold(0.0, f32::max))
             }
         } else {
             NEUTRAL_GENRE_FIT
@@ -316,7 +415,20 @@ impl<'a> Context<'a> {
         GENRE_WEIGHT * genre_fit + GEO_WEIGHT * geo_fit + AUDIENCE_WEIGHT * audience_fit(c)
     }
 
+    /// The genre's share of the evidence of taste: history's share blended with the context's,
+    /// `history_share` of the one and the rest of the other. With history enough (the common
+    /// case) it is the taste's share alone; for a new listener, or one without consent, the
+    /// context's alone.
     fn share(&self, genre: GenreId) -> f32 {
+        let history = self.history_only_share(genre);
+        if self.history_share >= 1.0 {
+            return history;
+        }
+        self.history_share * history + (1.0 - self.history_share) * self.context_share(genre)
+    }
+
+    /// The genre's share of the listener's usable history alone (0 without consent).
+    fn history_only_share(&self, genre: GenreId) -> f32 {
         if self.total_weight <= 0.0 {
             return 0.0;
         }

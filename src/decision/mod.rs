@@ -235,9 +235,11 @@ pub fn decide(
     let mut furthest: Option<Rule> = None;
     let mut visited = Vec::new();
     if !personalized {
-        // No campaign with an affinity rule can serve. Probe their lists only to learn whether
-        // one would have matched but for consent (the reason to report), then leave them out.
-        'probe: for (genre, _) in ctx.affinity_lists() {
+        // Only campaigns that serve contextually can use an affinity rule (on the context's
+        // evidence, which `affinity_lists` then holds alone). Probe the lists of the listener's
+        // own taste only to learn whether a campaign would have matched but for consent (the
+        // reason to report).
+        'probe: for (genre, _) in ctx.taste_lists() {
             for entry in catalog.affinity_lists(genre).flat_map(List::entries) {
                 let campaign = catalog.get(entry.slot);
                 if let Evaluation::Rejected(rule) = ctx.evaluate(campaign, spend, rng) {
@@ -252,7 +254,7 @@ pub fn decide(
         }
     }
     let country = request.location.as_ref().map(|l| &*l.country);
-    let affinity = ctx.affinity_lists().filter(|_| personalized);
+    let affinity = ctx.affinity_lists();
     // Campaigns held back by pacing or budget cannot serve: the merge passes over them unseen
     // (not when explaining, which names every campaign's rule).
     let skip_held_at = (!explain).then_some(now);
@@ -303,7 +305,7 @@ pub fn decide(
     if chosen.is_empty() && (skipped_held || ranked.skipped_held()) {
         // The reason for an unfilled break must not depend on the memo: look at the campaigns
         // it skipped (they may have got further than any other before pacing stopped them).
-        let affinity = ctx.affinity_lists().filter(|_| personalized);
+        let affinity = ctx.affinity_lists();
         for r in catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy, None) {
             if !catalog.is_held(r.slot, now) {
                 continue;
@@ -444,11 +446,12 @@ fn explain_rest(
 }
 
 /// Profile data may be used only when neither the request nor the stored profile denies it and
-/// at least one of them grants it.
+/// at least one of them grants it. A listener we have no profile for has stored nothing: the
+/// request's GRANTED counts (a new account that consented in the player), and there is simply
+/// no history yet.
 pub fn personalization_allowed(profile: Option<&ListenerProfile>, request: ConsentState) -> bool {
     let stored = profile.map_or(ConsentState::Unspecified, |p| p.consent);
-    profile.is_some()
-        && request != ConsentState::Denied
+    request != ConsentState::Denied
         && stored != ConsentState::Denied
         && (request == ConsentState::Granted || stored == ConsentState::Granted)
 }

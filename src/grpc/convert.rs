@@ -349,6 +349,15 @@ pub fn ad_request(req: &pb::DecideRequest, vocabulary: &Vocabulary) -> Result<Ad
             }
         }
     }
+    let mut recent_genres = Vec::new();
+    if c.list_len("context.recent_track_genres", ctx.recent_track_genres.len(), 20) {
+        for (i, g) in ctx.recent_track_genres.iter().enumerate() {
+            match slug_problem(g) {
+                Some(p) => c.fail(format!("context.recent_track_genres[{i}]"), p),
+                None => recent_genres.extend(vocabulary.lookup(g)),
+            }
+        }
+    }
     let device = c.device("context.device", ctx.device);
     let location = ctx.location.as_ref().map(|l| c.location("context.location", l));
     let consent = c.consent("context.personalized_ads", ctx.personalized_ads);
@@ -373,6 +382,7 @@ pub fn ad_request(req: &pb::DecideRequest, vocabulary: &Vocabulary) -> Result<Ad
         member_id: req.member_id.as_str().into(),
         track_id: ctx.track_id.as_str().into(),
         track_genres,
+        recent_genres,
         device,
         location,
         consent,
@@ -611,6 +621,7 @@ fn targeting(c: &mut Checker, t: &pb::Targeting, vocabulary: &Vocabulary) -> Tar
             &t.exclude_track_genres,
             vocabulary,
         ),
+        affinity_from_history_only: t.affinity_from_history_only,
         ..Targeting::default()
     };
     if c.list_len(&format!("{F}.milestones"), t.milestones.len(), 10) {
@@ -777,6 +788,7 @@ pub fn campaign_to_proto(c: &Campaign, vocabulary: &Vocabulary) -> pb::Campaign 
                 exclude: t.geo_exclude.iter().map(location).collect(),
                 use_home_location: t.geo_use_home,
             }),
+            affinity_from_history_only: t.affinity_from_history_only,
             devices: t.devices.iter().map(|&d| device_to_proto(d) as i32).collect(),
             age_brackets: t.age_brackets.iter().map(|&a| age_to_proto(a) as i32).collect(),
             daypart: t.daypart.map(|d| pb::Daypart {

@@ -380,6 +380,7 @@ impl Worker {
                 }),
                 personalized_ads: pb::ConsentState::Unspecified as i32,
                 utc_offset_minutes: 0,
+                recent_track_genres: Vec::new(),
             }),
             break_constraints: Some(pb::BreakConstraints {
                 max_ads: 2,
