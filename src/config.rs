@@ -245,6 +245,9 @@ settings! {
     relevance_floor: f64,
     /// Paid ads rank by bid × relevance^this, 1..=4: higher favours relevance over money [default: 2].
     relevance_exponent: u32,
+    /// Away from a declared home city, the request location's geo fit counts this much, in
+    /// (0, 1]: a home match outranks an equal match on the trip's city [default: 0.8].
+    away_geo_weight: f64,
     /// Ads per listener per rolling hour [default: 8].
     max_ads_per_hour: u32,
     /// Category separation across breaks, seconds [default: 600].
@@ -359,6 +362,10 @@ impl Settings {
         let relevance_exponent = self.relevance_exponent.unwrap_or(DEFAULT_RELEVANCE_EXPONENT);
         if !(1..=4).contains(&relevance_exponent) {
             return Err(invalid("relevance_exponent", "must be 1..=4"));
+        }
+        let away_geo_weight = self.away_geo_weight.unwrap_or(crate::decision::DEFAULT_AWAY_GEO_WEIGHT);
+        if !(away_geo_weight > 0.0 && away_geo_weight <= 1.0) {
+            return Err(invalid("away_geo_weight", "must be within (0, 1]"));
         }
         let max_ads_per_hour = self.max_ads_per_hour.unwrap_or(DEFAULT_MAX_ADS_PER_HOUR);
         if max_ads_per_hour == 0 {
@@ -510,6 +517,7 @@ impl Settings {
                 category_separation_ms: category_separation_secs as i64 * 1000,
                 // Checked to be 1..=4 above.
                 relevance_exponent: relevance_exponent as i32,
+                away_geo_weight,
             },
             suppression: SuppressionPolicy {
                 advertiser_ms: i64::from(

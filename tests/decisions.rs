@@ -184,6 +184,41 @@ async fn the_home_city_campaign_wins_over_another_citys() {
 }
 
 #[tokio::test]
+async fn a_declared_home_outranks_the_city_a_request_comes_from() {
+    let server = start_server().await;
+    let metro = |country: &str, region: &str, metro: &str| pb::GeoLocation {
+        country: country.into(),
+        region: region.into(),
+        metro: metro.into(),
+    };
+    let flights = |id: &str, at: pb::GeoLocation, home: bool| {
+        let mut c = campaign(id, id, 20);
+        c.targeting = Some(pb::Targeting {
+            geo: Some(pb::GeoTargeting { include: vec![at], exclude: Vec::new(), use_home_location: home }),
+            ..Default::default()
+        });
+        c
+    };
+    // Same bid, same city-level fit: before, the two tied and the campaign id decided.
+    server
+        .upsert([
+            flights("a-flights-from-chicago", metro("US", "US-IL", "CHI"), false),
+            flights("b-flights-from-nyc", metro("US", "US-NY", "NYC"), true),
+        ])
+        .await;
+    server.listener("new-yorker", |l| l.home = Some(metro("US", "US-NY", "NYC"))).await;
+    let mut request = break_for("new-yorker");
+    request.context =
+        Some(pb::PlaybackContext { location: Some(metro("US", "US-IL", "CHI")), ..Default::default() });
+    assert_eq!(served(&server.decide(request.clone()).await), vec!["b-flights-from-nyc"], "on a trip");
+    // At home in Chicago, a Chicagoan gets the Chicago deal.
+    server.listener("chicagoan", |l| l.home = Some(metro("US", "US-IL", "CHI"))).await;
+    request.listener_id = "chicagoan".into();
+    assert_eq!(served(&server.decide(request).await), vec!["a-flights-from-chicago"]);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_listener_without_consent_gets_contextual_or_house_ads_only() {
     let server = start_server().await;
     let mut contextual = campaign("soda", "fizz", 3);

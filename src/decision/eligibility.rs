@@ -408,11 +408,26 @@ impl<'a> Context<'a> {
         };
         let geo_fit = match at {
             Some(at) if !t.geo_include.is_empty() => {
-                t.geo_include.iter().filter(|g| g.covers(at)).map(geo_specificity).fold(0.0, f64::max)
+                let fit =
+                    t.geo_include.iter().filter(|g| g.covers(at)).map(geo_specificity).fold(0.0, f64::max);
+                // Only ever lowers a fit, so the retrieval bounds stay upper bounds.
+                if !t.geo_use_home && self.away_from_home(at) {
+                    fit * self.policy.away_geo_weight
+                } else {
+                    fit
+                }
             }
             _ => NEUTRAL_FIT,
         };
         GENRE_WEIGHT * genre_fit + GEO_WEIGHT * geo_fit + AUDIENCE_WEIGHT * audience_fit(c)
+    }
+
+    /// Whether a consenting listener with a declared home city is somewhere else (`at`).
+    fn away_from_home(&self, at: &crate::domain::GeoLocation) -> bool {
+        self.personalized
+            && self.listener.profile.and_then(|p| p.details().home.as_ref()).is_some_and(|home| {
+                !home.metro.is_empty() && (home.country != at.country || home.metro != at.metro)
+            })
     }
 
     /// The genre's share of the evidence of taste: history's share blended with the context's,

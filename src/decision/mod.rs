@@ -33,7 +33,15 @@ pub struct Policy {
     /// How much relevance counts against money: a paid ad's rank key is
     /// bid × relevance^relevance_exponent (1..=4; see `eligibility::rank_score`).
     pub relevance_exponent: i32,
+    /// A listener away from their declared home (consenting, home city known, the request from
+    /// another city): the request location's geo fit counts this much. Where someone lives is
+    /// stronger evidence for home-bound products ("flights from NYC") than where a request
+    /// comes from, so a home match outranks an equal match on the trip's city.
+    pub away_geo_weight: f64,
 }
+
+/// The default `Policy::away_geo_weight`.
+pub const DEFAULT_AWAY_GEO_WEIGHT: f64 = 0.8;
 
 impl Default for Policy {
     fn default() -> Self {
@@ -42,6 +50,7 @@ impl Default for Policy {
             max_ads_per_hour: 8,
             category_separation_ms: 10 * 60_000,
             relevance_exponent: DEFAULT_RELEVANCE_EXPONENT,
+            away_geo_weight: DEFAULT_AWAY_GEO_WEIGHT,
         }
     }
 }
