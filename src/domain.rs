@@ -462,12 +462,6 @@ impl Targeting {
             || !self.exclude_signals.is_empty()
     }
 
-    /// Whether the campaign may serve without consent, on contextual evidence alone: its only
-    /// profile rule is affinity, and its advertiser allows the context to stand in.
-    pub fn serves_contextually(&self) -> bool {
-        !self.affinity_from_history_only && !self.uses_other_profile_data()
-    }
-
     /// Whether any genre rule (affinity or contextual) is set.
     pub fn targets_genres(&self) -> bool {
         !self.affinity_genres.is_empty() || !self.track_genres.is_empty()

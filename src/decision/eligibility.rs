@@ -248,9 +248,8 @@ impl<'a> Context<'a> {
         if !t.geo_use_home && !geo_matches(c, req.location.as_ref()) {
             return Err(Rule::Geo);
         }
-        // Profile-based rules. Without consent only a campaign whose one profile rule is
-        // affinity may serve, on the context's evidence (`share` then holds no history).
-        if !self.personalized && t.uses_profile_data() && !t.serves_contextually() {
+        // Profile-based rules.
+        if !self.personalized && t.uses_profile_data() {
             return Err(Rule::Consent);
         }
         let profile = self.listener.profile;

@@ -244,10 +244,9 @@ pub fn decide(
     let mut furthest: Option<Rule> = None;
     let mut visited = Vec::new();
     if !personalized {
-        // Only campaigns that serve contextually can use an affinity rule (on the context's
-        // evidence, which `affinity_lists` then holds alone). Probe the lists of the listener's
-        // own taste only to learn whether a campaign would have matched but for consent (the
-        // reason to report).
+        // No campaign with an affinity rule can serve. Probe the lists of the listener's own
+        // taste only to learn whether one would have matched but for consent (the reason to
+        // report), then leave them out.
         'probe: for (genre, _) in ctx.taste_lists() {
             for entry in catalog.affinity_lists(genre).flat_map(List::entries) {
                 let campaign = catalog.get(entry.slot);
@@ -263,7 +262,9 @@ pub fn decide(
         }
     }
     let country = request.location.as_ref().map(|l| &*l.country);
-    let affinity = ctx.affinity_lists();
+    // Without consent no affinity campaign serves (walking their lists would cost a decision
+    // many rejections: 3 → 232 µs at 100k campaigns, measured).
+    let affinity = ctx.affinity_lists().filter(|_| personalized);
     // Campaigns held back by pacing or budget cannot serve: the merge passes over them unseen
     // (not when explaining, which names every campaign's rule).
     let skip_held_at = (!explain).then_some(now);
@@ -314,7 +315,7 @@ pub fn decide(
     if chosen.is_empty() && (skipped_held || ranked.skipped_held()) {
         // The reason for an unfilled break must not depend on the memo: look at the campaigns
         // it skipped (they may have got further than any other before pacing stopped them).
-        let affinity = ctx.affinity_lists();
+        let affinity = ctx.affinity_lists().filter(|_| personalized);
         for r in catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy, None) {
             if !catalog.is_held(r.slot, now) {
                 continue;

@@ -439,21 +439,6 @@ fn a_new_listener_hears_the_genre_playing_not_a_house_ad() {
 }
 
 #[test]
-fn without_consent_the_track_playing_serves_contextually_unless_the_advertiser_wants_real_fans() {
-    let mut fans_only = genre_campaign("fans-only", "b", 80, &[JAZZ]);
-    fans_only.targeting.affinity_from_history_only = true;
-    let mut f = fixture()
-        .taste(&[(POP, 40)])
-        .with(genre_campaign("jazz-label", "a", 10, &[JAZZ]))
-        .with(fans_only)
-        .with(campaign("house", "us", Tier::House, 0));
-    f.profile.as_mut().unwrap().consent = ConsentState::Denied;
-    f.request.track_genres = vec![JAZZ];
-    check(&f, &["jazz-label"], Reason::Served);
-    assert_eq!(f.rejected_by("fans-only"), Some(Rule::Consent));
-}
-
-#[test]
 fn context_fades_as_history_grows() {
     let f = |pop_plays| {
         let mut f = fixture()
@@ -926,7 +911,7 @@ fn assert_served_ads_are_valid(f: &Fixture, d: &Decision) {
         let c = &a.campaign;
         let t = &c.targeting;
         if t.uses_profile_data() {
-            assert!(personalized || t.serves_contextually(), "{} uses profile data without consent", c.id);
+            assert!(personalized, "{} uses profile data without consent", c.id);
         }
         if !t.affinity_genres.is_empty() {
             // The evidence blends history (with consent) and context, so some affinity genre is
