@@ -444,18 +444,9 @@ pub struct Targeting {
 impl Targeting {
     /// Whether serving needs profile data, and so the listener's consent.
     pub fn uses_profile_data(&self) -> bool {
-        self.uses_affinity() || self.uses_other_profile_data()
-    }
-
-    /// Whether an affinity rule (include or exclude) is set.
-    pub fn uses_affinity(&self) -> bool {
-        !self.affinity_genres.is_empty() || !self.exclude_affinity_genres.is_empty()
-    }
-
-    /// Whether a profile rule other than affinity is set: these need consent whatever the
-    /// context says.
-    pub fn uses_other_profile_data(&self) -> bool {
-        !self.milestones.is_empty()
+        !self.affinity_genres.is_empty()
+            || !self.exclude_affinity_genres.is_empty()
+            || !self.milestones.is_empty()
             || self.geo_use_home
             || !self.age_brackets.is_empty()
             || !self.signals.is_empty()

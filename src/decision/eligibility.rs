@@ -267,13 +267,7 @@ impl<'a> Context<'a> {
         };
         if !t.affinity_genres.is_empty() && !t.affinity_genres.iter().any(|&g| share(g) >= MIN_AFFINITY_SHARE)
         {
-            // Without consent, say so when the listener's own (unused) taste would have matched.
-            let taste_would = !self.personalized
-                && self
-                    .listener
-                    .taste
-                    .is_some_and(|ts| t.affinity_genres.iter().any(|&g| ts.share(g) >= MIN_AFFINITY_SHARE));
-            return Err(if taste_would { Rule::Consent } else { Rule::AffinityGenre });
+            return Err(Rule::AffinityGenre);
         }
         if t.exclude_affinity_genres.iter().any(|&g| share(g) >= STRONG_AFFINITY_SHARE) {
             return Err(Rule::AffinityGenre);

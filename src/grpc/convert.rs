@@ -340,24 +340,9 @@ pub fn ad_request(req: &pb::DecideRequest, vocabulary: &Vocabulary) -> Result<Ad
     if ctx.track_id.len() > MAX_ID_LEN {
         c.fail("context.track_id", format!("must be at most {MAX_ID_LEN} bytes"));
     }
-    let mut track_genres = Vec::new();
-    if c.list_len("context.track_genres", ctx.track_genres.len(), 10) {
-        for (i, g) in ctx.track_genres.iter().enumerate() {
-            match slug_problem(g) {
-                Some(p) => c.fail(format!("context.track_genres[{i}]"), p),
-                None => track_genres.extend(vocabulary.lookup(g)),
-            }
-        }
-    }
-    let mut recent_genres = Vec::new();
-    if c.list_len("context.recent_track_genres", ctx.recent_track_genres.len(), 20) {
-        for (i, g) in ctx.recent_track_genres.iter().enumerate() {
-            match slug_problem(g) {
-                Some(p) => c.fail(format!("context.recent_track_genres[{i}]"), p),
-                None => recent_genres.extend(vocabulary.lookup(g)),
-            }
-        }
-    }
+    let track_genres = context_genres(&mut c, "context.track_genres", &ctx.track_genres, 10, vocabulary);
+    let recent_genres =
+        context_genres(&mut c, "context.recent_track_genres", &ctx.recent_track_genres, 20, vocabulary);
     let device = c.device("context.device", ctx.device);
     let location = ctx.location.as_ref().map(|l| c.location("context.location", l));
     let consent = c.consent("context.personalized_ads", ctx.personalized_ads);
@@ -460,6 +445,27 @@ pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<WireEvent<'_>>, Inval
         }
     }
     c.finish(out)
+}
+
+/// Genre slugs of a request's context, at most `max`: the known ones (an unknown slug matches
+/// nothing, so it is dropped, not refused).
+fn context_genres(
+    c: &mut Checker,
+    field: &str,
+    slugs: &[String],
+    max: usize,
+    vocabulary: &Vocabulary,
+) -> Vec<GenreId> {
+    let mut genres = Vec::new();
+    if c.list_len(field, slugs.len(), max) {
+        for (i, g) in slugs.iter().enumerate() {
+            match slug_problem(g) {
+                Some(p) => c.fail(format!("{field}[{i}]"), p),
+                None => genres.extend(vocabulary.lookup(g)),
+            }
+        }
+    }
+    genres
 }
 
 // === Campaigns ===
