@@ -568,6 +568,7 @@ fn load_listeners(state: &AppState, now: UnixMillis) -> Result<usize, StoreError
         p.details_mut().signals = vec![Signal {
             name: "parent-young-children".into(),
             asserted_at: UnixMillis(now.0 - 6 * 365 * DAY_MS),
+            valid_until: None,
         }];
     })?;
     state.listeners.link("listener-opera", "email-sha256:5f2b9c0e")?;

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 pub mod history;
+pub mod life_stage;
 pub mod taste;
 
 pub use history::{DeliveryHistory, ImpressionRecord};
@@ -442,10 +443,13 @@ pub struct Targeting {
 }
 
 impl Targeting {
-    /// Whether serving needs profile data, and so the listener's consent.
-    pub fn uses_profile_data(&self) -> bool {
-        !self.affinity_genres.is_empty()
-            || !self.exclude_affinity_genres.is_empty()
+    /// Whether the listener's consent is needed to serve: some rule reads profile data that the
+    /// context cannot stand in for. Affinity rules alone do not need it unless the advertiser
+    /// asked for real fans only (`affinity_from_history_only`): without consent they are
+    /// judged on the track playing and the session's recent tracks, which are no personal data.
+    pub fn needs_consent(&self) -> bool {
+        let affinity = !self.affinity_genres.is_empty() || !self.exclude_affinity_genres.is_empty();
+        (affinity && self.affinity_from_history_only)
             || !self.milestones.is_empty()
             || self.geo_use_home
             || !self.age_brackets.is_empty()
@@ -628,9 +632,9 @@ impl ListenerProfile {
         }
     }
 
-    /// The signal's assertion time, if the listener has it.
-    pub fn signal_asserted_at(&self, name: &SignalName) -> Option<UnixMillis> {
-        self.details().signals.iter().find(|s| s.name == *name).map(|s| s.asserted_at)
+    /// The listener's signal of this name, if asserted.
+    pub fn signal(&self, name: &SignalName) -> Option<&Signal> {
+        self.details().signals.iter().find(|s| s.name == *name)
     }
 
     /// A rough count of the heap bytes the profile holds (the profile cache's weigher).
@@ -710,6 +714,10 @@ impl From<ProfileDoc> for ListenerProfile {
 pub struct Signal {
     pub name: SignalName,
     pub asserted_at: UnixMillis,
+    /// When this assertion stops holding, if the caller said; else the kind's natural life
+    /// applies (`life_stage`). Stored signals without it read as None.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_until: Option<UnixMillis>,
 }
 
 /// One household member's listening taste.

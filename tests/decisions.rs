@@ -126,6 +126,7 @@ async fn a_stale_life_stage_signal_no_longer_qualifies() {
             l.signals = vec![pb::Signal {
                 signal: "parent-young-children".into(),
                 asserted_at: Some(ts(years_ago(6))),
+                valid_until: None,
             }]
         })
         .await;
@@ -134,6 +135,7 @@ async fn a_stale_life_stage_signal_no_longer_qualifies() {
             l.signals = vec![pb::Signal {
                 signal: "parent-young-children".into(),
                 asserted_at: Some(ts(years_ago(1))),
+                valid_until: None,
             }]
         })
         .await;
@@ -144,6 +146,58 @@ async fn a_stale_life_stage_signal_no_longer_qualifies() {
     assert!(stale.ads.is_empty());
     assert_eq!(stale.trace[0].rejected_by(), pb::Rule::Signal);
     assert_eq!(served(&server.decide(break_for("toddler-parent")).await), vec!["uniforms"]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_life_stage_signal_lapses_by_itself_where_the_campaign_sets_no_bound() {
+    let server = start_server().await;
+    // "Parent of a school-age child", with no max_age: the kind's natural life applies.
+    let mut uniforms = campaign("uniforms", "school-shop", 9);
+    uniforms.targeting = Some(pb::Targeting {
+        signals: vec![pb::SignalRequirement { signal: "parent-school-age-children".into(), max_age: None }],
+        ..Default::default()
+    });
+    server.upsert([uniforms]).await;
+    let now = interlude::grpc::now().0;
+    let years_ago = |y: i64| now - y * 365 * 86_400_000;
+    let signal = |years: i64, valid_until: Option<i64>| pb::Signal {
+        signal: "parent-school-age-children".into(),
+        asserted_at: Some(ts(years_ago(years))),
+        valid_until: valid_until.map(ts),
+    };
+    server.listener("kids-left-home", |l| l.signals = vec![signal(15, None)]).await;
+    server.listener("kids-at-school", |l| l.signals = vec![signal(2, None)]).await;
+    // The caller's own end replaces the natural life.
+    server.listener("said-until-last-year", |l| l.signals = vec![signal(2, Some(years_ago(1)))]).await;
+
+    let mut request = break_for("kids-left-home");
+    request.explain = true;
+    let stale = server.decide(request).await;
+    assert!(stale.ads.is_empty());
+    assert_eq!(stale.trace[0].rejected_by(), pb::Rule::Signal);
+    assert!(stale.trace[0].detail.contains("natural life"), "{}", stale.trace[0].detail);
+    assert_eq!(served(&server.decide(break_for("kids-at-school")).await), vec!["uniforms"]);
+    assert!(server.decide(break_for("said-until-last-year")).await.ads.is_empty());
+
+    // An end before the assertion is refused, naming the field.
+    let status = server
+        .listeners()
+        .upsert_listener(pb::UpsertListenerRequest {
+            listener: Some(pb::Listener {
+                listener_id: "backwards".into(),
+                signals: vec![pb::Signal {
+                    valid_until: Some(ts(years_ago(3))),
+                    ..signal(2, None)
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    let fields = status.get_details_bad_request().expect("details").field_violations;
+    assert_eq!(fields[0].field, "listener.signals[0].valid_until");
     server.stop().await;
 }
 

@@ -34,6 +34,10 @@ pub struct CatalogSnapshot {
     by_id: IndexMap<CampaignId, Slot>,
     /// Active paid campaigns with affinity targeting, under each targeted genre.
     by_affinity_genre: IndexMap<GenreId, GenreLists>,
+    /// The same, for the campaigns of `by_affinity_genre` that may serve without consent on the
+    /// context's evidence alone (`Targeting::needs_consent`): what a decision without consent
+    /// reads, so that it does not walk the many that would be rejected for want of it.
+    by_contextual_genre: IndexMap<GenreId, GenreLists>,
     /// Active paid campaigns with track-genre targeting, under each track genre.
     by_track_genre: IndexMap<GenreId, GenreLists>,
     /// Active paid campaigns without genre targeting, under each country of their geo rule.
@@ -156,6 +160,7 @@ impl CatalogSnapshot {
         // Slots per key while collecting; split into rank-ordered lists at the end.
         type Slots = Vec<Slot>;
         let mut by_affinity_genre: IndexMap<(GenreId, Option<Place>), Slots> = IndexMap::default();
+        let mut by_contextual_genre: IndexMap<(GenreId, Option<Place>), Slots> = IndexMap::default();
         let mut by_track_genre: IndexMap<(GenreId, Option<Place>), Slots> = IndexMap::default();
         let mut open_by_place: IndexMap<Place, Slots> = IndexMap::default();
         let mut open_anywhere = Vec::new();
@@ -182,9 +187,15 @@ impl CatalogSnapshot {
             }
             let mut lists = 0usize;
             if t.targets_genres() {
+                // A decision reads either the affinity lists or the contextual ones, never both,
+                // so only the former count towards `multi`.
+                let contextual = !t.needs_consent();
                 for g in dedup(&t.affinity_genres) {
                     for &place in &keys {
                         by_affinity_genre.entry((g, place)).or_default().push(slot);
+                        if contextual {
+                            by_contextual_genre.entry((g, place)).or_default().push(slot);
+                        }
                         lists += 1;
                     }
                 }
@@ -218,6 +229,7 @@ impl CatalogSnapshot {
         };
         CatalogSnapshot {
             by_affinity_genre: by_genre(by_affinity_genre),
+            by_contextual_genre: by_genre(by_contextual_genre),
             by_track_genre: by_genre(by_track_genre),
             open_by_place: open_by_place.into_iter().map(|(k, v)| (k, split(v))).collect(),
             open_anywhere: split(open_anywhere),
@@ -284,14 +296,15 @@ impl CatalogSnapshot {
 
     /// The paid campaigns that could serve this request, each once, in descending order of an
     /// upper bound of their score: a superset of the eligible ones that can clear their floor.
-    /// `affinity_genres` pairs each genre whose affinity list should be read with the highest
-    /// genre fit a campaign found there can reach (see `Context::affinity_lists`).
+    /// `affinity.genres` pairs each genre whose affinity list should be read with the highest
+    /// genre fit a campaign found there can reach (see `Context::affinity_lists`); without
+    /// consent only the campaigns that may serve on the context are read there.
     ///
     /// With `skip_held_at`, campaigns known to be held back by pacing or budget at that instant
     /// are passed over inside the merge (`Ranked::skipped_held` tells whether any were).
     pub fn retrieve<'a>(
         &'a self,
-        affinity_genres: impl Iterator<Item = (GenreId, f64)>,
+        affinity: Affinity<impl Iterator<Item = (GenreId, f64)>>,
         track_genres: &[GenreId],
         request_country: Option<&str>,
         home: Option<&ListenerProfile>,
@@ -319,8 +332,9 @@ impl CatalogSnapshot {
                 }
             }
         };
-        for (g, fit) in affinity_genres {
-            if let Some(lists) = self.by_affinity_genre.get(&g) {
+        let index = if affinity.consented { &self.by_affinity_genre } else { &self.by_contextual_genre };
+        for (g, fit) in affinity.genres {
+            if let Some(lists) = index.get(&g) {
                 add_genre(&mut ranked, lists, fit);
             }
         }
@@ -337,6 +351,16 @@ impl CatalogSnapshot {
         ranked.add(&self.open_anywhere, None, default_floor, exponent);
         ranked
     }
+}
+
+/// The affinity lists a decision reads (see `CatalogSnapshot::retrieve`).
+#[derive(Debug)]
+pub struct Affinity<I> {
+    /// Each genre to read, with the highest genre fit a campaign found there can reach.
+    pub genres: I,
+    /// Whether profile data may be used; without, only the campaigns that may serve on the
+    /// context's evidence are read.
+    pub consented: bool,
 }
 
 /// Splits `slots` by static relevance into rank-ordered lists.

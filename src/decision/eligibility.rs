@@ -10,7 +10,10 @@ use rand::Rng;
 
 use super::pacing::{self, Pace};
 use super::{Listener, Policy, Rule, SpendView};
-use crate::domain::{AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, Taste, UnixMillis};
+use crate::domain::life_stage::Lapse;
+use crate::domain::{
+    AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, SignalRequirement, Taste, UnixMillis,
+};
 
 /// A listener's genre counts as an affinity when it holds at least this share of their taste
 /// (the retrieval index relies on the same threshold).
@@ -55,6 +58,9 @@ pub(super) struct Candidate<'c> {
     pub(super) duration_ms: u32,
     pub(super) relevance: f64,
     pub(super) score: f64,
+    /// Breaks exact ties of tier, score and relevance: drawn per decision, so equal campaigns
+    /// rotate evenly instead of the one with the lower id always winning.
+    pub(super) tie_break: u32,
 }
 
 /// The verdict on one campaign.
@@ -217,6 +223,7 @@ impl<'a> Context<'a> {
             duration_ms: campaign.creatives[creative].duration_ms,
             relevance,
             score,
+            tie_break: rng.random(),
         })
     }
 
@@ -249,7 +256,7 @@ impl<'a> Context<'a> {
             return Err(Rule::Geo);
         }
         // Profile-based rules.
-        if !self.personalized && t.uses_profile_data() {
+        if !self.personalized && t.needs_consent() {
             return Err(Rule::Consent);
         }
         let profile = self.listener.profile;
@@ -284,12 +291,8 @@ impl<'a> Context<'a> {
         {
             return Err(Rule::Age);
         }
-        let fresh = |req: &crate::domain::SignalRequirement| {
-            profile
-                .and_then(|p| p.signal_asserted_at(&req.signal))
-                .is_some_and(|at| req.max_age_ms.is_none_or(|max| self.now.0 - at.0 <= max))
-        };
-        if !t.signals.iter().all(fresh) || t.exclude_signals.iter().any(fresh) {
+        let holds = |req: &SignalRequirement| self.signal_standing(req).is_ok();
+        if !t.signals.iter().all(holds) || t.exclude_signals.iter().any(holds) {
             return Err(Rule::Signal);
         }
         Ok(())
@@ -443,6 +446,39 @@ impl<'a> Context<'a> {
         self.taste.map_or(0.0, |t| t.weight(genre) / self.total_weight)
     }
 
+    /// Whether the listener holds the signal `req` asks for, now, as far as the campaign is
+    /// concerned; Err(None) = never asserted.
+    fn signal_standing(&self, req: &SignalRequirement) -> Result<(), Option<Lapse>> {
+        let signal = self.listener.profile.and_then(|p| p.signal(&req.signal)).ok_or(None)?;
+        signal.standing(self.now, req.max_age_ms).map_err(Some)
+    }
+
+    /// Which signal rule stopped `c`, in words, naming a lapsed signal's end.
+    fn describe_signals(&self, c: &Campaign) -> String {
+        let t = &c.targeting;
+        let days = |ms: i64| ms / crate::domain::DAY_MS;
+        for req in &t.signals {
+            let name = &req.signal;
+            match self.signal_standing(req) {
+                Ok(()) => {}
+                Err(None) => return format!("required signal {name} not asserted"),
+                Err(Some(Lapse::OlderThanCampaignAllows { max_age_ms })) => {
+                    return format!("signal {name} older than the campaign's {} days", days(max_age_ms));
+                }
+                Err(Some(Lapse::PastValidUntil { until })) => {
+                    return format!("signal {name} ended {} days ago", days(self.now.0 - until.0));
+                }
+                Err(Some(Lapse::PastNaturalLife { life_ms })) => {
+                    return format!("signal {name} expired: past its natural life of {} days", days(life_ms));
+                }
+            }
+        }
+        match t.exclude_signals.iter().find(|req| self.signal_standing(req).is_ok()) {
+            Some(req) => format!("excluded signal {} present", req.signal),
+            None => "signal rules not met".into(),
+        }
+    }
+
     /// A human-readable reason for a rejection (explain only; allocates).
     pub(super) fn describe(&self, c: &Campaign, rule: Rule) -> String {
         let t = &c.targeting;
@@ -466,7 +502,7 @@ impl<'a> Context<'a> {
             }
             Rule::Milestone => "listening milestone not reached".into(),
             Rule::Age => "age bracket not targeted".into(),
-            Rule::Signal => "required signal missing or stale, or excluded signal present".into(),
+            Rule::Signal => self.describe_signals(c),
             Rule::Suppressed => "listener said \"not for me\" to this advertiser or category".into(),
             Rule::Budget => "budget exhausted".into(),
             Rule::Pacing => "ahead of its delivery curve".into(),

@@ -239,37 +239,19 @@ pub fn decide(
 
     let personalized = personalization_allowed(listener.profile, request.consent);
     let ctx = eligibility::Context::new(listener, request, policy, personalized, now);
-    // Retrieval ignores consent on purpose: a campaign the listener would match but may not be
-    // shown for lack of consent is retrieved, rejected by the consent rule, and reported.
     let mut furthest: Option<Rule> = None;
     let mut visited = Vec::new();
-    if !personalized {
-        // No campaign with an affinity rule can serve. Probe the lists of the listener's own
-        // taste only to learn whether one would have matched but for consent (the reason to
-        // report), then leave them out.
-        'probe: for (genre, _) in ctx.taste_lists() {
-            for entry in catalog.affinity_lists(genre).flat_map(List::entries) {
-                let campaign = catalog.get(entry.slot);
-                if let Evaluation::Rejected(rule) = ctx.evaluate(campaign, spend, rng) {
-                    if furthest.is_none_or(|f| rule.reason() > f.reason()) {
-                        furthest = Some(rule);
-                    }
-                    if rule == Rule::Consent {
-                        break 'probe;
-                    }
-                }
-            }
-        }
-    }
     let country = request.location.as_ref().map(|l| &*l.country);
-    // Without consent no affinity campaign serves (walking their lists would cost a decision
-    // many rejections: 3 → 232 µs at 100k campaigns, measured).
-    let affinity = ctx.affinity_lists().filter(|_| personalized);
+    // Without consent only the affinity campaigns that may serve on the context are walked
+    // (walking all of them would cost a decision many consent rejections: 3 → 232 µs at 100k
+    // campaigns, measured); the other lists still are, and report a campaign the listener would
+    // match but for consent.
+    let affinity = || catalog::Affinity { genres: ctx.affinity_lists(), consented: personalized };
     // Campaigns held back by pacing or budget cannot serve: the merge passes over them unseen
     // (not when explaining, which names every campaign's rule).
     let skip_held_at = (!explain).then_some(now);
     let mut ranked =
-        catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy, skip_held_at);
+        catalog.retrieve(affinity(), &request.track_genres, country, listener.profile, policy, skip_held_at);
 
     let width = ranking::search_width(request.max_ads);
     let mut threshold = ranking::Threshold::new(width);
@@ -315,8 +297,7 @@ pub fn decide(
     if chosen.is_empty() && (skipped_held || ranked.skipped_held()) {
         // The reason for an unfilled break must not depend on the memo: look at the campaigns
         // it skipped (they may have got further than any other before pacing stopped them).
-        let affinity = ctx.affinity_lists().filter(|_| personalized);
-        for r in catalog.retrieve(affinity, &request.track_genres, country, listener.profile, policy, None) {
+        for r in catalog.retrieve(affinity(), &request.track_genres, country, listener.profile, policy, None) {
             if !catalog.is_held(r.slot, now) {
                 continue;
             }
@@ -324,6 +305,27 @@ pub fn decide(
                 && furthest.is_none_or(|f| rule.reason() > f.reason())
             {
                 furthest = Some(rule);
+            }
+        }
+    }
+
+    if chosen.is_empty() && !personalized {
+        // Learn whether a campaign of the listener's own taste would have matched but for
+        // consent (the reason to report): those that need it were not walked.
+        'probe: for (genre, _) in ctx.taste_lists() {
+            for entry in catalog.affinity_lists(genre).flat_map(List::entries) {
+                let campaign = catalog.get(entry.slot);
+                if !campaign.targeting.needs_consent() {
+                    continue;
+                }
+                if let Evaluation::Rejected(rule) = ctx.evaluate(campaign, spend, rng) {
+                    if furthest.is_none_or(|f| rule.reason() > f.reason()) {
+                        furthest = Some(rule);
+                    }
+                    if rule == Rule::Consent {
+                        break 'probe;
+                    }
+                }
             }
         }
     }

@@ -57,7 +57,8 @@ pub(super) fn best_break(candidates: &mut [Candidate<'_>], max_ads: u8, max_dura
             .tier
             .cmp(&b.campaign.tier)
             .then(b.score.total_cmp(&a.score))
-            .then_with(|| a.campaign.id.cmp(&b.campaign.id))
+            .then(b.relevance.total_cmp(&a.relevance))
+            .then(a.tie_break.cmp(&b.tie_break))
     });
     let width = candidates.len().min(search_width(max_ads));
     if width == 0 || max_ads == 0 {
@@ -78,11 +79,11 @@ pub(super) fn best_break(candidates: &mut [Candidate<'_>], max_ads: u8, max_dura
     search.best
 }
 
-/// The most relevant house ad (ties: lower campaign id).
+/// The most relevant house ad (exact ties rotate, see `Candidate::tie_break`).
 pub(super) fn best_house(candidates: &[Candidate<'_>]) -> Option<usize> {
     (0..candidates.len()).min_by(|&a, &b| {
         let (a, b) = (&candidates[a], &candidates[b]);
-        b.relevance.total_cmp(&a.relevance).then_with(|| a.campaign.id.cmp(&b.campaign.id))
+        b.relevance.total_cmp(&a.relevance).then(a.tie_break.cmp(&b.tie_break))
     })
 }
 

@@ -353,11 +353,34 @@ fn stale_life_stage_signal_is_ignored() {
     let asserted = |years: i64| Signal {
         name: "parent-young-children".into(),
         asserted_at: UnixMillis(NOW.0 - years * 365 * DAY_MS),
+        valid_until: None,
     };
     f.profile.as_mut().unwrap().details_mut().signals = vec![asserted(6)];
     check(&f, &[], Reason::NoCandidates);
     assert_eq!(f.rejected_by("uniforms"), Some(Rule::Signal));
     f.profile.as_mut().unwrap().details_mut().signals = vec![asserted(1)];
+    check(&f, &["uniforms"], Reason::Served);
+}
+
+#[test]
+fn a_life_stage_signal_ages_by_itself_when_the_campaign_sets_no_bound() {
+    let mut uniforms = campaign("uniforms", "school-shop", Tier::Standard, 9);
+    uniforms.targeting.signals =
+        vec![SignalRequirement { signal: "parent-school-age-children".into(), max_age_ms: None }];
+    let mut f = fixture().with(uniforms);
+    let asserted = |years: i64| Signal {
+        name: "parent-school-age-children".into(),
+        asserted_at: UnixMillis(NOW.0 - years * 365 * DAY_MS),
+        valid_until: None,
+    };
+    f.profile.as_mut().unwrap().details_mut().signals = vec![asserted(15)];
+    check(&f, &[], Reason::NoCandidates);
+    f.request.explain = true;
+    let trace = f.decide().trace;
+    assert_eq!(trace[0].rejected_by, Some(Rule::Signal));
+    assert!(trace[0].detail.contains("natural life of 4745 days"), "{}", trace[0].detail);
+    f.request.explain = false;
+    f.profile.as_mut().unwrap().details_mut().signals = vec![asserted(2)];
     check(&f, &["uniforms"], Reason::Served);
 }
 
@@ -388,6 +411,45 @@ fn without_consent_only_contextual_and_house_ads_serve() {
     f.request.consent = ConsentState::Unspecified;
     f.profile.as_mut().unwrap().consent = ConsentState::Denied;
     check(&f, &["house"], Reason::NoConsent);
+}
+
+#[test]
+fn without_consent_an_affinity_campaign_serves_on_the_track_playing_unless_it_wants_real_fans() {
+    let concerts = genre_campaign("concerts", "hall", 20, &[CLASSICAL]);
+    let mut fans = genre_campaign("fans-only", "label", 60, &[CLASSICAL]);
+    fans.targeting.affinity_from_history_only = true;
+    let mut jazz_fans = genre_campaign("jazz-fans", "club", 60, &[JAZZ]);
+    jazz_fans.targeting.affinity_from_history_only = true;
+    let mut f = fixture()
+        .taste(&[(JAZZ, 40)])
+        .with(concerts)
+        .with(fans)
+        .with(jazz_fans)
+        .with(campaign("house", "us", Tier::House, 0));
+    f.request.consent = ConsentState::Denied;
+    f.request.track_genres = vec![CLASSICAL];
+    check(&f, &["concerts"], Reason::Served);
+    assert_eq!(f.rejected_by("fans-only"), Some(Rule::Consent));
+
+    // The stored taste (jazz) is not used without consent: nothing playing, nothing contextual.
+    f.request.track_genres = vec![];
+    check(&f, &["house"], Reason::NoConsent);
+    // The session's recent tracks are context too.
+    f.request.recent_genres = vec![CLASSICAL, CLASSICAL, POP];
+    check(&f, &["concerts"], Reason::Served);
+}
+
+#[test]
+fn a_campaign_that_also_needs_profile_data_is_not_served_contextually() {
+    let mut by_age = genre_campaign("by-age", "bank", 50, &[CLASSICAL]);
+    by_age.targeting.age_brackets = vec![AgeBracket::Age25To34];
+    let mut f = fixture().with(by_age).with(campaign("house", "us", Tier::House, 0));
+    f.profile.as_mut().unwrap().details_mut().age_bracket = Some(AgeBracket::Age25To34);
+    f.request.consent = ConsentState::Denied;
+    f.request.track_genres = vec![CLASSICAL];
+    check(&f, &["house"], Reason::NoConsent);
+    f.request.consent = ConsentState::Granted;
+    check(&f, &["by-age"], Reason::Served);
 }
 
 #[test]
@@ -505,6 +567,28 @@ fn a_city_ad_does_not_outbid_the_listeners_top_genre_at_twice_the_price() {
     // Without a taste for jazz, the city ad is the relevant one.
     let f = fixture().taste(&[(OPERA, 20)]).with(jazz).with(city);
     check(&f, &["berlin-deals"], Reason::Served);
+}
+
+#[test]
+fn exact_ties_rotate_rather_than_going_to_the_lower_id() {
+    let mut f = fixture()
+        .taste(&[(JAZZ, 20)])
+        .with(genre_campaign("a-label", "a", 10, &[JAZZ]))
+        .with(genre_campaign("b-label", "b", 10, &[JAZZ]))
+        .with(campaign("a-house", "us", Tier::House, 0))
+        .with(campaign("b-house", "us", Tier::House, 0));
+    let wins = |f: &Fixture, id: &str| {
+        (0..200).filter(|&seed| f.decide_with_seed(seed).ads[0].campaign.id.as_str() == id).count()
+    };
+    // Same tier, bid and relevance: each wins about half the breaks (binomial, 200 draws).
+    let a = wins(&f, "a-label");
+    assert!((60..=140).contains(&a), "a-label won {a} of 200");
+    assert_eq!(wins(&f, "a-label") + wins(&f, "b-label"), 200);
+    // And so do equal house ads.
+    f.request.track_genres = vec![];
+    f.campaigns.retain(|c| c.tier == Tier::House);
+    let a = wins(&f, "a-house");
+    assert!((60..=140).contains(&a), "a-house won {a} of 200");
 }
 
 #[test]
@@ -910,7 +994,7 @@ fn assert_served_ads_are_valid(f: &Fixture, d: &Decision) {
     for (i, a) in d.ads.iter().enumerate() {
         let c = &a.campaign;
         let t = &c.targeting;
-        if t.uses_profile_data() {
+        if t.needs_consent() {
             assert!(personalized, "{} uses profile data without consent", c.id);
         }
         if !t.affinity_genres.is_empty() {

@@ -971,7 +971,12 @@ pub fn listener_update(
                         if at.0 > now.0 + MAX_CLOCK_SKEW_MS {
                             c.fail(format!("{field}.asserted_at"), "must not be in the future");
                         }
-                        signals.push(Signal { name: s.signal.as_str().into(), asserted_at: at });
+                        let until_field = format!("{field}.valid_until");
+                        let valid_until = s.valid_until.as_ref().and_then(|t| c.timestamp(&until_field, t));
+                        if valid_until.is_some_and(|until| until.0 <= at.0) {
+                            c.fail(until_field, "must be after asserted_at");
+                        }
+                        signals.push(Signal { name: s.signal.as_str().into(), asserted_at: at, valid_until });
                     }
                 }
             }
@@ -1017,6 +1022,7 @@ pub fn listener_to_proto(
             .map(|s| pb::Signal {
                 signal: s.name.to_string(),
                 asserted_at: Some(millis_to_timestamp(s.asserted_at)),
+                valid_until: s.valid_until.map(millis_to_timestamp),
             })
             .collect(),
         members: p
