@@ -186,10 +186,7 @@ async fn a_life_stage_signal_lapses_by_itself_where_the_campaign_sets_no_bound()
         .upsert_listener(pb::UpsertListenerRequest {
             listener: Some(pb::Listener {
                 listener_id: "backwards".into(),
-                signals: vec![pb::Signal {
-                    valid_until: Some(ts(years_ago(3))),
-                    ..signal(2, None)
-                }],
+                signals: vec![pb::Signal { valid_until: Some(ts(years_ago(3))), ..signal(2, None) }],
                 ..Default::default()
             }),
         })

@@ -218,3 +218,56 @@ async fn the_demo_catalog_serves_relevant_ads_out_of_the_box() {
     assert_eq!(by_alias.fill(), pb::Fill::Paid);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn in_the_demo_new_and_non_consenting_listeners_hear_the_genre_playing() {
+    let server = start_server_with(interlude::config::Config {
+        data_dir: None,
+        ..interlude::config::Config::default()
+    })
+    .await;
+    let list = pb::ListCampaignsRequest { page_size: 500, ..Default::default() };
+    let campaigns = server.campaigns().list_campaigns(list).await.unwrap().into_inner().campaigns;
+    let targets = |id: &str, genre: &str| {
+        let c = campaigns.iter().find(|c| c.campaign_id == id).expect("demo campaign");
+        let t = c.targeting.as_ref().expect("targeting");
+        t.affinity_genres.iter().chain(&t.track_genres).any(|g| g == genre)
+    };
+    let request = |listener: &str, genre: &str, consent: pb::ConsentState| {
+        let mut request = break_for(listener);
+        request.context = Some(pb::PlaybackContext {
+            track_genres: vec![genre.into()],
+            personalized_ads: consent as i32,
+            ..Default::default()
+        });
+        request.break_constraints = Some(pb::BreakConstraints { max_ads: 2, max_duration: Some(secs(60)) });
+        request
+    };
+    // The five requests: a never-seen listener granting consent, one genre each.
+    for genre in ["jazz", "classical", "hip-hop", "rock", "opera"] {
+        let response = server.decide(request("never-seen-1", genre, pb::ConsentState::Granted)).await;
+        assert_eq!(response.fill(), pb::Fill::Paid, "{genre}");
+        for id in served(&response) {
+            assert!(targets(id, genre), "{id} does not target {genre}");
+        }
+    }
+    // Rock for the listener who declined personalised ads: chosen by the track, not the profile.
+    let response = server.decide(request("listener-no-consent", "rock", pb::ConsentState::Unspecified)).await;
+    assert_eq!(response.fill(), pb::Fill::Paid);
+    assert!(served(&response).iter().all(|id| targets(id, "rock")), "{:?}", served(&response));
+
+    // The README's example, with its explain line.
+    let mut readme = request("first-session-listener", "jazz", pb::ConsentState::Granted);
+    if let Some(context) = readme.context.as_mut() {
+        context.recent_track_genres = vec!["jazz".into(), "soul".into()];
+    }
+    readme.explain = true;
+    let response = server.decide(readme).await;
+    assert_eq!(response.fill(), pb::Fill::Paid);
+    let served_entry = response.trace.iter().find(|t| t.served);
+    assert_eq!(
+        served_entry.map(|t| t.detail.as_str()),
+        Some("served: affinity from the context: the track playing (no usable history)")
+    );
+    server.stop().await;
+}

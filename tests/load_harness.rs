@@ -51,6 +51,17 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     let matching = decided["paid_ads_matching_taste"].as_f64().unwrap();
     assert!((matching + misses - 1.0).abs() < 1e-9, "{decided}");
     assert!(share("sponsorship") <= misses + 1e-12, "{decided}");
+    // Quality per kind of listener: every kind was asked for, and their decisions add up.
+    let classes = decided["by_class"].as_array().unwrap();
+    let names: Vec<&str> = classes.iter().map(|c| c["class"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["known", "new", "no_consent"]);
+    let per_class: u64 = classes.iter().map(|c| c["decisions"].as_u64().unwrap()).sum();
+    assert_eq!(Some(per_class), decided["decisions"].as_u64(), "{decided}");
+    for c in classes {
+        assert!(c["decisions"].as_u64().unwrap() > 0, "{c}");
+        let fill = c["paid_fill"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&fill), "{c}");
+    }
     let recorded = &phases[2]["quality"];
     assert_eq!(recorded["cap_violations"].as_u64(), Some(0), "{recorded}");
     assert!(recorded["impressions_recorded"].as_u64().unwrap() > 0, "{recorded}");
@@ -82,4 +93,10 @@ fn the_harness_runs_on_several_threads_when_asked_and_refuses_none() {
         Command::new(env!("CARGO_BIN_EXE_interlude-load")).args(["--threads", "0"]).output().unwrap();
     assert_eq!(refused.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--threads"));
+    let refused = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
+        .args(["--new-listener-share", "1.5"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("not a share"));
 }

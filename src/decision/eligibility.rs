@@ -147,7 +147,26 @@ impl<'a> Context<'a> {
         let playing = &self.request.track_genres;
         let recent = &self.request.recent_genres;
         let blended = self.history_share < 1.0;
-        let tasted = self.taste.into_iter().flat_map(|t| &t.genres).map(|s| s.genre);
+        // The taste's genres, read off its stats (a lookup per genre would make this quadratic
+        // in the genres of a rich taste).
+        let tasted = self.taste.into_iter().flat_map(|t| &t.genres).filter_map(move |s| {
+            let history = if self.total_weight > 0.0 { s.weight / self.total_weight } else { 0.0 };
+            let share = if blended {
+                self.history_share * history + (1.0 - self.history_share) * self.context_share(s.genre)
+            } else {
+                history
+            };
+            (share >= MIN_AFFINITY_SHARE).then(|| {
+                let fit = if playing.contains(&s.genre) {
+                    1.0
+                } else if blended {
+                    f64::from(self.list_fit(s.genre))
+                } else {
+                    f64::from((s.weight / self.top_weight).min(1.0))
+                };
+                (s.genre, fit)
+            })
+        });
         // Context genres not already among the taste's (first occurrence only).
         let context =
             playing.iter().chain(recent).enumerate().filter(move |_| blended).filter_map(move |(i, &g)| {
@@ -155,10 +174,11 @@ impl<'a> Context<'a> {
                 let tasted = self.taste.is_some_and(|t| t.weight(g) > 0.0);
                 (!earlier && !tasted).then_some(g)
             });
+        let context = context
+            .filter(move |&g| self.share(g) >= MIN_AFFINITY_SHARE)
+            .map(move |g| (g, if playing.contains(&g) { 1.0 } else { f64::from(self.list_fit(g)) }));
         tasted
             .chain(context)
-            .filter(move |&g| self.share(g) >= MIN_AFFINITY_SHARE)
-            .map(move |g| (g, if playing.contains(&g) { 1.0 } else { f64::from(self.list_fit(g)) }))
             .chain(playing.iter().filter(move |&&g| self.share(g) < MIN_AFFINITY_SHARE).map(|&g| (g, 1.0)))
     }
 
@@ -476,6 +496,27 @@ impl<'a> Context<'a> {
         match t.exclude_signals.iter().find(|req| self.signal_standing(req).is_ok()) {
             Some(req) => format!("excluded signal {} present", req.signal),
             None => "signal rules not met".into(),
+        }
+    }
+
+    /// What made an eligible campaign relevant, in words (explain only).
+    pub(super) fn evidence(&self, c: &Campaign) -> &'static str {
+        let t = &c.targeting;
+        let playing = |genres: &[GenreId]| self.request.track_genres.iter().any(|g| genres.contains(g));
+        if playing(&t.track_genres) {
+            "the track playing is of a targeted genre"
+        } else if t.affinity_genres.is_empty() {
+            "no genre rule; matched on place or run of network"
+        } else if self.history_share >= 1.0 {
+            "affinity from the listener's history"
+        } else if self.history_share <= 0.0 {
+            if playing(&t.affinity_genres) {
+                "affinity from the context: the track playing (no usable history)"
+            } else {
+                "affinity from the context: the session's recent tracks (no usable history)"
+            }
+        } else {
+            "affinity from a thin history blended with the context"
         }
     }
 

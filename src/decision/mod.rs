@@ -297,7 +297,8 @@ pub fn decide(
     if chosen.is_empty() && (skipped_held || ranked.skipped_held()) {
         // The reason for an unfilled break must not depend on the memo: look at the campaigns
         // it skipped (they may have got further than any other before pacing stopped them).
-        for r in catalog.retrieve(affinity(), &request.track_genres, country, listener.profile, policy, None) {
+        for r in catalog.retrieve(affinity(), &request.track_genres, country, listener.profile, policy, None)
+        {
             if !catalog.is_held(r.slot, now) {
                 continue;
             }
@@ -380,7 +381,11 @@ pub fn decide(
                 rejected_by: (!served).then_some(Rule::Outranked),
                 relevance: c.relevance,
                 score: c.score,
-                detail: if served { "served".into() } else { "a better set filled the break".into() },
+                detail: if served {
+                    format!("served: {}", ctx.evidence(c.campaign))
+                } else {
+                    "a better set filled the break".into()
+                },
             });
         }
         let other = if fill == Fill::House { &paid } else { &house };

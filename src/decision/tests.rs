@@ -420,12 +420,12 @@ fn without_consent_an_affinity_campaign_serves_on_the_track_playing_unless_it_wa
     fans.targeting.affinity_from_history_only = true;
     let mut jazz_fans = genre_campaign("jazz-fans", "club", 60, &[JAZZ]);
     jazz_fans.targeting.affinity_from_history_only = true;
-    let mut f = fixture()
-        .taste(&[(JAZZ, 40)])
-        .with(concerts)
-        .with(fans)
-        .with(jazz_fans)
-        .with(campaign("house", "us", Tier::House, 0));
+    let mut f = fixture().taste(&[(JAZZ, 40)]).with(concerts).with(fans).with(jazz_fans).with(campaign(
+        "house",
+        "us",
+        Tier::House,
+        0,
+    ));
     f.request.consent = ConsentState::Denied;
     f.request.track_genres = vec![CLASSICAL];
     check(&f, &["concerts"], Reason::Served);
@@ -495,6 +495,10 @@ fn a_new_listener_hears_the_genre_playing_not_a_house_ad() {
     f.request.consent = ConsentState::Granted;
     check(&f, &["jazz-label"], Reason::Served);
     assert_eq!(f.rejected_by("pop-star"), Some(Rule::AffinityGenre), "the truthful reason, not consent");
+    f.request.explain = true;
+    let served = f.decide().trace.into_iter().find(|t| t.rejected_by.is_none()).expect("served entry");
+    assert_eq!(served.detail, "served: affinity from the context: the track playing (no usable history)");
+    f.request.explain = false;
     // Nothing stands in when nothing plays: a house ad, and the reason is the targeting.
     f.request.track_genres = vec![];
     check(&f, &["house"], Reason::NoCandidates);

@@ -79,8 +79,11 @@ mod tests {
         let school = |years| signal("parent-school-age-children", years, None);
         assert_eq!(school(2).standing(NOW, None), Ok(()));
         assert_eq!(school(15).standing(NOW, None), Err(Lapse::PastNaturalLife { life_ms: 13 * YEAR_MS }));
-        let max = 1 * YEAR_MS;
-        assert_eq!(school(2).standing(NOW, Some(max)), Err(Lapse::OlderThanCampaignAllows { max_age_ms: max }));
+        let max = YEAR_MS;
+        assert_eq!(
+            school(2).standing(NOW, Some(max)),
+            Err(Lapse::OlderThanCampaignAllows { max_age_ms: max })
+        );
         // A laxer campaign bound does not lift the natural life.
         assert!(school(15).standing(NOW, Some(20 * YEAR_MS)).is_err());
     }

@@ -72,10 +72,8 @@ pub(crate) struct Quality {
     pub(crate) sponsorship_ads: u64,
     /// Paid ads of campaigns without genre rules (geo or run-of-network).
     pub(crate) paid_ads_without_genre_rule: u64,
-    /// The paid ads served to listeners who consented to personalised ads, and those of them
-    /// that match taste or track.
-    pub(crate) consented_paid_ads: u64,
-    pub(crate) consented_paid_ads_matching: u64,
+    /// The same measures per kind of listener (`Class`), indexed by `Class::index`.
+    pub(crate) by_class: [ClassQuality; 3],
     /// The paid ads that match neither taste nor track, by why they could still serve.
     pub(crate) misses: Misses,
     pub(crate) house_breaks: u64,
@@ -91,13 +89,63 @@ impl Quality {
         self.paid_ads_matching_taste += o.paid_ads_matching_taste;
         self.sponsorship_ads += o.sponsorship_ads;
         self.paid_ads_without_genre_rule += o.paid_ads_without_genre_rule;
-        self.consented_paid_ads += o.consented_paid_ads;
-        self.consented_paid_ads_matching += o.consented_paid_ads_matching;
+        for (mine, theirs) in self.by_class.iter_mut().zip(&o.by_class) {
+            mine.merge(theirs);
+        }
         self.misses.merge(&o.misses);
         self.house_breaks += o.house_breaks;
         self.empty_breaks += o.empty_breaks;
         self.cap_violations += o.cap_violations;
         self.impressions_recorded += o.impressions_recorded;
+    }
+}
+
+/// Who a request is for, as the quality report tells listeners apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Class {
+    /// A seeded listener whose profile may be used.
+    Known,
+    /// A listener id never seen before, granting consent in the request: no history at all.
+    New,
+    /// A seeded listener who denied personalised ads (stored or in the request).
+    NoConsent,
+}
+
+impl Class {
+    pub(crate) const ALL: [Class; 3] = [Class::Known, Class::New, Class::NoConsent];
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How often requests come from new and from non-consenting listeners (the rest: known ones).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Mix {
+    pub(crate) new_share: f64,
+    pub(crate) no_consent_share: f64,
+}
+
+/// Decision quality for one kind of listener.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ClassQuality {
+    pub(crate) decisions: u64,
+    /// Breaks with at least one paid ad.
+    pub(crate) paid_breaks: u64,
+    pub(crate) house_breaks: u64,
+    pub(crate) paid_ads: u64,
+    /// Paid ads whose genres match the track playing or the listener's top-3 genres.
+    pub(crate) paid_ads_matching: u64,
+}
+
+impl ClassQuality {
+    fn merge(&mut self, o: &ClassQuality) {
+        self.decisions += o.decisions;
+        self.paid_breaks += o.paid_breaks;
+        self.house_breaks += o.house_breaks;
+        self.paid_ads += o.paid_ads;
+        self.paid_ads_matching += o.paid_ads_matching;
     }
 }
 
@@ -149,6 +197,9 @@ pub(crate) struct Shared {
     /// Distinguishes this run's event ids from an earlier run's against the same server, which
     /// remembers ids (across restarts too) and would drop a repeat as a duplicate.
     pub(crate) run_id: u64,
+    pub(crate) mix: Mix,
+    /// Numbers the never-seen listener ids of this run.
+    pub(crate) new_listeners: Arc<AtomicU64>,
 }
 
 /// Runs one phase for `duration` (after `warmup`, not measured), reading the server's CPU
@@ -316,7 +367,8 @@ impl Worker {
                 self.account(intended, measured, r.map(|_| ()));
             }
             Target::Decide | Target::DecideAndRecord => {
-                let request = self.request(member);
+                let class = self.class_of(member);
+                let request = self.request(member, class);
                 let r = self.client.decide(request.clone()).await;
                 let response = match r {
                     Ok(r) => r.into_inner(),
@@ -327,10 +379,12 @@ impl Worker {
                 };
                 self.account(intended, measured, Ok(()));
                 if measured {
-                    self.judge(member, &request, &response);
+                    self.judge(member, class, &request, &response);
                 }
                 if self.target == Target::DecideAndRecord && !response.ads.is_empty() {
-                    self.record(member, &response, measured).await;
+                    // A new listener's id is never used again: no caps to follow.
+                    let heard_by = (class != Class::New).then_some(member);
+                    self.record(heard_by, &response, measured).await;
                 }
             }
         }
@@ -350,7 +404,59 @@ impl Worker {
         }
     }
 
-    fn request(&mut self, member: usize) -> pb::DecideRequest {
+    /// Draws who this request is for: a new listener, `member` without consent, or `member`.
+    fn class_of(&mut self, member: usize) -> Class {
+        let mix = self.shared.mix;
+        let draw: f64 = self.rng.random();
+        if draw < mix.new_share {
+            Class::New
+        } else if draw < mix.new_share + mix.no_consent_share || !self.shared.world.members[member].consented
+        {
+            Class::NoConsent
+        } else {
+            Class::Known
+        }
+    }
+
+    fn request(&mut self, member: usize, class: Class) -> pb::DecideRequest {
+        if class == Class::New {
+            return self.new_listener_request();
+        }
+        let mut request = self.known_request(member);
+        if class == Class::NoConsent
+            && let Some(context) = request.context.as_mut()
+        {
+            // Denied in the request always wins, whatever the stored choice.
+            context.personalized_ads = pb::ConsentState::Denied as i32;
+        }
+        request
+    }
+
+    /// A never-seen listener who grants consent: the player knows only this session, a genre
+    /// the listener chose (mostly kept for the last few tracks).
+    fn new_listener_request(&mut self) -> pb::DecideRequest {
+        use interlude::synth::{GENRES, PLACES, zipf};
+        let n = self.shared.new_listeners.fetch_add(1, Ordering::Relaxed);
+        let session = zipf(&mut self.rng, GENRES.len());
+        let mut genre =
+            || if self.rng.random_bool(0.8) { session } else { zipf(&mut self.rng, GENRES.len()) };
+        let track = GENRES[genre()].to_string();
+        let recent = (0..3).map(|_| GENRES[genre()].to_string()).collect();
+        let (country, region, metro) = PLACES[self.rng.random_range(0..PLACES.len())];
+        let mut request = self.known_request(0);
+        request.listener_id = format!("new-{:016x}-{n}", self.shared.run_id);
+        request.member_id = String::new();
+        if let Some(context) = request.context.as_mut() {
+            context.track_genres = vec![track];
+            context.recent_track_genres = recent;
+            context.personalized_ads = pb::ConsentState::Granted as i32;
+            context.location =
+                Some(pb::GeoLocation { country: country.into(), region: region.into(), metro: metro.into() });
+        }
+        request
+    }
+
+    fn known_request(&mut self, member: usize) -> pb::DecideRequest {
         let m: &Member = &self.shared.world.members[member];
         // Mostly one of the member's favourite genres plays; sometimes anything.
         let track_genre = if self.rng.random_bool(0.7) && !m.top3.is_empty() {
@@ -392,15 +498,33 @@ impl Worker {
 
     /// Quality: does each paid ad match the member's top-3 genres or the playing track, and does
     /// any break an already-capped campaign?
-    fn judge(&mut self, member: usize, request: &pb::DecideRequest, response: &pb::DecideResponse) {
+    fn judge(
+        &mut self,
+        member: usize,
+        class: Class,
+        request: &pb::DecideRequest,
+        response: &pb::DecideResponse,
+    ) {
         let q = &mut self.result.quality;
         q.decisions += 1;
+        let by_class = &mut q.by_class[class.index()];
+        by_class.decisions += 1;
         match response.fill() {
-            pb::Fill::House => q.house_breaks += 1,
+            pb::Fill::House => {
+                q.house_breaks += 1;
+                by_class.house_breaks += 1;
+            }
             pb::Fill::Empty => q.empty_breaks += 1,
+            pb::Fill::Paid => by_class.paid_breaks += 1,
             _ => {}
         }
         let m = &self.shared.world.members[member];
+        // A new listener's known genres are the session's: what the player sent as recent tracks.
+        let recent: Vec<&str> = match (&request.context, class) {
+            (Some(c), Class::New) => c.recent_track_genres.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        let top3: &[&str] = if class == Class::New { &recent } else { &m.top3 };
         let track = request.context.as_ref().map(|c| c.track_genres.as_slice()).unwrap_or_default();
         let now = interlude::grpc::now().0;
         for ad in &response.ads {
@@ -409,17 +533,19 @@ impl Worker {
                 continue;
             }
             q.paid_ads += 1;
-            let matches = facts.affinity.iter().any(|g| m.top3.contains(&g.as_str()) || track.contains(g))
+            let matches = facts.affinity.iter().any(|g| top3.contains(&g.as_str()) || track.contains(g))
                 || facts.track.iter().any(|g| track.contains(g));
             q.paid_ads_matching_taste += u64::from(matches);
             q.sponsorship_ads += u64::from(ad.tier() == pb::PriorityTier::Sponsorship);
             if !matches {
-                q.misses.count(facts, m.consented, ad.tier());
+                q.misses.count(facts, class != Class::NoConsent, ad.tier());
             }
             q.paid_ads_without_genre_rule += u64::from(facts.affinity.is_empty() && facts.track.is_empty());
-            if m.consented {
-                q.consented_paid_ads += 1;
-                q.consented_paid_ads_matching += u64::from(matches);
+            let by_class = &mut q.by_class[class.index()];
+            by_class.paid_ads += 1;
+            by_class.paid_ads_matching += u64::from(matches);
+            if class == Class::New {
+                continue;
             }
             if let Some(times) = self.heard.get(&(member, ad.campaign_id.clone())) {
                 let violated = facts.caps.iter().any(|&(max, window)| {
@@ -431,7 +557,7 @@ impl Worker {
         }
     }
 
-    async fn record(&mut self, member: usize, response: &pb::DecideResponse, measured: bool) {
+    async fn record(&mut self, heard_by: Option<usize>, response: &pb::DecideResponse, measured: bool) {
         let base = self.shared.event_counter.fetch_add(response.ads.len() as u64, Ordering::Relaxed);
         let events = response
             .ads
@@ -459,8 +585,10 @@ impl Worker {
                     *self.result.errors.entry("RecordEvents duplicates".into()).or_default() +=
                         u64::from(reply.get_ref().duplicates);
                 }
-                for ad in &response.ads {
-                    self.heard.entry((member, ad.campaign_id.clone())).or_default().push(now);
+                if let Some(member) = heard_by {
+                    for ad in &response.ads {
+                        self.heard.entry((member, ad.campaign_id.clone())).or_default().push(now);
+                    }
                 }
                 if measured {
                     self.result.quality.impressions_recorded += response.ads.len() as u64;

@@ -94,13 +94,32 @@ struct Args {
     /// The server's Prometheus endpoint, read for its CPU seconds per request ("off": don't).
     #[arg(long, default_value = "http://127.0.0.1:9464/metrics")]
     server_metrics: String,
+    /// Share of Decide requests from listener ids never seen before (granting consent in the
+    /// request, no history: the cold start of a free tier).
+    #[arg(long, default_value_t = 0.2, value_parser = share)]
+    new_listener_share: f64,
+    /// Share of Decide requests from seeded listeners denying personalised ads in the request
+    /// (on top of the accounts that denied it when seeded).
+    #[arg(long, default_value_t = 0.1, value_parser = share)]
+    no_consent_share: f64,
     /// Exit non-zero if any request failed or a cap was violated (for CI smoke runs).
     #[arg(long)]
     strict: bool,
 }
 
+/// A share in [0, 1].
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if (0.0..=1.0).contains(&x) => Ok(x),
+        _ => Err(format!("{s:?} is not a share in [0, 1]")),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.new_listener_share + args.no_consent_share > 1.0 {
+        anyhow::bail!("--new-listener-share and --no-consent-share add up to more than 1");
+    }
     // On one core a multi-thread runtime is two threads taking turns (the one in `block_on` and
     // its one worker), and every wake-up crosses between them: measured, it capped the generator
     // at ~60k health Checks/s where one current thread sends ~110k/s (docs/PERFORMANCE.md).
@@ -156,6 +175,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         event_counter: Arc::new(AtomicU64::new(0)),
         run_id: rand::random(),
+        mix: drive::Mix { new_share: args.new_listener_share, no_consent_share: args.no_consent_share },
+        new_listeners: Arc::new(AtomicU64::new(0)),
     };
     let mode = match args.rate {
         Some(rate) => Mode::Open { rate, max_in_flight: args.concurrency.max(1) * 64 },

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::drive::{Outcome, Target};
+use crate::drive::{Class, Outcome, Target};
 
 /// One measured phase.
 #[derive(Debug, Serialize)]
@@ -63,9 +63,8 @@ pub(crate) struct QualityReport {
     /// Of the paid ads whose campaign has a genre rule, the share matching the listener's top-3
     /// genres or the playing track (an ad without genre rule never counts as a match above).
     pub(crate) genre_targeted_ads_matching_taste: f64,
-    /// The share matching taste or track among paid ads to listeners who consented to
-    /// personalised ads (without consent, taste may not be used at all).
-    pub(crate) consented_paid_ads_matching: f64,
+    /// The same quality per kind of listener: known, new (never seen), without consent.
+    pub(crate) by_class: Vec<ClassReport>,
     /// The paid ads matching neither taste nor track, as shares of all paid ads, by the kind of
     /// campaign that served them.
     pub(crate) misses: MissShares,
@@ -74,6 +73,19 @@ pub(crate) struct QualityReport {
     /// Must be 0 (closed loop only: one worker owns each listener).
     pub(crate) cap_violations: u64,
     pub(crate) impressions_recorded: u64,
+}
+
+/// `drive::ClassQuality` as shares.
+#[derive(Debug, Serialize)]
+pub(crate) struct ClassReport {
+    pub(crate) class: Class,
+    pub(crate) decisions: u64,
+    /// Share of breaks with a paid ad.
+    pub(crate) paid_fill: f64,
+    /// Share of paid ads matching the track playing or the listener's top-3 genres (for a new
+    /// listener, who has none yet, the session's recent tracks the player sent).
+    pub(crate) match_share: f64,
+    pub(crate) house_share: f64,
 }
 
 /// `drive::Misses` as shares of the paid ads.
@@ -162,7 +174,19 @@ impl PhaseReport {
                     q.paid_ads_matching_taste,
                     q.paid_ads.saturating_sub(q.paid_ads_without_genre_rule),
                 ),
-                consented_paid_ads_matching: share(q.consented_paid_ads_matching, q.consented_paid_ads),
+                by_class: Class::ALL
+                    .iter()
+                    .map(|&class| {
+                        let c = &q.by_class[class.index()];
+                        ClassReport {
+                            class,
+                            decisions: c.decisions,
+                            paid_fill: share(c.paid_breaks, c.decisions),
+                            match_share: share(c.paid_ads_matching, c.paid_ads),
+                            house_share: share(c.house_breaks, c.decisions),
+                        }
+                    })
+                    .collect(),
                 misses: MissShares {
                     place_ads_without_consent: share(q.misses.place_without_consent, q.paid_ads),
                     place_ads_with_consent: share(q.misses.place_with_consent, q.paid_ads),
@@ -229,11 +253,10 @@ impl Report {
             ));
             if let Some(q) = &p.quality {
                 out.push_str(&format!(
-                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% of those to consenting listeners; {:.1}% have no genre rule; {:.1}% of the genre-targeted match), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
+                    "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% have no genre rule; {:.1}% of the genre-targeted match), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",
                     q.decisions,
                     q.paid_ads,
                     100.0 * q.paid_ads_matching_taste,
-                    100.0 * q.consented_paid_ads_matching,
                     100.0 * q.paid_ads_without_genre_rule,
                     100.0 * q.genre_targeted_ads_matching_taste,
                     100.0 * q.house_break_share,
@@ -241,6 +264,16 @@ impl Report {
                     q.cap_violations,
                     q.impressions_recorded
                 ));
+                for c in &q.by_class {
+                    out.push_str(&format!(
+                        "  {:<10} {:>8} decisions: paid fill {:.1}%, paid ads matching {:.1}%, house {:.1}%\n",
+                        format!("{:?}", c.class),
+                        c.decisions,
+                        100.0 * c.paid_fill,
+                        100.0 * c.match_share,
+                        100.0 * c.house_share,
+                    ));
+                }
                 let m = &q.misses;
                 out.push_str(&format!(
                     "  misses, as shares of paid ads: {:.1}% place ads to listeners without consent, {:.1}% place ads to consenting listeners, {:.1}% affinity for a genre outside the top 3; {:.1}% are sponsorships (sponsorships: {:.1}% of all paid ads)\n",
