@@ -8,6 +8,7 @@ use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
+use tower::Layer as _;
 
 use crate::config::{Config, Limits, Tls};
 use crate::decision::Policy;
@@ -272,10 +273,13 @@ pub async fn serve(
         // Health and reflection stay open (load balancers, grpcurl); the rest is guarded. The
         // decision service checks its callers in its handlers (`Auth::admit_decision`): an
         // interceptor costs a request round trip through parts and an extension per call.
+        // The hot service alone is admitted against the server-wide bound (admission.rs).
         .add_service(
-            AdDecisionServiceServer::new(DecisionService::new(state.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
+            crate::admission::AdmissionLayer::new(limits.max_in_flight).layer(
+                AdDecisionServiceServer::new(DecisionService::new(state.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            ),
         )
         .add_service(InterceptedService::new(
             CampaignServiceServer::new(CampaignAdmin::new(state.clone()))

@@ -41,6 +41,10 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Default in-flight RPCs per connection; more are shed with RESOURCE_EXHAUSTED, never queued.
 pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
+/// Default decision calls (Decide, RecordEvents) running at once across all connections; more
+/// are shed with RESOURCE_EXHAUSTED (admission.rs). At ~25 µs a call, the queue it allows is
+/// ~13 ms deep on one runtime thread.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 /// Default longest an RPC may run (a shorter grpc-timeout from the client wins).
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Default HTTP/2 keepalive ping interval.
@@ -148,6 +152,7 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_concurrent_streams: u32,
     pub max_in_flight_per_connection: usize,
+    pub max_in_flight: usize,
     pub request_timeout: Duration,
     pub keepalive_interval: Duration,
     pub max_header_list_bytes: u32,
@@ -274,6 +279,9 @@ settings! {
     max_concurrent_streams: u32,
     /// In-flight RPCs per connection before shedding with RESOURCE_EXHAUSTED [default: 256].
     max_in_flight_per_connection: usize,
+    /// Decision calls running at once across all connections before shedding with
+    /// RESOURCE_EXHAUSTED [default: 512].
+    max_in_flight: usize,
     /// Longest an RPC may run, seconds; a shorter grpc-timeout wins [default: 30].
     request_timeout_secs: u64,
     /// HTTP/2 keepalive ping interval, seconds [default: 30].
@@ -404,6 +412,7 @@ impl Settings {
             max_in_flight_per_connection: self
                 .max_in_flight_per_connection
                 .unwrap_or(DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION),
+            max_in_flight: self.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT),
             request_timeout: Duration::from_secs(
                 self.request_timeout_secs.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
             ),
@@ -427,6 +436,10 @@ impl Settings {
         }
         if limits.max_in_flight_per_connection == 0 {
             return Err(invalid("max_in_flight_per_connection", "must be at least 1"));
+        }
+        // tokio's semaphore holds at most usize::MAX >> 3 permits.
+        if !(1..=1 << 20).contains(&limits.max_in_flight) {
+            return Err(invalid("max_in_flight", "must be within [1, 1048576]"));
         }
         if limits.request_timeout.is_zero() || limits.request_timeout > Duration::from_secs(3600) {
             return Err(invalid("request_timeout_secs", "must be within [1, 3600]"));

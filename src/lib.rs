@@ -5,6 +5,7 @@
 //! `app` wiring and serving; `net` accepted connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod app;
 pub mod config;
 pub mod decision;

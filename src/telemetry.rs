@@ -38,6 +38,9 @@ pub const CONNECTIONS_OPEN: &str = "interlude_connections_open";
 /// Connections the server closed itself, by `reason` (over_limit, handshake_timeout,
 /// idle_timeout), and accept failures (`reason` = accept_failed).
 pub const CONNECTIONS_CUT: &str = "interlude_connections_cut_total";
+/// Decision calls refused with RESOURCE_EXHAUSTED because the server had `max_in_flight`
+/// of them running (admission.rs).
+pub const CALLS_SHED: &str = "interlude_calls_shed_total";
 /// Campaigns in the catalog.
 pub const CAMPAIGNS: &str = "interlude_campaigns";
 /// Durable-store commits, by `result` (ok, failed).
@@ -197,6 +200,11 @@ pub fn record_connections_open(n: usize) {
 /// Records a connection the server cut (or an accept that failed), by a fixed `reason`.
 pub fn record_connection_cut(reason: &'static str) {
     metrics::counter!(CONNECTIONS_CUT, "reason" => reason).increment(1);
+}
+
+/// Records a decision call refused by admission.
+pub fn record_shed() {
+    metrics::counter!(CALLS_SHED).increment(1);
 }
 
 /// Records ingested plays.

@@ -162,3 +162,57 @@ async fn a_rapid_reset_flood_is_cut_off_and_health_keeps_answering() {
     still_serving(&server).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn past_the_server_wide_bound_decision_calls_are_shed_on_every_connection_but_health_is_not() {
+    use prost::Message as _;
+    let server = start_server_with(config(|l| l.max_in_flight = 1)).await;
+    // On a connection of its own, a Decide whose message has not fully arrived: admitted and in
+    // flight, it holds the one place until the rest comes.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request =
+        http::Request::post(format!("http://{}/interlude.v1.AdDecisionService/Decide", server.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    let message = break_for("slow-player").encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let (first, rest) = framed.split_at(3);
+    body.send_data(first.to_vec().into(), false).unwrap();
+
+    // Another connection's Decide is refused once that call is admitted (until then it is
+    // served: the test waits for the refusal, not for a time).
+    let refused = tokio::time::timeout(TEST_TIMEOUT, async {
+        loop {
+            match server.decisions().decide(break_for("anyone")).await {
+                Err(status) => break status,
+                Ok(_) => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("shed while the slow call holds the place");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("overloaded"), "{}", refused.message());
+    // Health is not counted: a busy server must not look dead to its load balancer.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(server.channel.clone());
+    health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
+
+    // The slow call completes and gives its place back.
+    body.send_data(rest.to_vec().into(), true).unwrap();
+    let response = tokio::time::timeout(TEST_TIMEOUT, response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    while body.data().await.is_some() {}
+    let trailers = body.trailers().await.unwrap().unwrap();
+    assert_eq!(trailers["grpc-status"], "0", "the slow call was served");
+    still_serving(&server).await;
+    server.stop().await;
+}

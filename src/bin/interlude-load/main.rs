@@ -60,6 +60,10 @@ struct Args {
     /// Open loop at this many requests per second instead of closed loop.
     #[arg(long)]
     rate: Option<f64>,
+    /// Open loop: requests in flight or queued in the generator before it sheds the next ones
+    /// itself ("client shed") [default: 64 × --concurrency]. Raise it to overload a server.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// HTTP/2 connections to spread requests over.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -179,7 +183,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         new_listeners: Arc::new(AtomicU64::new(0)),
     };
     let mode = match args.rate {
-        Some(rate) => Mode::Open { rate, max_in_flight: args.concurrency.max(1) * 64 },
+        Some(rate) => Mode::Open {
+            rate,
+            max_in_flight: args.max_in_flight.unwrap_or(args.concurrency.max(1) * 64).max(1),
+        },
         None => Mode::Closed { concurrency: args.concurrency.max(1) },
     };
     // The comparison runs first: Decide alone changes no state, so it sees the fresh world.
