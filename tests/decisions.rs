@@ -76,7 +76,18 @@ async fn caps_hold_across_a_hundred_decisions_with_impressions_recorded() {
 
 #[tokio::test]
 async fn a_break_never_repeats_an_advertiser_or_a_category() {
-    let server = start_server().await;
+    // Twenty breaks for one listener: no ad load or separation across them, only within each.
+    let server = start_server_with(interlude::config::Config {
+        demo: false,
+        policy: interlude::decision::Policy {
+            max_ads_per_hour: 1000,
+            category_separation_ms: 0,
+            ..interlude::decision::Policy::default()
+        },
+        data_dir: None,
+        ..interlude::config::Config::default()
+    })
+    .await;
     let mut campaigns = Vec::new();
     for (i, advertiser) in ["a", "a", "a", "b", "b", "c", "d"].iter().enumerate() {
         let mut c = genre_campaign(&format!("camp-{i}"), advertiser, 10 + i as i64, &["rock"]);
@@ -509,4 +520,49 @@ async fn an_even_paced_campaign_is_held_back_when_ahead_of_its_curve() {
         .into_inner();
     assert_eq!(stats.pacing_status(), pb::PacingStatus::OnTrack);
     server.stop().await;
+}
+
+#[tokio::test]
+async fn ad_load_and_caps_count_breaks_fetched_ahead_of_playing_them() {
+    let server = start_server_with(interlude::config::Config {
+        demo: false,
+        policy: interlude::decision::Policy {
+            max_ads_per_hour: 2,
+            category_separation_ms: 0,
+            ..interlude::decision::Policy::default()
+        },
+        data_dir: None,
+        ..interlude::config::Config::default()
+    })
+    .await;
+    let campaigns: Vec<pb::Campaign> =
+        ["a", "b", "c", "d", "e"].iter().map(|id| genre_campaign(id, id, 20, &["opera"])).collect();
+    server.upsert(campaigns).await;
+    server.plays("prefetcher", "", &[("opera", 40)]).await;
+    server.listener("prefetcher", |_| {}).await;
+    let mut request = request_with_genre("prefetcher", "opera");
+    request.break_constraints = Some(pb::BreakConstraints { max_ads: 5, max_duration: Some(secs(300)) });
+
+    // Two ads an hour: a five-ad break gets two.
+    let first = server.decide(request.clone()).await;
+    assert_eq!(served(&first).len(), 2, "{:?}", served(&first));
+    // The player fetches the next break before playing the first: nothing is left this hour.
+    let ahead = server.decide(request.clone()).await;
+    assert!(ahead.ads.is_empty());
+    assert_eq!(ahead.reason(), pb::DecisionReason::AdLoadLimit);
+    // Playing the first break counts its ads once, not twice.
+    server.record_impressions(&first, "played").await;
+    let after = server.decide(request).await;
+    assert_eq!(after.reason(), pb::DecisionReason::AdLoadLimit);
+
+    // A campaign capped at one an hour is not decided twice for breaks fetched ahead.
+    let capped_server = start_server().await;
+    capped_server.upsert([capped(genre_campaign("once", "o", 50, &["opera"]), 1, Some(3600))]).await;
+    capped_server.upsert([genre_campaign("other", "p", 10, &["opera"])]).await;
+    capped_server.plays("prefetcher", "", &[("opera", 40)]).await;
+    let request = request_with_genre("prefetcher", "opera");
+    assert_eq!(served(&capped_server.decide(request.clone()).await), vec!["once"]);
+    assert_eq!(served(&capped_server.decide(request).await), vec!["other"]);
+    server.stop().await;
+    capped_server.stop().await;
 }

@@ -245,7 +245,8 @@ async fn in_the_demo_new_and_non_consenting_listeners_hear_the_genre_playing() {
     };
     // The five requests: a never-seen listener granting consent, one genre each.
     for genre in ["jazz", "classical", "hip-hop", "rock", "opera"] {
-        let response = server.decide(request("never-seen-1", genre, pb::ConsentState::Granted)).await;
+        let listener = format!("never-seen-{genre}");
+        let response = server.decide(request(&listener, genre, pb::ConsentState::Granted)).await;
         assert_eq!(response.fill(), pb::Fill::Paid, "{genre}");
         for id in served(&response) {
             assert!(targets(id, genre), "{id} does not target {genre}");

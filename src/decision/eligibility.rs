@@ -321,7 +321,7 @@ impl<'a> Context<'a> {
     /// Delivery: what the listener has heard, and what the advertiser can still pay.
     fn check_delivery(&self, c: &Campaign, spend: &impl SpendView) -> Result<(), Rule> {
         let history = self.listener.history;
-        let heard = !history.is_empty();
+        let heard = !history.is_blank();
         if heard && history.is_suppressed(&c.advertiser_id, &c.categories, self.now) {
             return Err(Rule::Suppressed);
         }

@@ -229,7 +229,13 @@ pub fn decide(
 ) -> Decision {
     let explain = request.explain;
     let mut trace = Vec::new();
-    if listener.history.impressions_within(HOUR_MS, now) >= policy.max_ads_per_hour as usize {
+    // Ad load counts the ads heard in the last hour and those decided but not yet heard, and
+    // bounds this break by what is left of it.
+    let heard = listener.history.impressions_within(HOUR_MS, now);
+    let max_ads = request
+        .max_ads
+        .min(u8::try_from((policy.max_ads_per_hour as usize).saturating_sub(heard)).unwrap_or(u8::MAX));
+    if max_ads == 0 {
         if explain {
             let detail = format!("{} ads in the last hour", policy.max_ads_per_hour);
             trace.extend(catalog.campaigns().iter().map(|c| rejected(c, Rule::AdLoad, detail.clone())));
@@ -253,7 +259,7 @@ pub fn decide(
     let mut ranked =
         catalog.retrieve(affinity(), &request.track_genres, country, listener.profile, policy, skip_held_at);
 
-    let width = ranking::search_width(request.max_ads);
+    let width = ranking::search_width(max_ads);
     let mut threshold = ranking::Threshold::new(width);
     let mut paid = Vec::with_capacity(width);
     let mut cut_at = None;
@@ -293,7 +299,7 @@ pub fn decide(
         }
     }
 
-    let chosen = ranking::best_break(&mut paid, request.max_ads, request.max_duration_ms);
+    let chosen = ranking::best_break(&mut paid, max_ads, request.max_duration_ms);
     if chosen.is_empty() && (skipped_held || ranked.skipped_held()) {
         // The reason for an unfilled break must not depend on the memo: look at the campaigns
         // it skipped (they may have got further than any other before pacing stopped them).

@@ -658,6 +658,57 @@ fn ad_load_limit_empties_the_break() {
 }
 
 #[test]
+fn ad_load_bounds_the_break_being_decided_and_counts_ads_not_yet_heard() {
+    let mut f = fixture().taste(&[(JAZZ, 10)]);
+    for (id, adv) in [("a", "a"), ("b", "b"), ("c", "c"), ("d", "d"), ("e", "e")] {
+        f.campaigns.push(genre_campaign(id, adv, 10, &[JAZZ]));
+    }
+    f.policy.max_ads_per_hour = 1;
+    f.request.max_ads = 5;
+    f.request.max_duration_ms = 300_000;
+    assert_eq!(f.decide().ads.len(), 1, "one ad an hour: a five-ad break gets one");
+    f.policy.max_ads_per_hour = 3;
+    let decided = f.decide();
+    assert_eq!(decided.ads.len(), 3);
+    // The player fetched that break but has not played it yet: the next break is empty.
+    for (i, ad) in decided.ads.iter().enumerate() {
+        let c = &ad.campaign;
+        let record = ImpressionRecord {
+            at: f.now,
+            campaign: c.id.clone(),
+            creative: c.creatives[ad.creative].id.clone(),
+            advertiser: c.advertiser_id.clone(),
+            categories: c.categories.clone(),
+        };
+        f.history.hold(crate::domain::AdId(i as u128), record);
+    }
+    check(&f, &[], Reason::AdLoadLimit);
+    // Holds end: a player that never played them gives the places back.
+    f.now = UnixMillis(f.now.0 + crate::domain::history::PENDING_HOLD_MS);
+    assert_eq!(f.decide().ads.len(), 3);
+}
+
+#[test]
+fn a_frequency_cap_counts_an_ad_decided_ahead_of_its_impression() {
+    let mut capped = genre_campaign("capped", "adv", 30, &[JAZZ]);
+    capped.caps =
+        vec![FrequencyCap { scope: CapScope::Campaign, max_impressions: 1, window_ms: Some(DAY_MS) }];
+    let mut f = fixture().taste(&[(JAZZ, 10)]).with(capped).with(genre_campaign("other", "o", 10, &[JAZZ]));
+    check(&f, &["capped"], Reason::Served);
+    let c = f.campaigns[0].clone();
+    let record = ImpressionRecord {
+        at: f.now,
+        campaign: c.id.clone(),
+        creative: c.creatives[0].id.clone(),
+        advertiser: c.advertiser_id.clone(),
+        categories: c.categories.clone(),
+    };
+    f.history.hold(crate::domain::AdId(7), record);
+    check(&f, &["other"], Reason::Served);
+    assert_eq!(f.rejected_by("capped"), Some(Rule::FrequencyCap));
+}
+
+#[test]
 fn category_separation_spans_breaks() {
     let mut airline = genre_campaign("airline", "skyways", 10, &[JAZZ]);
     airline.categories = Arc::from(vec![Category::from("653")]);

@@ -4,13 +4,20 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use super::{AdvertiserId, CampaignId, CapScope, Category, CreativeId, DAY_MS, UnixMillis};
+use super::{AdId, AdvertiserId, CampaignId, CapScope, Category, CreativeId, DAY_MS, MINUTE_MS, UnixMillis};
 
 /// Impressions older than this are dropped from the rolling record: no window is longer.
 pub const MAX_WINDOW_MS: i64 = 30 * DAY_MS;
 /// The rolling record keeps at most this many impressions; the ad-load limit keeps real
 /// listeners far below it, and lifetime counts do not depend on it.
 pub const MAX_RECENT: usize = 512;
+
+/// How long an ad decided for a listener counts as heard before its impression arrives: a
+/// player that fetches the next breaks ahead plays them within minutes, and one that never plays
+/// an ad gives its place back when the hold ends.
+pub const PENDING_HOLD_MS: i64 = 10 * MINUTE_MS;
+/// At most this many ads are held per listener; older holds give way.
+const MAX_PENDING: usize = 64;
 
 /// One recorded impression.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,6 +51,19 @@ pub struct DeliveryHistory {
     /// Lifetime impression counts per cap key.
     lifetime: Vec<(LifetimeKey, u32)>,
     suppressions: Vec<Suppression>,
+    /// Ads decided but not yet heard (`hold`), oldest first: ad load, caps and category
+    /// separation count them as heard until their impression arrives or `PENDING_HOLD_MS`
+    /// passes. Memory only: after a restart at most one hold's worth of decided ads is unseen.
+    #[serde(skip)]
+    pending: Vec<PendingAd>,
+}
+
+/// An ad decided for the listener, its impression not yet recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PendingAd {
+    ad: AdId,
+    /// `at` = when it was decided.
+    record: ImpressionRecord,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -54,6 +74,28 @@ enum LifetimeKey {
 }
 
 impl DeliveryHistory {
+    /// Holds a place for `ad`, decided at `record.at`, until its impression (`record_impression_of`)
+    /// or the end of the hold.
+    pub fn hold(&mut self, ad: AdId, record: ImpressionRecord) {
+        let now = record.at;
+        self.pending.retain(|p| held(p, now));
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(PendingAd { ad, record });
+    }
+
+    /// Records the impression of `ad` (releasing its hold) at `record.at`.
+    pub fn record_impression_of(&mut self, ad: AdId, record: ImpressionRecord) {
+        self.pending.retain(|p| p.ad != ad);
+        self.record_impression(record);
+    }
+
+    /// The held ads still counted at `now`.
+    fn pending_at(&self, now: UnixMillis) -> impl Iterator<Item = &ImpressionRecord> {
+        self.pending.iter().filter(move |p| held(p, now)).map(|p| &p.record)
+    }
+
     /// Records one impression at `record.at`.
     pub fn record_impression(&mut self, record: ImpressionRecord) {
         for key in [
@@ -95,7 +137,14 @@ impl DeliveryHistory {
         window_ms: Option<i64>,
         now: UnixMillis,
     ) -> u32 {
-        match window_ms {
+        let in_scope = |r: &ImpressionRecord| match scope {
+            CapScope::Creative => r.campaign == *campaign && r.creative == *creative,
+            CapScope::Campaign => r.campaign == *campaign,
+            CapScope::Advertiser => r.advertiser == *advertiser,
+        };
+        let since = window_ms.map_or(i64::MIN, |w| now.0 - w);
+        let pending = self.pending_at(now).filter(|r| r.at.0 > since && in_scope(r)).count() as u32;
+        pending.saturating_add(match window_ms {
             // Compared in place: building a key would clone (and count references of) the ids.
             None => self
                 .lifetime
@@ -107,32 +156,26 @@ impl DeliveryHistory {
                     _ => false,
                 })
                 .map_or(0, |(_, n)| *n),
-            Some(window) => {
-                let since = now.0 - window;
-                let hits = self.recent.iter().rev().take_while(|r| r.at.0 > since).filter(|r| match scope {
-                    CapScope::Creative => r.campaign == *campaign && r.creative == *creative,
-                    CapScope::Campaign => r.campaign == *campaign,
-                    CapScope::Advertiser => r.advertiser == *advertiser,
-                });
+            Some(_) => {
+                let hits = self.recent.iter().rev().take_while(|r| r.at.0 > since).filter(|r| in_scope(r));
                 hits.count() as u32
             }
-        }
+        })
     }
 
-    /// All impressions within `window_ms` before `now`, across advertisers.
+    /// All impressions within `window_ms` before `now`, across advertisers, held ads included.
     pub fn impressions_within(&self, window_ms: i64, now: UnixMillis) -> usize {
         let since = now.0 - window_ms;
         self.recent.iter().rev().take_while(|r| r.at.0 > since).count()
+            + self.pending_at(now).filter(|r| r.at.0 > since).count()
     }
 
     /// Whether an ad sharing a category with `categories` was heard within `window_ms`.
     pub fn heard_category_within(&self, categories: &[Category], window_ms: i64, now: UnixMillis) -> bool {
         let since = now.0 - window_ms;
-        self.recent
-            .iter()
-            .rev()
-            .take_while(|r| r.at.0 > since)
-            .any(|r| r.categories.iter().any(|c| categories.contains(c)))
+        let shares = |r: &ImpressionRecord| r.categories.iter().any(|c| categories.contains(c));
+        self.recent.iter().rev().take_while(|r| r.at.0 > since).any(shares)
+            || self.pending_at(now).any(|r| r.at.0 > since && shares(r))
     }
 
     /// Whether the listener suppressed this advertiser or one of these categories, as of `now`.
@@ -163,10 +206,19 @@ impl DeliveryHistory {
         }
     }
 
-    /// Whether nothing is recorded (an empty history need not be stored).
+    /// Whether nothing is recorded (an empty history need not be stored; held ads are not).
     pub fn is_empty(&self) -> bool {
         self.recent.is_empty() && self.lifetime.is_empty() && self.suppressions.is_empty()
     }
+
+    /// Whether nothing is recorded or held: no rule of delivery can stop an ad.
+    pub fn is_blank(&self) -> bool {
+        self.is_empty() && self.pending.is_empty()
+    }
+}
+
+fn held(p: &PendingAd, now: UnixMillis) -> bool {
+    now.0 - p.record.at.0 < PENDING_HOLD_MS
 }
 
 #[cfg(test)]
@@ -198,6 +250,27 @@ mod tests {
         assert_eq!(h.impressions_within(HOUR_MS, now), 2);
         assert!(h.heard_category_within(&[Category::from("1")], 10 * MINUTE_MS, now));
         assert!(!h.heard_category_within(&[Category::from("653")], MINUTE_MS, now));
+    }
+
+    #[test]
+    fn held_ads_count_as_heard_until_their_impression_or_the_end_of_the_hold() {
+        let mut h = DeliveryHistory::default();
+        let (camp, cr, adv) = (CampaignId::from("camp"), CreativeId::from("c1"), AdvertiserId::from("adv"));
+        h.hold(AdId(1), imp(0, "camp", "adv", "653"));
+        h.hold(AdId(2), imp(0, "camp", "adv", "653"));
+        let soon = UnixMillis(MINUTE_MS);
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, Some(HOUR_MS), soon), 2);
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, None, soon), 2);
+        assert_eq!(h.impressions_within(HOUR_MS, soon), 2);
+        assert!(h.heard_category_within(&[Category::from("653")], HOUR_MS, soon));
+        assert!(h.is_empty() && !h.is_blank(), "holds are not stored");
+        // The impression of ad 1 replaces its hold: counted once.
+        h.record_impression_of(AdId(1), imp(MINUTE_MS, "camp", "adv", "653"));
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, None, soon), 2);
+        // Ad 2 never plays: its place comes back when the hold ends.
+        let later = UnixMillis(PENDING_HOLD_MS + 1);
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, Some(HOUR_MS), later), 1);
+        assert_eq!(h.impressions_within(HOUR_MS, later), 1);
     }
 
     #[test]

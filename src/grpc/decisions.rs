@@ -10,7 +10,7 @@ use super::status::InvalidRequest;
 use super::{code_of, convert, now, pb, rpc_metrics};
 use crate::app::AppState;
 use crate::decision::{self, Decision, Fill, Listener, Reason};
-use crate::domain::{AdId, CampaignId, ListenerId, Tier, UnixMillis};
+use crate::domain::{AdId, CampaignId, ImpressionRecord, ListenerId, Tier, UnixMillis};
 use crate::store::delivery::{CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
 use crate::store::durable::Change;
 use crate::telemetry;
@@ -86,25 +86,51 @@ impl DecisionService {
                 state.delivery.reserve(&c.id, c.price_micros(), now);
             }
         }
+        let mut rng = rand::rng();
+        let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();
+        if let Some(key) = &key
+            && !decision.ads.is_empty()
+        {
+            // Until their impressions arrive, the break's ads count against ad load and caps.
+            state.delivery.hold(
+                key,
+                decision.ads.iter().zip(&ad_ids).map(|(ad, &id)| {
+                    let c = &ad.campaign;
+                    let record = ImpressionRecord {
+                        at: now,
+                        campaign: c.id.clone(),
+                        creative: c.creatives[ad.creative].id.clone(),
+                        advertiser: c.advertiser_id.clone(),
+                        categories: c.categories.clone(),
+                    };
+                    (id, record)
+                }),
+            );
+        }
         self.outcomes.record(
             decision.fill as usize,
             decision.reason as usize,
             decision.ads.iter().map(|a| a.campaign.tier as usize),
         );
-        Ok(self.response(decision, key.as_ref(), now))
+        Ok(self.response(decision, &ad_ids, key.as_ref(), now))
     }
 
-    fn response(&self, decision: Decision, key: Option<&HistoryKey>, now: UnixMillis) -> pb::DecideResponse {
+    fn response(
+        &self,
+        decision: Decision,
+        ad_ids: &[AdId],
+        key: Option<&HistoryKey>,
+        now: UnixMillis,
+    ) -> pb::DecideResponse {
         let (listener, member) = key.map_or(("", ""), |k| (k.listener.as_str(), &*k.member));
-        let mut rng = rand::rng();
         let ads = decision
             .ads
             .iter()
-            .map(|ad| {
+            .zip(ad_ids)
+            .map(|(ad, &ad_id)| {
                 let c = &ad.campaign;
                 let creative = &c.creatives[ad.creative];
                 let price_micros = if c.tier.is_paid() { c.price_micros() } else { 0 };
-                let ad_id = AdId::random(&mut rng);
                 let token = self.state.signer.sign(&ImpressionClaims {
                     ad: ad_id,
                     legacy: false,

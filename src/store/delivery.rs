@@ -231,7 +231,7 @@ impl Delivery {
                     advertiser: c.advertiser_id.clone(),
                     categories: c.categories.clone(),
                 };
-                self.inner.histories.entry(key.clone()).or_default().record_impression(record);
+                self.inner.histories.entry(key.clone()).or_default().record_impression_of(event.ad, record);
             }
             EventKind::NotForMe => {
                 let mut history = self.inner.histories.entry(key.clone()).or_default();
@@ -245,6 +245,16 @@ impl Delivery {
                 }
             }
             EventKind::Click | EventKind::Complete | EventKind::Skip => {}
+        }
+    }
+
+    /// Holds a place in `key`'s history for each ad decided for it at `now`, until the ad's
+    /// impression arrives (`DeliveryHistory::hold`): ad load and caps count a break fetched
+    /// ahead of playing it.
+    pub fn hold(&self, key: &HistoryKey, ads: impl IntoIterator<Item = (AdId, ImpressionRecord)>) {
+        let mut history = self.inner.histories.entry(key.clone()).or_default();
+        for (ad, record) in ads {
+            history.hold(ad, record);
         }
     }
 
