@@ -288,6 +288,19 @@ pub enum ConsentState {
     Denied,
 }
 
+impl ConsentState {
+    /// The choice of one person known under two profiles (a merge): a denial on either side
+    /// wins, else a grant on either side, else nothing was said.
+    pub fn combined(self, other: ConsentState) -> ConsentState {
+        use ConsentState::{Denied, Granted, Unspecified};
+        match (self, other) {
+            (Denied, _) | (_, Denied) => Denied,
+            (Granted, _) | (_, Granted) => Granted,
+            (Unspecified, Unspecified) => Unspecified,
+        }
+    }
+}
+
 /// Lifecycle of a campaign.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CampaignStatus {

@@ -18,6 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EXIT_USAGE: u8 = 64;
 /// BSD `EX_DATAERR`: the stored data cannot be read (a corrupt or truncated database).
 const EXIT_DATAERR: u8 = 65;
+/// sysexits EX_TEMPFAIL: another server holds the data directory; try again once it stops.
+const EXIT_TEMPFAIL: u8 = 75;
 
 fn main() -> ExitCode {
     let config = match Config::load(Cli::parse(), &ProcessEnv) {
@@ -34,6 +36,7 @@ fn main() -> ExitCode {
             tracing::error!(error = format!("{error:#}"), "interlude failed");
             match error.downcast_ref::<durable::DurableError>() {
                 Some(durable::DurableError::Unreadable { .. }) => ExitCode::from(EXIT_DATAERR),
+                Some(durable::DurableError::InUse { .. }) => ExitCode::from(EXIT_TEMPFAIL),
                 _ => ExitCode::FAILURE,
             }
         }

@@ -227,3 +227,21 @@ async fn after_forget_listener_no_byte_of_the_listener_remains_in_the_data_direc
     assert!(!occurrences(&dir, b"listener-stays").is_empty(), "the neighbour is kept");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn an_event_dated_ahead_of_the_server_clock_is_accounted_at_the_server_clock() {
+    let dir = data_dir("clock-ahead");
+    let server = start_server_with(durable_config(&dir)).await;
+    server.upsert([genre_campaign("jazz-ad", "label", 10, &["jazz"])]).await;
+    let ad = jazz_ad(&server, "early-bird").await;
+    let ahead = interlude::grpc::now().0 + 4 * 60_000;
+    let mut impression = event("ev-ahead", pb::EventType::Impression, &ad.impression_token);
+    impression.occurred_at = Some(ts(ahead));
+    record(&server, vec![impression]).await;
+    let after = interlude::grpc::now().0;
+    let db = rusqlite::Connection::open(dir.join("interlude.sqlite3")).unwrap();
+    let at: i64 = db.query_row("SELECT at FROM ad_events", [], |row| row.get(0)).unwrap();
+    assert!(at <= after, "stored at {at}, {} ms ahead of the server", at - after);
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}

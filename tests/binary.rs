@@ -197,3 +197,28 @@ fn a_corrupt_or_truncated_database_exits_65_naming_the_file() {
     let _ = std::fs::remove_dir_all(garbage);
     let _ = std::fs::remove_dir_all(truncated);
 }
+
+#[test]
+fn a_second_server_on_the_same_data_directory_exits_75_and_the_first_keeps_serving() {
+    let dir = data_dir("locked");
+    let mut first = Binary::start(
+        ["--metrics-listen", "off", "--admin-token", ADMIN_TOKEN, "--demo", "false", "--data-dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.display().to_string()]),
+    );
+    let (status, stderr) = run_on(&dir);
+    assert_eq!(status.code(), Some(75), "{stderr}");
+    assert!(stderr.contains("in use by another Interlude server"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The lock dies with its process, however it ends: after kill -9 the directory is free.
+    first.kill_9();
+    let mut second = Binary::start(
+        ["--metrics-listen", "off", "--admin-token", ADMIN_TOKEN, "--demo", "false", "--data-dir"]
+            .into_iter()
+            .map(String::from)
+            .chain([dir.display().to_string()]),
+    );
+    second.kill_9();
+    let _ = std::fs::remove_dir_all(dir);
+}

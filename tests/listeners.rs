@@ -268,3 +268,49 @@ async fn top_artists_follow_the_plays() {
     assert_eq!(listener.members[0].top_artists, vec!["Maria Callas", "Cecilia Bartoli", "Luciano Pavarotti"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_denial_survives_every_merge_and_an_upsert_that_does_not_mention_consent() {
+    let server = start_server().await;
+    let merge = |into: &str, from: &str| pb::MergeListenersRequest {
+        into_listener_id: into.into(),
+        from_listener_id: from.into(),
+    };
+    let consent_of = |l: &pb::Listener| l.personalized_ads();
+    // Granted into denied, and denied into granted: denied either way.
+    for (into, from) in [("granted-a", "denied-a"), ("denied-b", "granted-b")] {
+        for id in [into, from] {
+            let state =
+                if id.starts_with("denied") { pb::ConsentState::Denied } else { pb::ConsentState::Granted };
+            server.listener(id, |l| l.personalized_ads = state as i32).await;
+        }
+        let merged = server.listeners().merge_listeners(merge(into, from)).await.unwrap().into_inner();
+        assert_eq!(consent_of(&merged.listener.unwrap()), pb::ConsentState::Denied, "{from} into {into}");
+    }
+    // A grant meets nothing said: granted.
+    server.listener("granted-c", |l| l.personalized_ads = pb::ConsentState::Granted as i32).await;
+    server.listener("silent-c", |l| l.personalized_ads = pb::ConsentState::Unspecified as i32).await;
+    let merged =
+        server.listeners().merge_listeners(merge("silent-c", "granted-c")).await.unwrap().into_inner();
+    assert_eq!(consent_of(&merged.listener.unwrap()), pb::ConsentState::Granted);
+
+    // An upsert that leaves consent unspecified keeps the stored choice.
+    server.listener("chose", |l| l.personalized_ads = pb::ConsentState::Denied as i32).await;
+    server
+        .listener("chose", |l| {
+            l.personalized_ads = pb::ConsentState::Unspecified as i32;
+            l.language = "de".into();
+        })
+        .await;
+    let stored = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "chose".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(consent_of(&stored), pb::ConsentState::Denied);
+    assert_eq!(stored.language, "de");
+    server.stop().await;
+}

@@ -228,7 +228,10 @@ impl DecisionService {
                 legacy: claims.legacy,
                 event_id: e.event_id.into(),
                 kind: e.kind,
-                at,
+                // A player clock ahead of ours is tolerated, not believed: accounted at our
+                // now, so an event just before midnight cannot count towards tomorrow's
+                // budget, nor an impression stay in a cap's window longer than it should.
+                at: at.min(now),
                 history: (!claims.listener.is_empty()).then(|| HistoryKey {
                     listener: claims.listener.as_str().into(),
                     member: claims.member.as_str().into(),

@@ -7,7 +7,7 @@ use super::auth::{self, AUDIT};
 use super::pb::listener_service_server::ListenerService;
 use super::{code_of, convert, now, observe, pb, rpc_metrics};
 use crate::app::AppState;
-use crate::domain::ListenerProfile;
+use crate::domain::{ConsentState, ListenerProfile};
 use crate::store::durable::Change;
 use crate::telemetry;
 
@@ -85,8 +85,14 @@ impl ListenerService for ListenerAdmin {
                 .state
                 .write(|| {
                     let (profile, created) = self.state.listeners.update(&update.listener_id, |p| {
-                        let consent_changed = p.consent != update.consent;
-                        p.consent = update.consent;
+                        // UNSPECIFIED leaves the stored choice as it is: an update that does not
+                        // mention consent must not withdraw (or reset) one the listener made.
+                        let consent = match update.consent {
+                            ConsentState::Unspecified => p.consent,
+                            said => said,
+                        };
+                        let consent_changed = p.consent != consent;
+                        p.consent = consent;
                         let d = p.details_mut();
                         if consent_changed {
                             d.consent_at = Some(now);

@@ -26,6 +26,8 @@ use crate::store::listeners::ProfileSource;
 
 /// The SQLite file inside the data directory.
 pub const DB_FILE: &str = "interlude.sqlite3";
+/// The lock file that keeps a second server out of the data directory.
+pub const LOCK_FILE: &str = "interlude.lock";
 /// The admin token generated at start when none is configured, for local tools (mode 0600).
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// The impression-token key generated on first start when none is configured (hex, mode 0600).
@@ -49,6 +51,11 @@ pub enum DurableError {
     /// The database file cannot be read back at start (not a database, truncated, corrupt).
     #[error("cannot read {path}: {reason} (restore it from a backup, or move it aside to start empty)")]
     Unreadable { path: PathBuf, reason: String },
+    /// Another process holds the data directory.
+    #[error(
+        "{path} is in use by another Interlude server (one server per data directory; stop it or choose another data_dir)"
+    )]
+    InUse { path: PathBuf },
 }
 
 /// One change to persist.
@@ -90,6 +97,21 @@ pub struct Durable {
     tx: mpsc::Sender<Batch>,
     /// Turns true when the writer stops after a failed commit (see `writer`).
     stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Takes the data directory's lock: an advisory exclusive lock on `LOCK_FILE`, released by the
+/// operating system when the process ends however it ends (kill -9 included), so a stale lock
+/// never keeps a restarted server out.
+fn lock(dir: &Path) -> Result<std::fs::File, DurableError> {
+    let path = dir.join(LOCK_FILE);
+    let io = |source| DurableError::Dir { path: path.clone(), source };
+    let file =
+        std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DurableError::InUse { path: dir.to_owned() }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io(source)),
+    }
 }
 
 impl std::fmt::Debug for Batch {
@@ -140,6 +162,7 @@ impl Durable {
     /// Opens (or creates) the store in `dir`, reads everything back, and starts the writer.
     pub fn open(dir: &Path) -> Result<(Durable, Recovered), DurableError> {
         std::fs::create_dir_all(dir).map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
+        let lock = lock(dir)?;
         let path = dir.join(DB_FILE);
         let unreadable = |e: DurableError| match e {
             DurableError::Sqlite(_) | DurableError::Codec(_) | DurableError::Corrupt(_) => {
@@ -158,6 +181,8 @@ impl Durable {
             .name("interlude-durable".into())
             .spawn(move || {
                 writer(conn, rx);
+                // The directory is ours for as long as its writer runs.
+                drop(lock);
                 let _ = stop.send(true);
             })
             .map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::{FastHash, FastMap, StoreError};
-use crate::domain::{ArtistId, ConsentState, GenreId, ListenerId, ListenerProfile, UnixMillis};
+use crate::domain::{ArtistId, GenreId, ListenerId, ListenerProfile, UnixMillis};
 
 /// Where profiles that are not in memory are read from: the durable store.
 pub trait ProfileSource: Send + Sync + std::fmt::Debug {
@@ -347,8 +347,10 @@ impl Listeners {
             if mine.language.is_none() {
                 d.language.clone_from(&theirs.language);
             }
-            if p.consent == ConsentState::Unspecified {
-                p.consent = old.consent;
+            let combined = p.consent.combined(old.consent);
+            if combined != p.consent {
+                // The other profile's choice decided it (a denial there, or the only choice).
+                p.consent = combined;
                 p.details_mut().consent_at = theirs.consent_at;
             }
         })?;
