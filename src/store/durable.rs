@@ -95,6 +95,8 @@ struct Batch {
 #[derive(Clone, Debug)]
 pub struct Durable {
     tx: mpsc::Sender<Batch>,
+    /// The data directory's lock (`lock`), released when the last handle goes.
+    _lock: Arc<std::fs::File>,
     /// Turns true when the writer stops after a failed commit (see `writer`).
     stopped: tokio::sync::watch::Receiver<bool>,
 }
@@ -181,12 +183,10 @@ impl Durable {
             .name("interlude-durable".into())
             .spawn(move || {
                 writer(conn, rx);
-                // The directory is ours for as long as its writer runs.
-                drop(lock);
                 let _ = stop.send(true);
             })
             .map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
-        Ok((Durable { tx, stopped }, recovered))
+        Ok((Durable { tx, _lock: Arc::new(lock), stopped }, recovered))
     }
 
     /// A reader of stored listener profiles, for the profile cache.
@@ -511,6 +511,7 @@ mod tests {
             Change::Alias { alias: "email:n".into(), listener: "nina".into() },
         ];
         block_on(durable.submit(changes).unwrap().wait()).unwrap();
+        drop(durable);
         let (durable, recovered) = Durable::open(&dir).unwrap();
         assert_eq!(recovered.genres, vec![(0, "jazz".to_string())]);
         assert_eq!(recovered.events, vec![counted(1, "ev-1", 5)]);
@@ -521,12 +522,14 @@ mod tests {
         assert!(reader.load("nobody").unwrap().is_none());
         assert_eq!(recovered.aliases, vec![("email:n".to_string(), ListenerId::from("nina"))]);
         block_on(durable.submit(vec![Change::ForgetListener("nina".into())]).unwrap().wait()).unwrap();
+        drop(durable);
         let (durable, recovered) = Durable::open(&dir).unwrap();
         assert!(recovered.listener_count == 0 && recovered.aliases.is_empty());
         assert!(reader.load("nina").unwrap().is_none(), "erased from disk");
         let late = Change::Event(counted(2, "ev-2", 100));
         block_on(durable.submit(vec![late, Change::PurgeEvents { before: UnixMillis(50) }]).unwrap().wait())
             .unwrap();
+        drop(durable);
         let (_, recovered) = Durable::open(&dir).unwrap();
         assert_eq!(recovered.events, vec![counted(2, "ev-2", 100)], "expired events are purged");
         let _ = std::fs::remove_dir_all(dir);
