@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tower::Layer as _;
@@ -281,20 +280,23 @@ pub async fn serve(
                     .max_encoding_message_size(max),
             ),
         )
-        .add_service(InterceptedService::new(
-            CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            state.auth.admin(),
-        ))
-        // RecordPlays comes from the player backend: the service admits the decision token,
-        // and every other ListenerService RPC requires the admin role itself.
-        .add_service(InterceptedService::new(
-            ListenerServiceServer::new(ListenerAdmin::new(state.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(max),
-            state.auth.decision(),
-        ))
+        // Each service's roles are a property of the service: a guard in front refuses a
+        // caller before any handler runs (RecordPlays, from the player backend, takes the
+        // decision role; everything else the admin role).
+        .add_service(
+            state.auth.guard(auth::admin_only).layer(
+                CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            ),
+        )
+        .add_service(
+            state.auth.guard(crate::grpc::listeners::roles).layer(
+                ListenerServiceServer::new(ListenerAdmin::new(state.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            ),
+        )
         .serve_with_incoming_shutdown(crate::net::incoming(listener, limits.edge()), stop_accepting);
     tokio::pin!(server);
     tokio::select! {

@@ -161,3 +161,103 @@ fn a_non_loopback_address_without_tokens_is_refused_before_binding() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("admin_token") && stderr.contains("non-loopback"), "{stderr}");
 }
+
+#[tokio::test]
+async fn every_admin_rpc_refuses_a_caller_without_the_admin_token() {
+    let server = with_decision_token().await;
+    for token in [None, Some(DECISION_TOKEN)] {
+        let mut c = CampaignServiceClient::with_interceptor(server.channel.clone(), bearer(token));
+        let mut l = ListenerServiceClient::with_interceptor(server.channel.clone(), bearer(token));
+        let id = || "x".to_string();
+        let statuses = [
+            (
+                "UpsertCampaign",
+                c.upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(house_ad("h")) }).await.err(),
+            ),
+            ("GetCampaign", c.get_campaign(pb::GetCampaignRequest { campaign_id: id() }).await.err()),
+            ("ListCampaigns", c.list_campaigns(pb::ListCampaignsRequest::default()).await.err()),
+            ("PauseCampaign", c.pause_campaign(pb::PauseCampaignRequest { campaign_id: id() }).await.err()),
+            (
+                "ResumeCampaign",
+                c.resume_campaign(pb::ResumeCampaignRequest { campaign_id: id() }).await.err(),
+            ),
+            (
+                "ArchiveCampaign",
+                c.archive_campaign(pb::ArchiveCampaignRequest { campaign_id: id() }).await.err(),
+            ),
+            (
+                "GetDeliveryStats",
+                c.get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: id() }).await.err(),
+            ),
+            (
+                "UpsertListener",
+                l.upsert_listener(pb::UpsertListenerRequest {
+                    listener: Some(pb::Listener { listener_id: id(), ..Default::default() }),
+                })
+                .await
+                .err(),
+            ),
+            ("GetListener", l.get_listener(pb::GetListenerRequest { listener_id: id() }).await.err()),
+            (
+                "ForgetListener",
+                l.forget_listener(pb::ForgetListenerRequest { listener_id: id() }).await.err(),
+            ),
+            (
+                "LinkIdentity",
+                l.link_identity(pb::LinkIdentityRequest { listener_id: id(), alias: "y".into() }).await.err(),
+            ),
+            (
+                "MergeListeners",
+                l.merge_listeners(pb::MergeListenersRequest {
+                    into_listener_id: id(),
+                    from_listener_id: "y".into(),
+                })
+                .await
+                .err(),
+            ),
+        ];
+        for (rpc, status) in statuses {
+            let status = status.unwrap_or_else(|| panic!("{rpc} served a caller with {token:?}"));
+            assert_eq!(status.code(), Code::Unauthenticated, "{rpc} with {token:?}: {status:?}");
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn explain_needs_the_admin_token_and_is_rate_limited() {
+    let server = with_decision_token().await;
+    server.upsert([genre_campaign("jazz-ad", "label", 10, &["jazz"])]).await;
+    let mut request = break_for("anyone");
+    request.explain = true;
+    let mut player =
+        AdDecisionServiceClient::with_interceptor(server.channel.clone(), bearer(Some(DECISION_TOKEN)));
+    let status = player.decide(request.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("admin token"), "{}", status.message());
+    // The same request without explain is the player's to make.
+    let mut plain = request.clone();
+    plain.explain = false;
+    player.decide(plain).await.unwrap();
+
+    // With the admin token: explained, within a budget of ten a second (fifty calls in a row
+    // take far less than the four seconds that would refill it).
+    let mut admin =
+        AdDecisionServiceClient::with_interceptor(server.channel.clone(), bearer(Some(ADMIN_TOKEN)));
+    let mut explained = 0;
+    let mut limited = 0;
+    for _ in 0..50 {
+        match admin.decide(request.clone()).await {
+            Ok(response) => {
+                assert!(!response.into_inner().trace.is_empty());
+                explained += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(explained >= 10 && limited > 0, "explained {explained}, limited {limited}");
+    server.stop().await;
+}

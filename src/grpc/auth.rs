@@ -1,11 +1,14 @@
-//! Who may call what: bearer tokens checked per service by a tonic interceptor, or, on the
-//! hot Decide/RecordEvents service, by the handler itself (`Auth::admit_decision`: no
-//! interceptor round trip, no allocation per request).
+//! Who may call what: the role each RPC needs is a property of its service — a layer in front
+//! of the service (`Auth::guard` with the service's `RolePolicy`) refuses callers without it
+//! before any handler runs, and a method a policy does not name needs the admin role (fail
+//! closed). On the hot Decide/RecordEvents service the handler checks for itself
+//! (`Auth::admit_decision`: no per-request extension, no allocation).
 //!
-//! Admin RPCs (CampaignService, ListenerService) need the admin token; the decision RPCs
-//! (Decide, RecordEvents, and RecordPlays, which the player backend sends) need the decision
-//! token, or the admin token. Tokens are compared as SHA-256 digests in constant time, and
-//! known in logs only by a short fingerprint of that digest (the audit log's "who").
+//! Admin RPCs need the admin token; the decision RPCs (Decide, RecordEvents, and RecordPlays,
+//! which the player backend sends) need the decision token, or the admin token. Explaining a
+//! decision shows every campaign's rules and scores, so it needs the admin token too. Tokens
+//! are compared as SHA-256 digests in constant time, and known in logs only by a short
+//! fingerprint of that digest (the audit log's "who").
 
 use std::sync::Arc;
 
@@ -30,6 +33,8 @@ pub enum AuthError {
     DecisionTokenMissing,
     #[error("the bearer token is neither the decision nor the admin token")]
     NotDecisionToken,
+    #[error("explain shows every campaign's rules and scores: it needs the admin token")]
+    ExplainNeedsAdmin,
     #[error("authorization must be 'Bearer <token>'")]
     Malformed,
     /// A handler found no caller: a service was added without its guard.
@@ -74,11 +79,28 @@ struct Credential {
     id: Arc<str>,
 }
 
-/// The interceptor of one service: admits the roles it lists.
+/// The role each method of one service needs, by method name (the last segment of the
+/// path); a policy answers `Role::Admin` for any name it does not know.
+pub type RolePolicy = fn(&str) -> Role;
+
+/// Every method needs the admin role.
+pub fn admin_only(_method: &str) -> Role {
+    Role::Admin
+}
+
+/// The layer that makes a service's roles hold (`Auth::guard`).
 #[derive(Clone, Debug)]
-pub struct Guard {
+pub struct GuardLayer {
     auth: Auth,
-    admin_only: bool,
+    policy: RolePolicy,
+}
+
+/// A service behind its `GuardLayer`.
+#[derive(Clone, Debug)]
+pub struct Guarded<S> {
+    inner: S,
+    auth: Auth,
+    policy: RolePolicy,
 }
 
 impl Auth {
@@ -93,14 +115,9 @@ impl Auth {
         }
     }
 
-    /// The guard of the admin services.
-    pub fn admin(&self) -> Guard {
-        Guard { auth: self.clone(), admin_only: true }
-    }
-
-    /// The guard of the services the player backend calls.
-    pub fn decision(&self) -> Guard {
-        Guard { auth: self.clone(), admin_only: false }
+    /// The guard of a service whose methods need the roles `policy` gives.
+    pub fn guard(&self, policy: RolePolicy) -> GuardLayer {
+        GuardLayer { auth: self.clone(), policy }
     }
 
     /// Whether the caller of a decision RPC may call it (decision or admin token, or none
@@ -138,10 +155,15 @@ impl Auth {
 
 /// The bearer token of a request, if it sent an authorization header.
 fn bearer(metadata: &MetadataMap) -> Result<Option<&[u8]>, AuthError> {
-    match metadata.get("authorization") {
+    bearer_of(metadata.get("authorization").map(|v| v.as_bytes()))
+}
+
+/// The token of an `authorization` header's value (None: no header).
+fn bearer_of(value: Option<&[u8]>) -> Result<Option<&[u8]>, AuthError> {
+    match value {
         None => Ok(None),
         Some(value) => {
-            let token = value.as_bytes().strip_prefix(b"Bearer ").filter(|t| !t.is_empty());
+            let token = value.strip_prefix(b"Bearer ").filter(|t| !t.is_empty());
             token.map(Some).ok_or(AuthError::Malformed)
         }
     }
@@ -154,12 +176,67 @@ impl Credential {
     }
 }
 
-impl Interceptor for Guard {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let (role, token_id) = self.auth.identify(bearer(request.metadata())?, self.admin_only)?;
-        let caller = Caller { role, token_id: Arc::clone(token_id) };
-        request.extensions_mut().insert(caller);
-        Ok(request)
+impl<S> tower::Layer<S> for GuardLayer {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded { inner, auth: self.auth.clone(), policy: self.policy }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Guarded<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = GuardedCall<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
+        let admin_only = (self.policy)(method) == Role::Admin;
+        let token = bearer_of(request.headers().get("authorization").map(|v| v.as_bytes()));
+        match token.and_then(|token| self.auth.identify(token, admin_only)) {
+            Ok((role, token_id)) => {
+                request.extensions_mut().insert(Caller { role, token_id: Arc::clone(token_id) });
+                GuardedCall::Call { future: self.inner.call(request) }
+            }
+            Err(error) => GuardedCall::Refused { response: Some(Status::from(error).into_http()) },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of a guarded call: the service's, or the refusal.
+    #[project = GuardedProj]
+    pub enum GuardedCall<F> {
+        Call { #[pin] future: F },
+        Refused { response: Option<http::Response<tonic::body::Body>> },
+    }
+}
+
+impl<F, E> std::future::Future for GuardedCall<F>
+where
+    F: std::future::Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        match self.project() {
+            GuardedProj::Call { future } => future.poll(cx),
+            GuardedProj::Refused { response } => match response.take() {
+                Some(response) => std::task::Poll::Ready(Ok(response)),
+                None => std::task::Poll::Pending,
+            },
+        }
     }
 }
 
@@ -167,15 +244,6 @@ impl Interceptor for Guard {
 pub fn caller<T>(request: &Request<T>) -> Result<&Caller, AuthError> {
     // Every service is guarded, so a missing caller is a wiring bug: refuse rather than serve.
     request.extensions().get::<Caller>().ok_or(AuthError::Unguarded)
-}
-
-/// Refuses a decision-token caller on an admin RPC of a service the player backend shares.
-pub fn require_admin<T>(request: &Request<T>) -> Result<&Caller, AuthError> {
-    let caller = caller(request)?;
-    match caller.role {
-        Role::Admin => Ok(caller),
-        Role::Decision => Err(AuthError::NotAdminToken),
-    }
 }
 
 /// Client side: adds `authorization: Bearer <token>` to every request (the load harness, the
@@ -209,46 +277,93 @@ pub fn generate_token() -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::convert::Infallible;
+
+    use tower::{Layer as _, Service as _};
+
     use super::*;
 
-    fn call(guard: &Guard, header: Option<&str>) -> Result<Caller, Status> {
-        let mut request = Request::new(());
-        if let Some(h) = header {
-            request.metadata_mut().insert("authorization", h.parse().unwrap());
+    /// Answers with the caller the guard let through.
+    #[derive(Clone)]
+    struct Echo;
+
+    impl tower::Service<http::Request<()>> for Echo {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Infallible>> {
+            std::task::Poll::Ready(Ok(()))
         }
-        let request = guard.clone().call(request)?;
-        Ok(request.extensions().get::<Caller>().unwrap().clone())
+
+        fn call(&mut self, request: http::Request<()>) -> Self::Future {
+            let mut response = http::Response::new(tonic::body::Body::empty());
+            if let Some(caller) = request.extensions().get::<Caller>() {
+                response.extensions_mut().insert(caller.clone());
+            }
+            std::future::ready(Ok(response))
+        }
     }
 
-    #[test]
-    fn roles_follow_tokens() {
+    fn listener_roles(method: &str) -> Role {
+        if method == "RecordPlays" { Role::Decision } else { Role::Admin }
+    }
+
+    /// Calls `method` through a guard of `policy`: the caller admitted, or the grpc-status.
+    async fn call(
+        auth: &Auth,
+        policy: RolePolicy,
+        method: &str,
+        header: Option<&str>,
+    ) -> Result<Caller, String> {
+        let mut request = http::Request::new(());
+        *request.uri_mut() = format!("/interlude.v1.ListenerService/{method}").parse().unwrap();
+        if let Some(h) = header {
+            request.headers_mut().insert("authorization", h.parse().unwrap());
+        }
+        let response = auth.guard(policy).layer(Echo).call(request).await.unwrap();
+        match response.headers().get("grpc-status") {
+            Some(status) => Err(status.to_str().unwrap().to_owned()),
+            None => Ok(response.extensions().get::<Caller>().expect("caller set by the guard").clone()),
+        }
+    }
+
+    #[tokio::test]
+    async fn roles_follow_tokens_and_unknown_methods_need_the_admin_role() {
         let auth = Auth::new("admin-secret-0123456789", Some("decision-secret-0123456789"));
-        let admin = call(&auth.admin(), Some("Bearer admin-secret-0123456789")).unwrap();
+        let admin =
+            call(&auth, admin_only, "GetListener", Some("Bearer admin-secret-0123456789")).await.unwrap();
         assert_eq!(admin.role, Role::Admin);
         assert!(admin.token_id.starts_with("sha256:") && admin.token_id.len() == 15, "{}", admin.token_id);
-        assert_eq!(
-            call(&auth.decision(), Some("Bearer decision-secret-0123456789")).unwrap().role,
-            Role::Decision
-        );
-        assert_eq!(call(&auth.decision(), Some("Bearer admin-secret-0123456789")).unwrap().role, Role::Admin);
-        for (guard, header) in [
-            (auth.admin(), None),
-            (auth.admin(), Some("Bearer decision-secret-0123456789")),
-            (auth.admin(), Some("Bearer admin-secret-012345678")),
-            (auth.admin(), Some("admin-secret-0123456789")),
-            (auth.decision(), None),
-            (auth.decision(), Some("Bearer nope")),
-            (auth.decision(), Some("Bearer ")),
+        let player = Some("Bearer decision-secret-0123456789");
+        assert_eq!(call(&auth, listener_roles, "RecordPlays", player).await.unwrap().role, Role::Decision);
+        let as_admin = Some("Bearer admin-secret-0123456789");
+        assert_eq!(call(&auth, listener_roles, "RecordPlays", as_admin).await.unwrap().role, Role::Admin);
+        let unauthenticated = "16";
+        for (policy, method, header) in [
+            (admin_only as RolePolicy, "GetListener", None),
+            (admin_only, "GetListener", Some("Bearer decision-secret-0123456789")),
+            (admin_only, "GetListener", Some("Bearer admin-secret-012345678")),
+            (admin_only, "GetListener", Some("admin-secret-0123456789")),
+            (listener_roles, "RecordPlays", None),
+            (listener_roles, "RecordPlays", Some("Bearer nope")),
+            (listener_roles, "RecordPlays", Some("Bearer ")),
+            // A method the policy does not name (a new RPC nobody classified) fails closed.
+            (listener_roles, "SomeNewRpc", Some("Bearer decision-secret-0123456789")),
         ] {
-            let status = call(&guard, header).unwrap_err();
-            assert_eq!(status.code(), tonic::Code::Unauthenticated, "{header:?}");
+            assert_eq!(
+                call(&auth, policy, method, header).await.unwrap_err(),
+                unauthenticated,
+                "{method} {header:?}"
+            );
         }
     }
 
-    #[test]
-    fn without_a_decision_token_the_decision_rpcs_are_open_but_admin_is_not() {
+    #[tokio::test]
+    async fn without_a_decision_token_the_decision_rpcs_are_open_but_admin_is_not() {
         let auth = Auth::new("admin-secret-0123456789", None);
-        assert_eq!(call(&auth.decision(), None).unwrap().token_id.as_ref(), "loopback");
-        assert_eq!(call(&auth.admin(), None).unwrap_err().code(), tonic::Code::Unauthenticated);
+        let open = call(&auth, listener_roles, "RecordPlays", None).await.unwrap();
+        assert_eq!(open.token_id.as_ref(), "loopback");
+        assert_eq!(call(&auth, admin_only, "GetListener", None).await.unwrap_err(), "16");
     }
 }

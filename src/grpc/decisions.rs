@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
+use super::auth::{AuthError, Role};
 use super::pb::ad_decision_service_server::AdDecisionService;
 use super::status::InvalidRequest;
 use super::{code_of, convert, now, pb, rpc_metrics};
@@ -22,7 +23,13 @@ pub struct DecisionService {
     state: AppState,
     /// Decision outcome counters, registered when the service is made.
     outcomes: Arc<telemetry::DecisionMetrics>,
+    /// Explained decisions evaluate every campaign (thousands of times a plain decision's
+    /// work): a server-wide budget of them.
+    explain_budget: Arc<governor::DefaultDirectRateLimiter>,
 }
+
+/// Explained decisions allowed per second, server-wide (bursts of as many): 1 + 9 = 10.
+pub const EXPLAIN_PER_SECOND: std::num::NonZeroU32 = std::num::NonZeroU32::MIN.saturating_add(9);
 
 /// Every fill, reason and tier in discriminant order: the label index of a value is `as usize`.
 const FILLS: [Fill; 3] = [Fill::Paid, Fill::House, Fill::Empty];
@@ -47,13 +54,29 @@ impl DecisionService {
             &REASONS.map(reason_label),
             &TIERS.map(tier_label),
         );
-        Self { state, outcomes: Arc::new(outcomes) }
+        let quota = governor::Quota::per_second(EXPLAIN_PER_SECOND);
+        Self {
+            state,
+            outcomes: Arc::new(outcomes),
+            explain_budget: Arc::new(governor::RateLimiter::direct(quota)),
+        }
     }
 
     /// Refuses callers without the decision (or admin) token, when one is configured.
-    fn admit<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.state.auth.admit_decision(request.metadata())?;
-        Ok(())
+    fn admit<T>(&self, request: &Request<T>) -> Result<Role, Status> {
+        Ok(self.state.auth.admit_decision(request.metadata())?)
+    }
+
+    /// Explain shows every campaign's targeting and scores: admin only, and within a budget.
+    fn admit_explain(&self, role: Role) -> Result<(), Status> {
+        if role != Role::Admin {
+            return Err(AuthError::ExplainNeedsAdmin.into());
+        }
+        self.explain_budget.check().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "explain is limited to {EXPLAIN_PER_SECOND} calls a second server-wide; retry later"
+            ))
+        })
     }
 
     fn decide(&self, req: &pb::DecideRequest) -> Result<pb::DecideResponse, Status> {
@@ -299,7 +322,12 @@ impl AdDecisionService for DecisionService {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let started = Instant::now();
-        let result = self.admit(&request).and_then(|()| DecisionService::decide(self, request.get_ref()));
+        let result = self.admit(&request).and_then(|role| {
+            if request.get_ref().explain {
+                self.admit_explain(role)?;
+            }
+            DecisionService::decide(self, request.get_ref())
+        });
         rpc_metrics!("Decide").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }
@@ -310,7 +338,7 @@ impl AdDecisionService for DecisionService {
     ) -> Result<Response<pb::RecordEventsResponse>, Status> {
         let started = Instant::now();
         let result = match self.admit(&request) {
-            Ok(()) => DecisionService::record_events(self, request.get_ref()).await,
+            Ok(_) => DecisionService::record_events(self, request.get_ref()).await,
             Err(status) => Err(status),
         };
         rpc_metrics!("RecordEvents").record(code_of(&result), started.elapsed());

@@ -71,6 +71,7 @@ impl From<AuthError> for Status {
     fn from(e: AuthError) -> Status {
         match e {
             AuthError::Unguarded => Status::internal(e.to_string()),
+            AuthError::ExplainNeedsAdmin => Status::permission_denied(e.to_string()),
             _ => Status::unauthenticated(e.to_string()),
         }
     }

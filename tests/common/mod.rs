@@ -75,6 +75,11 @@ impl TestServer {
         AdDecisionServiceClient::with_interceptor(self.channel.clone(), Bearer::default())
     }
 
+    /// A Decide client with the admin token, which explaining needs.
+    pub fn explainer(&self) -> AdDecisionServiceClient<Authed> {
+        AdDecisionServiceClient::with_interceptor(self.channel.clone(), admin())
+    }
+
     /// An admin client.
     pub fn campaigns(&self) -> CampaignServiceClient<Authed> {
         CampaignServiceClient::with_interceptor(self.channel.clone(), admin())
@@ -150,7 +155,9 @@ impl TestServer {
 
     /// Decides one break for `listener`.
     pub async fn decide(&self, request: pb::DecideRequest) -> pb::DecideResponse {
-        self.decisions().decide(request).await.unwrap().into_inner()
+        // Explaining needs the admin token; a player's decision does not.
+        let mut client = if request.explain { self.explainer() } else { self.decisions() };
+        client.decide(request).await.unwrap().into_inner()
     }
 
     /// Records an impression for each ad of `response`, with fresh event ids.
