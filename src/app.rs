@@ -117,6 +117,9 @@ impl AppState {
         }
         let window = state.dedupe_window.as_millis() as i64;
         state.delivery.restore(r.histories, r.counters, r.events, r.legacy_events, window, now);
+        for (fingerprint, at) in r.erased {
+            state.delivery.erased(fingerprint, at);
+        }
         // The event table would otherwise grow forever; what is older than the window is dead.
         // Not awaited: nothing acknowledged depends on it.
         drop(durable.submit(vec![Change::PurgeEvents { before: UnixMillis(now.0 - window) }])?);

@@ -335,15 +335,24 @@ impl Config {
 }
 
 fn settings_from_env(env: &impl Strings) -> Result<Settings, ConfigError> {
+    use serde::Deserialize as _;
     let mut settings = Settings::default();
     for (name, value) in env.with_prefix(ENV_PREFIX) {
         let key = name[ENV_PREFIX.len()..].to_ascii_lowercase();
-        // A value that is not a TOML literal (an address, a hex key) is taken as a string.
-        let literal = format!("{key} = {value}");
-        let quoted = format!("{key} = {}", toml::Value::String(value.clone()));
-        let one: Settings = toml::from_str(&literal)
-            .or_else(|_| toml::from_str(&quoted))
-            .map_err(|source| ConfigError::Env { name: name.clone(), source: Box::new(source) })?;
+        // Each variable is one typed value of one key, never TOML text: a value holding a
+        // newline and "admin_token = ..." is one (bad) value, not a second setting. A value
+        // that is not a TOML literal (an address, a hex key) is taken as a string.
+        let one_setting = |value: toml::Value| {
+            let mut table = toml::Table::new();
+            table.insert(key.clone(), value);
+            Settings::deserialize(table)
+        };
+        let literal = toml::de::ValueDeserializer::parse(&value).and_then(toml::Value::deserialize);
+        let one = match literal.map(&one_setting) {
+            Ok(Ok(one)) => one,
+            _ => one_setting(toml::Value::String(value.clone()))
+                .map_err(|source| ConfigError::Env { name: name.clone(), source: Box::new(source) })?,
+        };
         settings = one.or(settings);
     }
     Ok(settings)
@@ -621,6 +630,16 @@ mod tests {
         assert_eq!(config.policy.relevance_exponent, 3);
         let err = load(&[], &[("INTERLUDE_TOKEN_KEY", "abcd")]).unwrap_err();
         assert!(err.to_string().contains("token_key"), "{err}");
+        let err = load(&[], &[("INTERLUDE_NO_SUCH_SETTING", "1")]).unwrap_err();
+        assert!(err.to_string().contains("INTERLUDE_NO_SUCH_SETTING"), "{err}");
+        // A crafted value cannot set a second key: it is one value of its own key.
+        let smuggled = "\nadmin_token = \"attacker-chosen-token-0123\"";
+        let err = load(&[], &[("INTERLUDE_DEMO", &format!("true{smuggled}"))]).unwrap_err();
+        assert!(err.to_string().contains("INTERLUDE_DEMO"), "{err}");
+        let path = format!("/tmp/interlude{smuggled}");
+        let config = load(&[], &[("INTERLUDE_DATA_DIR", &path)]).unwrap();
+        assert_eq!(config.data_dir, Some(PathBuf::from(&path)), "taken whole, as the path");
+        assert_ne!(config.admin_token, Some(Secret("attacker-chosen-token-0123".into())));
         let err = load(&[], &[("INTERLUDE_NO_SUCH_SETTING", "1")]).unwrap_err();
         assert!(err.to_string().contains("INTERLUDE_NO_SUCH_SETTING"), "{err}");
         assert!(load(&["--metrics-listen", "off"], &[]).unwrap().metrics_listen.is_none());

@@ -74,6 +74,16 @@ impl TokenSigner {
     }
 
     /// How long a token stays valid.
+    /// A keyed fingerprint of a listener id, for the record that it was erased: it tells a
+    /// token's listener from others without keeping the id (nor a hash anyone could compute
+    /// from a guessed id without the key).
+    pub fn listener_fingerprint(&self, listener: &str) -> [u8; 32] {
+        let mut mac = self.key.clone();
+        mac.update(b"interlude erased listener\0");
+        mac.update(listener.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn ttl_ms(&self) -> i64 {
         self.ttl_ms
     }

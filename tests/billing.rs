@@ -245,3 +245,30 @@ async fn an_event_dated_ahead_of_the_server_clock_is_accounted_at_the_server_clo
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn an_event_after_an_erasure_bills_but_does_not_bring_the_listener_back() {
+    let dir = data_dir("erased-event");
+    let server = start_server_with(durable_config(&dir)).await;
+    server.upsert([jazz_campaign()]).await;
+    let unique = "listener-gone-5b2e81";
+    server.listener(unique, |_| {}).await;
+    server.plays(unique, "", &[("jazz", 20)]).await;
+    // Decided before the erasure; played (and reported) after it.
+    let ad = jazz_ad(&server, unique).await;
+    let forget = pb::ForgetListenerRequest { listener_id: unique.into() };
+    server.listeners().forget_listener(forget).await.unwrap();
+    let response =
+        record(&server, vec![event("heard", pb::EventType::Impression, &ad.impression_token)]).await;
+    assert_eq!(outcomes_of(&response), vec![pb::EventOutcome::Accepted], "the advertiser is billed");
+    assert_eq!(stats(&server, &ad.campaign_id).await.impressions, 1);
+    server.stop().await;
+    assert_eq!(occurrences(&dir, unique.as_bytes()), Vec::<String>::new(), "no history came back");
+
+    // After a restart the erasure is still known: a later event of the same ad keeps nothing.
+    let server = start_server_with(durable_config(&dir)).await;
+    record(&server, vec![event("done", pb::EventType::Complete, &ad.impression_token)]).await;
+    server.stop().await;
+    assert_eq!(occurrences(&dir, unique.as_bytes()), Vec::<String>::new(), "nor after a restart");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -255,7 +255,13 @@ impl DecisionService {
                 // now, so an event just before midnight cannot count towards tomorrow's
                 // budget, nor an impression stay in a cap's window longer than it should.
                 at: at.min(now),
-                history: (!claims.listener.is_empty()).then(|| HistoryKey {
+                // An ad decided before its listener was erased counts for the advertiser only.
+                history: (!claims.listener.is_empty()
+                    && !state.delivery.erased_since(
+                        || state.signer.listener_fingerprint(&claims.listener),
+                        claims.decided_at,
+                    ))
+                .then(|| HistoryKey {
                     listener: claims.listener.as_str().into(),
                     member: claims.member.as_str().into(),
                 }),

@@ -152,7 +152,12 @@ impl ListenerService for ListenerAdmin {
                 .write(|| {
                     let canonical = self.state.listeners.forget(id).map_err(Status::from)?;
                     self.state.delivery.forget(&canonical);
-                    let changes = vec![Change::ForgetListener(canonical.clone())];
+                    // Tokens issued before now still bill, but must not bring the listener back.
+                    let fingerprint = self.state.signer.listener_fingerprint(canonical.as_str());
+                    let at = now();
+                    self.state.delivery.erased(fingerprint, at);
+                    let changes =
+                        vec![Change::ForgetListener(canonical.clone()), Change::Erased { fingerprint, at }];
                     Ok::<_, Status>((canonical, changes))
                 })
                 .await?;

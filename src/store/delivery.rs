@@ -80,6 +80,10 @@ struct Inner {
     /// Event ids applied before ad ids existed (read back from an older store), checked for
     /// version-1 tokens only; they age out with the dedupe window.
     legacy: moka::sync::Cache<Box<str>, ()>,
+    /// Erased listeners, by keyed fingerprint, with when (see `erased`).
+    erased: moka::sync::Cache<[u8; 32], UnixMillis>,
+    /// Whether anyone was ever erased here: until then events skip the fingerprint's HMAC.
+    any_erased: std::sync::atomic::AtomicBool,
     /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
     reserved: FastMap<CampaignId, Reservations>,
 }
@@ -145,6 +149,8 @@ impl Delivery {
                 campaigns: FastMap::default(),
                 counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                erased: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                any_erased: std::sync::atomic::AtomicBool::new(false),
                 reserved: FastMap::default(),
             }),
         }
@@ -379,6 +385,21 @@ impl Delivery {
     /// Drops every history of `listener` (erasure).
     pub fn forget(&self, listener: &ListenerId) {
         self.inner.histories.retain(|k, _| k.listener != *listener);
+    }
+
+    /// Records that the listener of keyed `fingerprint` was erased at `at`: an event of an ad
+    /// decided before then still counts for the advertiser, but keeps nothing of the listener
+    /// (`erased_since`). Remembered for the dedupe window, which outlives every token.
+    pub fn erased(&self, fingerprint: [u8; 32], at: UnixMillis) {
+        self.inner.erased.insert(fingerprint, at);
+        self.inner.any_erased.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether the listener whose fingerprint `fingerprint` gives was erased after an ad
+    /// decided at `decided_at` (the fingerprint is computed only once someone was erased).
+    pub fn erased_since(&self, fingerprint: impl FnOnce() -> [u8; 32], decided_at: UnixMillis) -> bool {
+        self.inner.any_erased.load(std::sync::atomic::Ordering::Acquire)
+            && self.inner.erased.get(&fingerprint()).is_some_and(|at| at >= decided_at)
     }
 }
 

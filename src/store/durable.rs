@@ -72,6 +72,11 @@ pub enum Change {
     Campaign(Arc<Campaign>),
     Listener(Arc<ListenerProfile>),
     ForgetListener(ListenerId),
+    /// The keyed fingerprint of an erased listener and when it was erased (`Delivery::erased`).
+    Erased {
+        fingerprint: [u8; 32],
+        at: UnixMillis,
+    },
     Alias {
         alias: String,
         listener: ListenerId,
@@ -136,6 +141,8 @@ pub struct Recovered {
     pub events: Vec<CountedEvent>,
     /// Event ids stored before ad ids existed (the `events` table), still within their window.
     pub legacy_events: Vec<(String, UnixMillis)>,
+    /// Erased listeners' fingerprints and erasure times, within the dedupe window.
+    pub erased: Vec<([u8; 32], UnixMillis)>,
 }
 
 /// `secure_delete` overwrites deleted content with zeros, so an erased listener's bytes leave
@@ -155,6 +162,7 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS counters (campaign TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
+    CREATE TABLE IF NOT EXISTS erased (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ad_events (ad BLOB NOT NULL, kind INTEGER NOT NULL, event_id TEXT NOT NULL,
         at INTEGER NOT NULL, PRIMARY KEY (ad, kind));
     CREATE INDEX IF NOT EXISTS ad_events_by_time ON ad_events (at);
@@ -388,9 +396,16 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                     e.at.0
                 ])?;
             }
+            Change::Erased { fingerprint, at } => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO erased (fingerprint, at) VALUES (?1, ?2)",
+                    params![&fingerprint[..], at.0],
+                )?;
+            }
             Change::PurgeEvents { before } => {
                 tx.execute("DELETE FROM events WHERE at < ?1", params![before.0])?;
                 tx.execute("DELETE FROM ad_events WHERE at < ?1", params![before.0])?;
+                tx.execute("DELETE FROM erased WHERE at < ?1", params![before.0])?;
             }
         }
     }
@@ -470,6 +485,15 @@ fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
         let kind = EventKind::from_code(kind)
             .ok_or_else(|| DurableError::Corrupt(format!("unknown event kind {kind}")))?;
         r.events.push(CountedEvent { ad: AdId(u128::from_be_bytes(ad)), kind, event_id, at: UnixMillis(at) });
+    }
+    let mut stmt = conn.prepare("SELECT fingerprint, at FROM erased")?;
+    let rows: Vec<(Vec<u8>, i64)> =
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    for (fingerprint, at) in rows {
+        let fingerprint = <[u8; 32]>::try_from(fingerprint.as_slice()).map_err(|_| {
+            DurableError::Corrupt(format!("an erasure fingerprint of {} bytes", fingerprint.len()))
+        })?;
+        r.erased.push((fingerprint, UnixMillis(at)));
     }
     let _ = conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
     Ok(r)
