@@ -302,16 +302,23 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(crate::net::incoming(listener, limits.edge()), stop_accepting);
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => result?,
+    let result = tokio::select! {
+        result = &mut server => result,
         _ = draining_rx => match tokio::time::timeout(grace, &mut server).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over; dropping in-flight rpcs"),
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over; dropping in-flight rpcs");
+                Ok(())
+            }
         },
-    }
+    };
     if let Some(task) = watch_store {
         task.abort();
     }
+    if let Some(durable) = &state.durable {
+        durable.release();
+    }
+    result?;
     tracing::info!("server stopped");
     Ok(())
 }

@@ -272,3 +272,47 @@ async fn an_event_after_an_erasure_bills_but_does_not_bring_the_listener_back() 
     assert_eq!(occurrences(&dir, unique.as_bytes()), Vec::<String>::new(), "nor after a restart");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_bad_event_is_rejected_on_its_own_and_the_rest_of_its_batch_lands() {
+    let server = start_server().await;
+    let rock = |creative: &str| {
+        let mut c = campaign("rock-ad", "riffs", 10);
+        c.targeting = Some(pb::Targeting { track_genres: vec!["rock".into()], ..Default::default() });
+        c.creatives[0].creative_id = creative.into();
+        c
+    };
+    server.upsert([jazz_campaign(), rock("first-cut")]).await;
+    let good = jazz_ad(&server, "player-a").await;
+    let mut request = break_for("player-b");
+    request.context = Some(pb::PlaybackContext { track_genres: vec!["rock".into()], ..Default::default() });
+    let doomed = server.decide(request).await.ads.remove(0);
+    assert_eq!(doomed.campaign_id, "rock-ad");
+    // The advertiser replaces the creative the rock ad was decided with.
+    server.upsert([rock("second-cut")]).await;
+
+    let batch = vec![
+        event("good", pb::EventType::Impression, &good.impression_token),
+        event("doomed", pb::EventType::Impression, &doomed.impression_token),
+        event("forged", pb::EventType::Impression, "not-a-token"),
+    ];
+    let first = record(&server, batch.clone()).await;
+    use pb::EventOutcome::{Accepted, Rejected, Retried};
+    assert_eq!(outcomes_of(&first), vec![Accepted, Rejected, Rejected]);
+    let fields: Vec<(u32, &str)> = first.rejections.iter().map(|r| (r.index, r.field.as_str())).collect();
+    assert_eq!(fields, vec![(1, "events[1].impression_token"), (2, "events[2].impression_token")]);
+    assert!(first.rejections[0].reason.contains("creative"), "{:?}", first.rejections);
+    // The retry of the whole batch: the good one is a retry, the bad ones stay rejected.
+    let retry = record(&server, batch).await;
+    assert_eq!(outcomes_of(&retry), vec![Retried, Rejected, Rejected]);
+    // A batch with nothing valid is refused as a whole, naming the field.
+    let status = server
+        .decisions()
+        .record_events(pb::RecordEventsRequest {
+            events: vec![event("x", pb::EventType::Impression, "nope")],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    server.stop().await;
+}

@@ -418,17 +418,29 @@ async fn events_are_idempotent_and_forged_tokens_change_nothing() {
         decisions.record_events(pb::RecordEventsRequest { events: vec![event("e1", &token)] }).await.unwrap();
     assert_eq!((retry.get_ref().accepted, retry.get_ref().duplicates), (0, 1));
 
-    // Flip one character of the signature: the whole batch is refused and nothing is counted.
+    // Flip one character of the signature: the forged event is rejected on its own and counts
+    // nothing (its neighbour, a replay of the token under a new id, is already counted).
     let mut forged = token.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    let status = decisions
+    let mixed = decisions
         .record_events(pb::RecordEventsRequest { events: vec![event("e2", &token), event("e3", &forged)] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        mixed.outcomes().collect::<Vec<_>>(),
+        vec![pb::EventOutcome::AlreadyCounted, pb::EventOutcome::Rejected]
+    );
+    assert_eq!(mixed.rejections[0].field, "events[1].impression_token");
+    // Alone, the forged event is refused with the field named.
+    let status = decisions
+        .record_events(pb::RecordEventsRequest { events: vec![event("e4", &forged)] })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let violations = status.get_details_bad_request().unwrap().field_violations;
-    assert_eq!(violations[0].field, "events[1].impression_token");
+    assert_eq!(violations[0].field, "events[0].impression_token");
 
     let stats = server
         .campaigns()
@@ -436,7 +448,7 @@ async fn events_are_idempotent_and_forged_tokens_change_nothing() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(stats.impressions, 1, "the retry and the rejected batch count nothing");
+    assert_eq!(stats.impressions, 1, "the retry, the replay and the forgery count nothing");
     server.stop().await;
 }
 

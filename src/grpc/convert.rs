@@ -409,18 +409,24 @@ pub struct WireEvent<'a> {
     pub occurred_at: Option<UnixMillis>,
 }
 
-/// Validates the shape of a RecordEvents request (not the tokens).
-pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<WireEvent<'_>>, InvalidRequest> {
-    let mut c = Checker::new();
+/// One event of a batch: valid in shape, or what is wrong with it (field, description).
+pub type EventShape<'a> = Result<WireEvent<'a>, InvalidRequest>;
+
+/// Validates the shape of a RecordEvents request (not the tokens): the request as a whole
+/// (refused entire), and each event on its own (a bad one does not sink the rest).
+pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<EventShape<'_>>, InvalidRequest> {
+    let mut batch = Checker::new();
     if req.events.is_empty() {
-        c.fail("events", "must not be empty");
+        batch.fail("events", "must not be empty");
     }
-    if !c.list_len("events", req.events.len(), MAX_EVENTS) {
-        return c.finish(Vec::new());
+    if !batch.list_len("events", req.events.len(), MAX_EVENTS) {
+        return batch.finish(Vec::new());
     }
+    batch.finish(())?;
     let mut seen = HashSet::with_capacity(req.events.len());
     let mut out = Vec::with_capacity(req.events.len());
     for (i, e) in req.events.iter().enumerate() {
+        let mut c = Checker::new();
         if c.id(&format!("events[{i}].event_id"), &e.event_id) && !seen.insert(e.event_id.as_str()) {
             c.fail(format!("events[{i}].event_id"), "appears twice in this request");
         }
@@ -440,11 +446,14 @@ pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<WireEvent<'_>>, Inval
         }
         let occurred_at =
             e.occurred_at.as_ref().and_then(|t| c.timestamp(&format!("events[{i}].occurred_at"), t));
-        if let Some(kind) = kind {
-            out.push(WireEvent { event_id: &e.event_id, kind, token: &e.impression_token, occurred_at });
-        }
+        out.push(match kind {
+            Some(kind) => {
+                c.finish(WireEvent { event_id: &e.event_id, kind, token: &e.impression_token, occurred_at })
+            }
+            None => Err(c.errors),
+        });
     }
-    c.finish(out)
+    Ok(out)
 }
 
 /// Genre slugs of a request's context, at most `max`: the known ones (an unknown slug matches

@@ -211,41 +211,66 @@ impl DecisionService {
         let state = &self.state;
         let events = convert::events(req)?;
         let now = now();
+        // Each event stands on its own: a bad one is rejected with its reason and the rest
+        // land, so one event that can never be valid (its creative removed, its token expired)
+        // does not sink its batch on every retry. Only a batch with nothing valid is refused.
         let mut errors = InvalidRequest::default();
+        let mut rejections = Vec::new();
+        let mut reject = |i: usize, field: String, reason: String| {
+            rejections.push(pb::EventRejection {
+                index: i as u32,
+                field: field.clone(),
+                reason: reason.clone(),
+            });
+            errors.add(field, reason);
+        };
         let mut verified = Vec::with_capacity(events.len());
+        let mut verified_at = Vec::with_capacity(events.len());
         // A token names a campaign that served, so it is in the snapshot that decided it or a
         // later one (campaigns are never removed, only archived).
         let catalog = state.catalog.snapshot();
         for (i, e) in events.iter().enumerate() {
+            let e = match e {
+                Ok(e) => e,
+                Err(invalid) => {
+                    for (field, reason) in &invalid.violations {
+                        reject(i, field.clone(), reason.clone());
+                    }
+                    continue;
+                }
+            };
             let claims = match state.signer.verify(e.token, now) {
                 Ok(claims) => claims,
                 Err(error) => {
-                    errors.add(format!("events[{i}].impression_token"), error.to_string());
+                    reject(i, format!("events[{i}].impression_token"), error.to_string());
                     continue;
                 }
             };
             let Some(campaign) = catalog.find(&claims.campaign).cloned() else {
-                errors.add(
+                reject(
+                    i,
                     format!("events[{i}].impression_token"),
-                    "names a campaign this server does not have",
+                    "names a campaign this server does not have".into(),
                 );
                 continue;
             };
             let Some(creative_index) =
                 campaign.creatives.iter().position(|c| c.id.as_str() == claims.creative)
             else {
-                errors.add(
+                reject(
+                    i,
                     format!("events[{i}].impression_token"),
-                    "names a creative the campaign no longer has",
+                    "names a creative the campaign no longer has".into(),
                 );
                 continue;
             };
             let at = e.occurred_at.unwrap_or(now);
             let skew = convert::MAX_CLOCK_SKEW_MS;
             if at.0 < claims.decided_at.0 - skew || at.0 > now.0 + skew {
-                errors.add(format!("events[{i}].occurred_at"), "must lie between the decision and now");
+                reject(i, format!("events[{i}].occurred_at"), "must lie between the decision and now".into());
                 continue;
             }
+            verified_at.push(i);
             verified.push(VerifiedEvent {
                 ad: claims.ad,
                 legacy: claims.legacy,
@@ -271,8 +296,9 @@ impl DecisionService {
                 decided_at: claims.decided_at,
             });
         }
-        // All or nothing: one bad event rejects the batch, so a retry after fixing it is exact.
-        errors.into_result()?;
+        if verified.is_empty() {
+            errors.into_result()?;
+        }
         let applied = state
             .write(|| {
                 let applied = state.delivery.apply(&verified, state.suppression);
@@ -313,10 +339,15 @@ impl DecisionService {
             .await?;
         let replays = applied.outcomes.iter().filter(|&&o| o == EventOutcome::AlreadyCounted).count() as u32;
         telemetry::record_events(applied.accepted, applied.duplicates - replays, replays);
+        let mut outcomes = vec![pb::EventOutcome::Rejected as i32; events.len()];
+        for (&i, &outcome) in verified_at.iter().zip(&applied.outcomes) {
+            outcomes[i] = outcome_to_proto(outcome) as i32;
+        }
         Ok(pb::RecordEventsResponse {
             accepted: applied.accepted,
             duplicates: applied.duplicates,
-            outcomes: applied.outcomes.iter().map(|&o| outcome_to_proto(o) as i32).collect(),
+            outcomes,
+            rejections,
         })
     }
 }

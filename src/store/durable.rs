@@ -100,8 +100,8 @@ struct Batch {
 #[derive(Clone, Debug)]
 pub struct Durable {
     tx: mpsc::Sender<Batch>,
-    /// The data directory's lock (`lock`), released when the last handle goes.
-    _lock: Arc<std::fs::File>,
+    /// The data directory's lock (`lock`): released by `release`, or when the last handle goes.
+    lock: Arc<Mutex<Option<std::fs::File>>>,
     /// Turns true when the writer stops after a failed commit (see `writer`).
     stopped: tokio::sync::watch::Receiver<bool>,
 }
@@ -194,7 +194,16 @@ impl Durable {
                 let _ = stop.send(true);
             })
             .map_err(|source| DurableError::Dir { path: dir.to_owned(), source })?;
-        Ok((Durable { tx, _lock: Arc::new(lock), stopped }, recovered))
+        Ok((Durable { tx, lock: Arc::new(Mutex::new(Some(lock))), stopped }, recovered))
+    }
+
+    /// Gives up the data directory when the server has stopped, although handles to the store
+    /// may live on in tasks not yet dropped: a server started next in the same process (tests,
+    /// embedders) can take it at once.
+    pub fn release(&self) {
+        if let Ok(mut lock) = self.lock.lock() {
+            lock.take();
+        }
     }
 
     /// A reader of stored listener profiles, for the profile cache.
