@@ -14,6 +14,7 @@ use crate::decision::Policy;
 use crate::domain::{ArtistId, UnixMillis};
 use crate::grpc::auth::{self, Auth};
 use crate::grpc::campaigns::CampaignAdmin;
+use crate::grpc::deadline;
 use crate::grpc::decisions::DecisionService;
 use crate::grpc::listeners::ListenerAdmin;
 use crate::grpc::pb;
@@ -119,6 +120,9 @@ impl AppState {
         state.delivery.restore(r.histories, r.counters, r.events, r.legacy_events, window, now);
         for (fingerprint, at) in r.erased {
             state.delivery.erased(fingerprint, at);
+        }
+        for fingerprint in r.plays_counted {
+            state.delivery.admit_play(fingerprint);
         }
         // The event table would otherwise grow forever; what is older than the window is dead.
         // Not awaited: nothing acknowledged depends on it.
@@ -249,6 +253,7 @@ pub async fn serve(
     };
 
     let max = limits.max_message_bytes;
+    let deadline = |streams: deadline::Streams| deadline::DeadlineLayer::new(limits.request_timeout, streams);
     let builder = match tls {
         Some(tls) => Server::builder().tls_config(tls.server_config())?,
         None => Server::builder(),
@@ -258,7 +263,6 @@ pub async fn serve(
         // break cannot wait, and an unbounded queue would only turn overload into latency.
         .concurrency_limit_per_connection(limits.max_in_flight_per_connection)
         .load_shed(true)
-        .timeout(limits.request_timeout)
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_interval))
@@ -276,28 +280,36 @@ pub async fn serve(
         // decision service checks its callers in its handlers (`Auth::admit_decision`): an
         // interceptor costs a request round trip through parts and an extension per call.
         // The hot service alone is admitted against the server-wide bound (admission.rs).
+        // Unary calls end at the server's request timeout; streams at their idle timeout
+        // (grpc/deadline.rs).
         .add_service(
-            crate::admission::AdmissionLayer::new(limits.max_in_flight).layer(
-                AdDecisionServiceServer::new(DecisionService::new(state.clone()))
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+            deadline(deadline::unary_only).layer(
+                crate::admission::AdmissionLayer::new(limits.max_in_flight).layer(
+                    AdDecisionServiceServer::new(DecisionService::new(state.clone()))
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                ),
             ),
         )
         // Each service's roles are a property of the service: a guard in front refuses a
         // caller before any handler runs (RecordPlays, from the player backend, takes the
         // decision role; everything else the admin role).
         .add_service(
-            state.auth.guard(auth::admin_only).layer(
-                CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+            deadline(deadline::unary_only).layer(
+                state.auth.guard(auth::admin_only).layer(
+                    CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                ),
             ),
         )
         .add_service(
-            state.auth.guard(crate::grpc::listeners::roles).layer(
-                ListenerServiceServer::new(ListenerAdmin::new(state.clone()))
-                    .max_decoding_message_size(max)
-                    .max_encoding_message_size(max),
+            deadline(crate::grpc::listeners::streams).layer(
+                state.auth.guard(crate::grpc::listeners::roles).layer(
+                    ListenerServiceServer::new(ListenerAdmin::new(state.clone(), limits.stream_idle_timeout))
+                        .max_decoding_message_size(max)
+                        .max_encoding_message_size(max),
+                ),
             ),
         )
         .serve_with_incoming_shutdown(crate::net::incoming(listener, limits.edge()), stop_accepting);

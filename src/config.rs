@@ -45,6 +45,8 @@ pub const DEFAULT_MAX_IN_FLIGHT_PER_CONNECTION: usize = 256;
 /// are shed with RESOURCE_EXHAUSTED (admission.rs). At ~25 µs a call, the queue it allows is
 /// ~13 ms deep on one runtime thread.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
+/// Default longest wait for a stream's next message.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT_SECS: u64 = 60;
 /// Default longest an RPC may run (a shorter grpc-timeout from the client wins).
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 30;
 /// Default HTTP/2 keepalive ping interval.
@@ -154,6 +156,8 @@ pub struct Limits {
     pub max_in_flight_per_connection: usize,
     pub max_in_flight: usize,
     pub request_timeout: Duration,
+    /// Longest a streaming RPC (RecordPlays) may wait for its next message.
+    pub stream_idle_timeout: Duration,
     pub keepalive_interval: Duration,
     pub max_header_list_bytes: u32,
     pub max_connections: usize,
@@ -284,6 +288,9 @@ settings! {
     max_in_flight: usize,
     /// Longest an RPC may run, seconds; a shorter grpc-timeout wins [default: 30].
     request_timeout_secs: u64,
+    /// Longest a RecordPlays stream may go without a message, seconds; streams are not bound by
+    /// request_timeout_secs [default: 60].
+    stream_idle_timeout_secs: u64,
     /// HTTP/2 keepalive ping interval, seconds [default: 30].
     keepalive_secs: u64,
     /// Largest request header list, bytes [default: 16384].
@@ -425,6 +432,9 @@ impl Settings {
             request_timeout: Duration::from_secs(
                 self.request_timeout_secs.unwrap_or(DEFAULT_REQUEST_TIMEOUT_SECS),
             ),
+            stream_idle_timeout: Duration::from_secs(
+                self.stream_idle_timeout_secs.unwrap_or(DEFAULT_STREAM_IDLE_TIMEOUT_SECS),
+            ),
             keepalive_interval: Duration::from_secs(self.keepalive_secs.unwrap_or(DEFAULT_KEEPALIVE_SECS)),
             max_header_list_bytes: self.max_header_list_bytes.unwrap_or(DEFAULT_MAX_HEADER_LIST_BYTES),
             max_connections: self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
@@ -452,6 +462,9 @@ impl Settings {
         }
         if limits.request_timeout.is_zero() || limits.request_timeout > Duration::from_secs(3600) {
             return Err(invalid("request_timeout_secs", "must be within [1, 3600]"));
+        }
+        if limits.stream_idle_timeout.is_zero() || limits.stream_idle_timeout > Duration::from_secs(3600) {
+            return Err(invalid("stream_idle_timeout_secs", "must be within [1, 3600]"));
         }
         if limits.keepalive_interval.is_zero() {
             return Err(invalid("keepalive_secs", "must be at least 1"));

@@ -84,6 +84,17 @@ impl TokenSigner {
         mac.finalize().into_bytes().into()
     }
 
+    /// A keyed fingerprint of one play of one listener (its caller-given play id), for the
+    /// record that it was counted: retries are recognised without keeping the listener's id.
+    pub fn play_fingerprint(&self, listener: &str, play_id: &str) -> [u8; 32] {
+        let mut mac = self.key.clone();
+        mac.update(b"interlude play\0");
+        mac.update(listener.as_bytes());
+        mac.update(b"\0");
+        mac.update(play_id.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     pub fn ttl_ms(&self) -> i64 {
         self.ttl_ms
     }

@@ -66,6 +66,45 @@ async fn open_stream(
     (tx, call)
 }
 
+/// A Decide on a raw HTTP/2 connection of its own whose message is only partly sent: admitted
+/// and in flight until `rest` is sent. Returns the response, the body stream and the rest.
+async fn half_sent_decide(
+    server: &TestServer,
+    listener: &str,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>, Vec<u8>) {
+    use prost::Message as _;
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut h2 = h2.ready().await.unwrap();
+    let request =
+        http::Request::post(format!("http://{}/interlude.v1.AdDecisionService/Decide", server.addr))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    let message = break_for(listener).encode_to_vec();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    let rest = framed.split_off(6);
+    body.send_data(framed.into(), false).unwrap();
+    (response, body, rest)
+}
+
+/// The grpc-status of a raw response, in its headers (trailers-only) or its trailers.
+async fn grpc_status_of(response: http::Response<h2::RecvStream>) -> String {
+    match response.headers().get("grpc-status") {
+        Some(status) => status.to_str().unwrap().to_owned(),
+        None => {
+            let mut body = response.into_body();
+            while body.data().await.is_some() {}
+            body.trailers().await.unwrap().unwrap()["grpc-status"].to_str().unwrap().to_owned()
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_oversized_message_is_refused_and_the_server_stays_up() {
     let server = start_server_with(config(|l| l.max_message_bytes = 16 * 1024)).await;
@@ -100,14 +139,48 @@ async fn overload_is_shed_with_resource_exhausted_not_queued() {
 }
 
 #[tokio::test]
-async fn the_server_ends_rpcs_that_exceed_its_request_timeout() {
-    let server = start_server_with(config(|l| l.request_timeout = Duration::from_millis(300))).await;
-    // No client deadline: only the server's limit can end this call.
-    let (tx, call) = open_stream(&server, "slow", None).await;
+async fn an_idle_play_stream_is_ended_by_its_idle_timeout() {
+    let server = start_server_with(config(|l| l.stream_idle_timeout = Duration::from_millis(300))).await;
+    // No client deadline: only the server's limit can end this silent stream.
+    let (tx, call) = open_stream(&server, "silent", None).await;
     let status =
         tokio::time::timeout(TEST_TIMEOUT, call).await.expect("ended by the server").unwrap().unwrap_err();
-    assert!(matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded), "{status:?}");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(status.message().contains("stream_idle_timeout_secs"), "{}", status.message());
     drop(tx);
+    // The chunk before the silence was counted.
+    assert!(server.state.listeners.get("silent").unwrap().is_some());
+    still_serving(&server).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_play_stream_that_keeps_sending_outlives_the_request_timeout() {
+    let server = start_server_with(config(|l| {
+        l.request_timeout = Duration::from_millis(300);
+        l.stream_idle_timeout = Duration::from_secs(10);
+    }))
+    .await;
+    let (tx, call) = open_stream(&server, "steady", None).await;
+    // Eight more chunks, 100 ms apart: the stream lasts well past the unary request timeout.
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tx.send(pb::RecordPlaysRequest { plays: vec![play("steady")] }).await.unwrap();
+    }
+    drop(tx);
+    let response = tokio::time::timeout(TEST_TIMEOUT, call).await.unwrap().unwrap().unwrap().into_inner();
+    assert_eq!(response.accepted, 9);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_unary_call_past_the_request_timeout_is_ended_with_deadline_exceeded() {
+    let server = start_server_with(config(|l| l.request_timeout = Duration::from_millis(300))).await;
+    // A Decide whose message never completes: only the server's deadline can end it.
+    let (response, _body, _rest) = half_sent_decide(&server, "stalled").await;
+    let response = tokio::time::timeout(TEST_TIMEOUT, response).await.expect("answered").unwrap();
+    let status = grpc_status_of(response).await;
+    assert_eq!(status, (Code::DeadlineExceeded as i32).to_string());
     still_serving(&server).await;
     server.stop().await;
 }
@@ -165,27 +238,10 @@ async fn a_rapid_reset_flood_is_cut_off_and_health_keeps_answering() {
 
 #[tokio::test]
 async fn past_the_server_wide_bound_decision_calls_are_shed_on_every_connection_but_health_is_not() {
-    use prost::Message as _;
     let server = start_server_with(config(|l| l.max_in_flight = 1)).await;
     // On a connection of its own, a Decide whose message has not fully arrived: admitted and in
     // flight, it holds the one place until the rest comes.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut h2 = h2.ready().await.unwrap();
-    let request =
-        http::Request::post(format!("http://{}/interlude.v1.AdDecisionService/Decide", server.addr))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers")
-            .body(())
-            .unwrap();
-    let (response, mut body) = h2.send_request(request, false).unwrap();
-    let message = break_for("slow-player").encode_to_vec();
-    let mut framed = vec![0u8];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
-    let (first, rest) = framed.split_at(3);
-    body.send_data(first.to_vec().into(), false).unwrap();
+    let (response, mut body, rest) = half_sent_decide(&server, "slow-player").await;
 
     // Another connection's Decide is refused once that call is admitted (until then it is
     // served: the test waits for the refusal, not for a time).
@@ -206,13 +262,10 @@ async fn past_the_server_wide_bound_decision_calls_are_shed_on_every_connection_
     health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap();
 
     // The slow call completes and gives its place back.
-    body.send_data(rest.to_vec().into(), true).unwrap();
+    body.send_data(rest.into(), true).unwrap();
     let response = tokio::time::timeout(TEST_TIMEOUT, response).await.unwrap().unwrap();
     assert_eq!(response.status(), 200);
-    let mut body = response.into_body();
-    while body.data().await.is_some() {}
-    let trailers = body.trailers().await.unwrap().unwrap();
-    assert_eq!(trailers["grpc-status"], "0", "the slow call was served");
+    assert_eq!(grpc_status_of(response).await, "0", "the slow call was served");
     still_serving(&server).await;
     server.stop().await;
 }

@@ -249,6 +249,7 @@ async fn top_artists_follow_the_plays() {
         artist: artist.into(),
         played_at: Some(ts(now - minutes_ago * 60_000)),
         seconds_played: 200,
+        play_id: String::new(),
     };
     let mut plays: Vec<pb::PlayEvent> = (0..12).map(|i| play("Maria Callas", i)).collect();
     plays.extend((0..5).map(|i| play("Luciano Pavarotti", i)));
@@ -312,5 +313,53 @@ async fn a_denial_survives_every_merge_and_an_upsert_that_does_not_mention_conse
         .unwrap();
     assert_eq!(consent_of(&stored), pb::ConsentState::Denied);
     assert_eq!(stored.language, "de");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_retried_play_stream_counts_each_identified_play_once() {
+    let server = start_server().await;
+    let now = interlude::grpc::now().0;
+    let play = |i: i64, id: &str| pb::PlayEvent {
+        listener_id: "retrier".into(),
+        track_id: format!("t{i}"),
+        genres: vec!["jazz".into()],
+        played_at: Some(ts(now - i * 1000)),
+        seconds_played: 200,
+        play_id: id.into(),
+        ..Default::default()
+    };
+    let batch: Vec<pb::PlayEvent> = (0..10).map(|i| play(i, &format!("session-1/{i}"))).collect();
+    let send = |plays: Vec<pb::PlayEvent>| {
+        let mut client = server.listeners();
+        async move {
+            let request = tokio_stream::iter(vec![pb::RecordPlaysRequest { plays }]);
+            client.record_plays(request).await.unwrap().into_inner()
+        }
+    };
+    let lifetime_plays = || async {
+        let listener = server
+            .listeners()
+            .get_listener(pb::GetListenerRequest { listener_id: "retrier".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .listener
+            .unwrap();
+        listener.members[0].genres[0].lifetime_plays
+    };
+    let first = send(batch.clone()).await;
+    assert_eq!((first.accepted, first.duplicates), (10, 0));
+    let once = lifetime_plays().await;
+    // The stream is cut and the player sends it all again, plus one new play.
+    let mut again = batch;
+    again.push(play(10, "session-1/10"));
+    let retry = send(again).await;
+    assert_eq!((retry.accepted, retry.duplicates), (1, 10));
+    assert_eq!(lifetime_plays().await, once + 1, "the retry counted only the new play");
+    // Another listener may use the same play ids.
+    let mut other = play(0, "session-1/0");
+    other.listener_id = "someone-else".into();
+    assert_eq!(send(vec![other]).await.accepted, 1);
     server.stop().await;
 }

@@ -1098,6 +1098,9 @@ pub fn play(
     if p.seconds_played > 24 * 3600 {
         c.fail("seconds_played", "must be at most 86400");
     }
+    if p.play_id.len() > MAX_ID_LEN {
+        c.fail("play_id", format!("must be at most {MAX_ID_LEN} bytes"));
+    }
     // Check the slugs before interning anything, so a rejected play adds no genre.
     if p.genres.len() <= 10 {
         for (i, g) in p.genres.iter().enumerate() {

@@ -18,12 +18,14 @@ pub const MAX_REPORTED_REJECTIONS: usize = 10;
 #[derive(Clone, Debug)]
 pub struct ListenerAdmin {
     state: AppState,
+    /// Longest a RecordPlays stream may wait for its next message.
+    stream_idle_timeout: std::time::Duration,
 }
 
 impl ListenerAdmin {
     /// A service over `state`.
-    pub fn new(state: AppState) -> Self {
-        Self { state }
+    pub fn new(state: AppState, stream_idle_timeout: std::time::Duration) -> Self {
+        Self { state, stream_idle_timeout }
     }
 
     fn to_proto(&self, profile: &ListenerProfile) -> pb::Listener {
@@ -38,12 +40,30 @@ impl ListenerAdmin {
         let mut response = pb::RecordPlaysResponse::default();
         let mut index = 0u64;
         let half_life_ms = self.state.taste_half_life_ms;
-        while let Some(chunk) = stream.message().await? {
+        // A stream may run as long as it keeps sending: only a silence ends it. The chunks
+        // before are committed, and their play ids make the retry exact.
+        let idle = self.stream_idle_timeout;
+        let silent = || {
+            Status::deadline_exceeded(format!(
+                "no message for {} s (stream_idle_timeout_secs); the chunks before were counted",
+                idle.as_secs_f64()
+            ))
+        };
+        while let Some(chunk) = tokio::time::timeout(idle, stream.message()).await.map_err(|_| silent())?? {
             let now = now();
             let mut plays = Vec::with_capacity(chunk.plays.len());
+            // Keyed fingerprints of the identified plays, beside their plays.
+            let mut ids = Vec::with_capacity(chunk.plays.len());
             for play in &chunk.plays {
                 match convert::play(play, &self.state.vocabulary, &self.state.artists, now) {
-                    Ok(play) => plays.push(play),
+                    Ok(valid) => {
+                        plays.push(valid);
+                        ids.push(
+                            (!play.play_id.is_empty()).then(|| {
+                                self.state.signer.play_fingerprint(&play.listener_id, &play.play_id)
+                            }),
+                        );
+                    }
                     Err((field, reason)) => {
                         response.rejected += 1;
                         if response.rejections.len() < MAX_REPORTED_REJECTIONS {
@@ -53,22 +73,45 @@ impl ListenerAdmin {
                 }
                 index += 1;
             }
-            self.state
+            let counted = self
+                .state
                 .write(|| {
+                    // A play counted before under its play id (a retried stream) is skipped;
+                    // the check and the count are one step of the serialised writer.
+                    let mut fresh = Vec::new();
+                    let mut keep = ids.iter().map(|id| match id {
+                        Some(f) if self.state.delivery.admit_play(*f) => {
+                            fresh.push(*f);
+                            true
+                        }
+                        Some(_) => false,
+                        None => true,
+                    });
+                    plays.retain(|_| keep.next().unwrap_or(true));
                     // Acknowledged plays are durable: persist every profile this chunk changed.
                     let mut changed = self.state.listeners.record_plays(&plays, half_life_ms)?;
                     // The last snapshot of each profile is the one that counts.
                     changed.reverse();
                     let mut seen = std::collections::HashSet::new();
                     changed.retain(|p| seen.insert(p.id.clone()));
-                    Ok::<_, Status>(((), changed.into_iter().map(Change::Listener).collect()))
+                    let mut changes: Vec<Change> = changed.into_iter().map(Change::Listener).collect();
+                    changes.extend(
+                        fresh.into_iter().map(|fingerprint| Change::PlayCounted { fingerprint, at: now }),
+                    );
+                    Ok::<_, Status>((plays.len(), changes))
                 })
                 .await?;
-            response.accepted += plays.len() as u64;
+            response.accepted += counted as u64;
+            response.duplicates += (ids.len() - counted) as u64;
         }
         telemetry::record_plays(response.accepted, response.rejected);
         Ok(response)
     }
+}
+
+/// The methods of ListenerService that stream (exempt from the unary request timeout).
+pub fn streams(method: &str) -> bool {
+    method == "RecordPlays"
 }
 
 /// The roles of ListenerService: RecordPlays comes from the player backend (the decision

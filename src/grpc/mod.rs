@@ -12,6 +12,7 @@ use crate::domain::UnixMillis;
 pub mod auth;
 pub mod campaigns;
 pub mod convert;
+pub mod deadline;
 pub mod decisions;
 pub mod listeners;
 pub mod status;

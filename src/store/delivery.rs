@@ -82,6 +82,8 @@ struct Inner {
     legacy: moka::sync::Cache<Box<str>, ()>,
     /// Erased listeners, by keyed fingerprint, with when (see `erased`).
     erased: moka::sync::Cache<[u8; 32], UnixMillis>,
+    /// Plays counted, by keyed fingerprint of (listener, play id) (see `admit_play`).
+    plays: moka::sync::Cache<[u8; 32], ()>,
     /// Whether anyone was ever erased here: until then events skip the fingerprint's HMAC.
     any_erased: std::sync::atomic::AtomicBool,
     /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
@@ -150,6 +152,7 @@ impl Delivery {
                 counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 erased: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                plays: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 any_erased: std::sync::atomic::AtomicBool::new(false),
                 reserved: FastMap::default(),
             }),
@@ -385,6 +388,13 @@ impl Delivery {
     /// Drops every history of `listener` (erasure).
     pub fn forget(&self, listener: &ListenerId) {
         self.inner.histories.retain(|k, _| k.listener != *listener);
+    }
+
+    /// Whether the play of `fingerprint` (`TokenSigner::play_fingerprint`) is new, recording
+    /// it: a retried RecordPlays stream counts each identified play once within the dedupe
+    /// window.
+    pub fn admit_play(&self, fingerprint: [u8; 32]) -> bool {
+        self.inner.plays.entry(fingerprint).or_insert(()).is_fresh()
     }
 
     /// Records that the listener of keyed `fingerprint` was erased at `at`: an event of an ad

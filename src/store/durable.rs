@@ -77,6 +77,11 @@ pub enum Change {
         fingerprint: [u8; 32],
         at: UnixMillis,
     },
+    /// A play counted under its caller's play id (`Delivery::admit_play`).
+    PlayCounted {
+        fingerprint: [u8; 32],
+        at: UnixMillis,
+    },
     Alias {
         alias: String,
         listener: ListenerId,
@@ -104,6 +109,21 @@ pub struct Durable {
     lock: Arc<Mutex<Option<std::fs::File>>>,
     /// Turns true when the writer stops after a failed commit (see `writer`).
     stopped: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The (fingerprint, at) rows of `table`.
+fn fingerprints(conn: &Connection, table: &str) -> Result<Vec<([u8; 32], UnixMillis)>, DurableError> {
+    let mut stmt = conn.prepare(&format!("SELECT fingerprint, at FROM {table}"))?;
+    let rows: Vec<(Vec<u8>, i64)> =
+        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
+    rows.into_iter()
+        .map(|(fingerprint, at)| {
+            let fingerprint = <[u8; 32]>::try_from(fingerprint.as_slice()).map_err(|_| {
+                DurableError::Corrupt(format!("a fingerprint of {} bytes in {table}", fingerprint.len()))
+            })?;
+            Ok((fingerprint, UnixMillis(at)))
+        })
+        .collect()
 }
 
 /// Takes the data directory's lock: an advisory exclusive lock on `LOCK_FILE`, released by the
@@ -143,6 +163,8 @@ pub struct Recovered {
     pub legacy_events: Vec<(String, UnixMillis)>,
     /// Erased listeners' fingerprints and erasure times, within the dedupe window.
     pub erased: Vec<([u8; 32], UnixMillis)>,
+    /// Fingerprints of the plays counted under a play id, within the dedupe window.
+    pub plays_counted: Vec<[u8; 32]>,
 }
 
 /// `secure_delete` overwrites deleted content with zeros, so an erased listener's bytes leave
@@ -163,6 +185,7 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
     CREATE TABLE IF NOT EXISTS erased (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS plays_counted (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ad_events (ad BLOB NOT NULL, kind INTEGER NOT NULL, event_id TEXT NOT NULL,
         at INTEGER NOT NULL, PRIMARY KEY (ad, kind));
     CREATE INDEX IF NOT EXISTS ad_events_by_time ON ad_events (at);
@@ -411,7 +434,12 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                     params![&fingerprint[..], at.0],
                 )?;
             }
+            Change::PlayCounted { fingerprint, at } => {
+                tx.prepare_cached("INSERT OR IGNORE INTO plays_counted (fingerprint, at) VALUES (?1, ?2)")?
+                    .execute(params![&fingerprint[..], at.0])?;
+            }
             Change::PurgeEvents { before } => {
+                tx.execute("DELETE FROM plays_counted WHERE at < ?1", params![before.0])?;
                 tx.execute("DELETE FROM events WHERE at < ?1", params![before.0])?;
                 tx.execute("DELETE FROM ad_events WHERE at < ?1", params![before.0])?;
                 tx.execute("DELETE FROM erased WHERE at < ?1", params![before.0])?;
@@ -495,15 +523,8 @@ fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
             .ok_or_else(|| DurableError::Corrupt(format!("unknown event kind {kind}")))?;
         r.events.push(CountedEvent { ad: AdId(u128::from_be_bytes(ad)), kind, event_id, at: UnixMillis(at) });
     }
-    let mut stmt = conn.prepare("SELECT fingerprint, at FROM erased")?;
-    let rows: Vec<(Vec<u8>, i64)> =
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
-    for (fingerprint, at) in rows {
-        let fingerprint = <[u8; 32]>::try_from(fingerprint.as_slice()).map_err(|_| {
-            DurableError::Corrupt(format!("an erasure fingerprint of {} bytes", fingerprint.len()))
-        })?;
-        r.erased.push((fingerprint, UnixMillis(at)));
-    }
+    r.erased = fingerprints(conn, "erased")?;
+    r.plays_counted = fingerprints(conn, "plays_counted")?.into_iter().map(|(f, _)| f).collect();
     let _ = conn.query_row("SELECT 1", [], |_| Ok(())).optional()?;
     Ok(r)
 }

@@ -146,6 +146,7 @@ impl TestServer {
                     artist: "Some Artist".into(),
                     played_at: Some(ts(now - i64::from(i) * 60_000)),
                     seconds_played: 200,
+                    play_id: String::new(),
                 });
             }
         }

@@ -125,6 +125,8 @@ impl World {
                         artist: String::new(),
                         played_at: Some(convert::millis_to_timestamp(UnixMillis(at))),
                         seconds_played: 180,
+                        // Seeding the same world twice counts each play once.
+                        play_id: format!("seed-{member_id}-{genre}-{j}"),
                     });
                 }
             }
