@@ -280,6 +280,18 @@ const ROWS: &[Row] = &[
         },
     },
     Row {
+        // Alcohol (IAB 211): only to listeners known to be over 21, never to a household's kid.
+        id: "hoppy-craft-beer",
+        advertiser: ("hoppy", "Hoppy Brewing"),
+        name: "Craft beer for the weekend",
+        tier: Tier::Standard,
+        cpm: 8.0,
+        categories: &["211"],
+        affinity: &["rock", "indie"],
+        track: &[],
+        tune: none,
+    },
+    Row {
         id: "singalong-app",
         advertiser: ("singalong", "Singalong"),
         name: "Songs for little ones",
@@ -592,5 +604,11 @@ fn load_listeners(state: &AppState, now: UnixMillis) -> Result<usize, StoreError
     }
     plays.sort_by_key(|p| p.played_at);
     state.listeners.record_plays(&plays, state.taste_half_life_ms)?;
+    // The kid is a teenager: age-targeted and age-restricted ads go by that, not the account's.
+    state.listeners.update("family-account", |p| {
+        if let Some(kid) = p.member_record_mut("kid") {
+            kid.age_bracket = Some(AgeBracket::Age13To17);
+        }
+    })?;
     Ok(state.listeners.len())
 }

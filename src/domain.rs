@@ -263,6 +263,19 @@ pub enum AgeBracket {
     Age65Plus,
 }
 
+impl AgeBracket {
+    /// Whether everyone in the bracket is of legal age for alcohol and gambling everywhere we
+    /// serve (21 in the US): 18–24 includes 18-year-olds, so it does not qualify.
+    pub fn is_over_21(self) -> bool {
+        !matches!(self, AgeBracket::Age13To17 | AgeBracket::Age18To24)
+    }
+}
+
+/// IAB Content Taxonomy 3.1 categories whose ads reach only listeners known to be over 21:
+/// Casinos & Gambling (181), Alcoholic Beverages (211), Poker and Professional Gambling (524),
+/// Illegal Drugs, Tobacco, eCigarettes, Vaping, Alcohol (pg0WhF).
+pub const AGE_RESTRICTED_CATEGORIES: &[&str] = &["181", "211", "524", "pg0WhF"];
+
 /// Priority tiers; the derived order is the serving priority (sponsorship first).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Tier {
@@ -606,6 +619,31 @@ impl ListenerProfile {
         members.binary_search_by(|m| (*m.member_id).cmp(member_id)).ok().map(|i| &members[i].taste)
     }
 
+    /// Who `member_id` is, as far as age and signals go: the account's declarations for the
+    /// main profile (""), a household member's own for anyone else — unset means unknown,
+    /// never the account's (a child on a parent's account is not 45 to 54).
+    pub fn member_attributes(&self, member_id: &str) -> (Option<AgeBracket>, &[Signal]) {
+        let details = self.details();
+        if member_id.is_empty() {
+            return (details.age_bracket, &details.signals);
+        }
+        match details.members.binary_search_by(|m| (*m.member_id).cmp(member_id)) {
+            Ok(i) => (details.members[i].age_bracket, &details.members[i].signals),
+            Err(_) => (None, &[]),
+        }
+    }
+
+    /// The member record of `member_id` (not the main profile), created on first use.
+    pub fn member_record_mut(&mut self, member_id: &str) -> Option<&mut MemberTaste> {
+        if member_id.is_empty() {
+            return None;
+        }
+        self.member_mut(member_id);
+        let members = &mut self.details_mut().members;
+        let i = members.binary_search_by(|m| (*m.member_id).cmp(member_id)).ok()?;
+        Some(&mut members[i])
+    }
+
     /// The taste of a member, created on first use.
     pub fn member_mut(&mut self, member_id: &str) -> &mut Taste {
         if member_id.is_empty() {
@@ -615,7 +653,15 @@ impl ListenerProfile {
         let i = match members.binary_search_by(|m| (*m.member_id).cmp(member_id)) {
             Ok(i) => i,
             Err(i) => {
-                members.insert(i, MemberTaste { member_id: member_id.into(), taste: Taste::default() });
+                members.insert(
+                    i,
+                    MemberTaste {
+                        member_id: member_id.into(),
+                        taste: Taste::default(),
+                        age_bracket: None,
+                        signals: Vec::new(),
+                    },
+                );
                 i
             }
         };
@@ -688,7 +734,12 @@ impl From<ListenerProfile> for ProfileDoc {
         let d = p.details.map(|d| *d).unwrap_or_default();
         let mut members = Vec::with_capacity(d.members.len() + 1);
         if !p.main.genres.is_empty() {
-            members.push(MemberTaste { member_id: "".into(), taste: p.main });
+            members.push(MemberTaste {
+                member_id: "".into(),
+                taste: p.main,
+                age_bracket: None,
+                signals: Vec::new(),
+            });
         }
         members.extend(d.members);
         Self {
@@ -738,6 +789,12 @@ pub struct Signal {
 pub struct MemberTaste {
     pub member_id: Box<str>,
     pub taste: Taste,
+    /// The member's own age bracket: a household member never takes the account's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_bracket: Option<AgeBracket>,
+    /// The member's own life-stage and interest signals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signals: Vec<Signal>,
 }
 
 /// One ad break to fill, as validated from the request.

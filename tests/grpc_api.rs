@@ -272,3 +272,54 @@ async fn in_the_demo_new_and_non_consenting_listeners_hear_the_genre_playing() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_household_member_is_decided_on_their_own_age_and_never_hears_alcohol_ads() {
+    let server = start_server_with(interlude::config::Config {
+        data_dir: None,
+        ..interlude::config::Config::default()
+    })
+    .await;
+    let explained = |member: &str| {
+        let mut request = break_for("family-account");
+        request.member_id = member.into();
+        request.explain = true;
+        request
+    };
+    let beer_rule = |response: &pb::DecideResponse| {
+        response.trace.iter().find(|t| t.campaign_id == "hoppy-craft-beer").map(|t| t.rejected_by())
+    };
+    // The account holder (45-54, rock and indie) may hear the beer ad; the demo's teenage kid
+    // never does, whatever they play.
+    let parent = server.decide(explained("")).await;
+    assert_ne!(beer_rule(&parent), Some(pb::Rule::Age), "{:?}", beer_rule(&parent));
+    // The kid turns into a rock fan: the beer ad's genre fits, their age does not.
+    server.plays("family-account", "kid", &[("rock", 300)]).await;
+    assert_eq!(beer_rule(&server.decide(explained("kid")).await), Some(pb::Rule::Age));
+
+    // Members' own ages are set through UpsertListener and read back.
+    server
+        .listener("family-account", |l| {
+            l.personalized_ads = pb::ConsentState::Unspecified as i32;
+            l.age_bracket = pb::AgeBracket::AgeBracket4554 as i32;
+            l.members = vec![pb::MemberProfile {
+                member_id: "grandpa".into(),
+                age_bracket: pb::AgeBracket::AgeBracket65Plus as i32,
+                ..Default::default()
+            }];
+        })
+        .await;
+    let stored = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "family-account".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    let ages: Vec<(&str, pb::AgeBracket)> =
+        stored.members.iter().map(|m| (m.member_id.as_str(), m.age_bracket())).collect();
+    assert!(ages.contains(&("grandpa", pb::AgeBracket::AgeBracket65Plus)), "{ages:?}");
+    assert!(ages.contains(&("kid", pb::AgeBracket::AgeBracket1317)), "the kid is kept: {ages:?}");
+    server.stop().await;
+}

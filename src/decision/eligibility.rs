@@ -12,7 +12,8 @@ use super::pacing::{self, Pace};
 use super::{Listener, Policy, Rule, SpendView};
 use crate::domain::life_stage::Lapse;
 use crate::domain::{
-    AdRequest, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, SignalRequirement, Taste, UnixMillis,
+    AdRequest, AgeBracket, Campaign, CampaignStatus, CapScope, GenreId, MINUTE_MS, Signal, SignalRequirement,
+    Taste, UnixMillis,
 };
 
 /// A listener's genre counts as an affinity when it holds at least this share of their taste
@@ -40,6 +41,10 @@ pub(super) struct Context<'a> {
     local_ms: i64,
     /// The member's taste when profile data may be used.
     taste: Option<&'a Taste>,
+    /// The member's own age bracket and signals (`ListenerProfile::member_attributes`), when
+    /// profile data may be used.
+    age: Option<AgeBracket>,
+    signals: &'a [Signal],
     total_weight: f32,
     top_weight: f32,
     /// How much of the taste evidence is history, in [0, 1]: 1 = history alone (the common
@@ -79,6 +84,10 @@ impl<'a> Context<'a> {
         now: UnixMillis,
     ) -> Self {
         let taste = listener.taste.filter(|_| personalized);
+        let (age, signals) = match listener.profile.filter(|_| personalized) {
+            Some(p) => p.member_attributes(&request.member_id),
+            None => (None, &[][..]),
+        };
         let total_weight = taste.map_or(0.0, Taste::total_weight);
         let top_weight = taste.map_or(0.0, Taste::top_weight);
         let mut ctx = Self {
@@ -89,6 +98,8 @@ impl<'a> Context<'a> {
             now,
             local_ms: now.0 + i64::from(request.utc_offset_minutes) * MINUTE_MS,
             taste,
+            age,
+            signals,
             total_weight,
             top_weight,
             history_share: (total_weight / THIN_HISTORY_PLAYS).clamp(0.0, 1.0),
@@ -276,7 +287,8 @@ impl<'a> Context<'a> {
             return Err(Rule::Geo);
         }
         // Profile-based rules.
-        if !self.personalized && t.needs_consent() {
+        // An age-restricted category needs the listener's age, which is profile data.
+        if !self.personalized && (t.needs_consent() || age_restricted(c)) {
             return Err(Rule::Consent);
         }
         let profile = self.listener.profile;
@@ -306,9 +318,11 @@ impl<'a> Context<'a> {
         {
             return Err(Rule::Milestone);
         }
-        if !t.age_brackets.is_empty()
-            && !profile.and_then(|p| p.details().age_bracket).is_some_and(|a| t.age_brackets.contains(&a))
-        {
+        if !t.age_brackets.is_empty() && !self.age.is_some_and(|a| t.age_brackets.contains(&a)) {
+            return Err(Rule::Age);
+        }
+        // Alcohol and gambling: never to a member whose age is unknown or under 21.
+        if age_restricted(c) && !self.age.is_some_and(AgeBracket::is_over_21) {
             return Err(Rule::Age);
         }
         let holds = |req: &SignalRequirement| self.signal_standing(req).is_ok();
@@ -469,7 +483,7 @@ impl<'a> Context<'a> {
     /// Whether the listener holds the signal `req` asks for, now, as far as the campaign is
     /// concerned; Err(None) = never asserted.
     fn signal_standing(&self, req: &SignalRequirement) -> Result<(), Option<Lapse>> {
-        let signal = self.listener.profile.and_then(|p| p.signal(&req.signal)).ok_or(None)?;
+        let signal = self.signals.iter().find(|s| s.name == req.signal).ok_or(None)?;
         signal.standing(self.now, req.max_age_ms).map_err(Some)
     }
 
@@ -542,6 +556,9 @@ impl<'a> Context<'a> {
                 )
             }
             Rule::Milestone => "listening milestone not reached".into(),
+            Rule::Age if age_restricted(c) && !self.age.is_some_and(AgeBracket::is_over_21) => {
+                "age-restricted category (alcohol, gambling): the member's age is unknown or under 21".into()
+            }
             Rule::Age => "age bracket not targeted".into(),
             Rule::Signal => self.describe_signals(c),
             Rule::Suppressed => "listener said \"not for me\" to this advertiser or category".into(),
@@ -559,6 +576,11 @@ impl<'a> Context<'a> {
             Rule::Outranked => "outranked".into(),
         }
     }
+}
+
+/// Whether the campaign's categories reach only listeners known to be over 21.
+fn age_restricted(c: &Campaign) -> bool {
+    c.categories.iter().any(|cat| crate::domain::AGE_RESTRICTED_CATEGORIES.contains(&cat.as_str()))
 }
 
 /// The fit of a rule the campaign does not set.

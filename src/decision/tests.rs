@@ -385,6 +385,44 @@ fn a_life_stage_signal_ages_by_itself_when_the_campaign_sets_no_bound() {
 }
 
 #[test]
+fn a_household_member_has_their_own_age_and_never_gets_age_restricted_ads_unless_known_over_21() {
+    let mut beer = genre_campaign("beer", "brewery", 20, &[JAZZ]);
+    beer.categories = Arc::from(vec![Category::from("211")]);
+    let mut pension = genre_campaign("pension", "fund", 10, &[JAZZ]);
+    pension.targeting.age_brackets = vec![AgeBracket::Age45To54];
+    let mut f = fixture().taste(&[(JAZZ, 30)]).with(beer).with(pension);
+    f.request.max_ads = 2;
+    {
+        let p = f.profile.as_mut().unwrap();
+        p.details_mut().age_bracket = Some(AgeBracket::Age45To54);
+        for i in 0..30 {
+            p.member_mut("kid").record_play(&[JAZZ], None, UnixMillis(NOW.0 - DAY_MS + i), 200, HALF_LIFE);
+        }
+    }
+    check(&f, &["beer", "pension"], Reason::Served);
+    // The kid: no age of their own, so neither the account's age targeting nor alcohol.
+    f.request.member_id = "kid".into();
+    check(&f, &[], Reason::NoCandidates);
+    assert_eq!(f.rejected_by("pension"), Some(Rule::Age));
+    assert_eq!(f.rejected_by("beer"), Some(Rule::Age));
+    f.profile.as_mut().unwrap().member_record_mut("kid").unwrap().age_bracket = Some(AgeBracket::Age13To17);
+    assert_eq!(f.rejected_by("beer"), Some(Rule::Age));
+    // An adult member of their own age qualifies; 18-24 may be under 21 and does not.
+    f.profile.as_mut().unwrap().member_record_mut("kid").unwrap().age_bracket = Some(AgeBracket::Age18To24);
+    assert_eq!(f.rejected_by("beer"), Some(Rule::Age));
+    f.profile.as_mut().unwrap().member_record_mut("kid").unwrap().age_bracket = Some(AgeBracket::Age25To34);
+    check(&f, &["beer"], Reason::Served);
+    // An account of unknown age, or without consent: no alcohol.
+    f.request.member_id = "".into();
+    f.profile.as_mut().unwrap().details_mut().age_bracket = None;
+    assert_eq!(f.rejected_by("beer"), Some(Rule::Age));
+    f.profile.as_mut().unwrap().details_mut().age_bracket = Some(AgeBracket::Age45To54);
+    f.request.consent = ConsentState::Denied;
+    f.request.track_genres = vec![JAZZ];
+    assert_eq!(f.rejected_by("beer"), Some(Rule::Consent));
+}
+
+#[test]
 fn without_consent_only_contextual_and_house_ads_serve() {
     let mut contextual = campaign("contextual", "ctx", Tier::Remnant, 3);
     contextual.targeting.track_genres = vec![CLASSICAL];

@@ -236,6 +236,35 @@ impl Checker {
         }
     }
 
+    /// Asserted signals (at most 50), none in the future, each ending after it began.
+    fn signals(&mut self, field: &str, list: &[pb::Signal], now: UnixMillis) -> Vec<Signal> {
+        let mut signals = Vec::new();
+        if !self.list_len(field, list.len(), 50) {
+            return signals;
+        }
+        for (i, s) in list.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            if let Some(p) = slug_problem(&s.signal) {
+                self.fail(format!("{field}.signal"), p);
+            }
+            let Some(t) = &s.asserted_at else {
+                self.fail(format!("{field}.asserted_at"), "is required");
+                continue;
+            };
+            let Some(at) = self.timestamp(&format!("{field}.asserted_at"), t) else { continue };
+            if at.0 > now.0 + MAX_CLOCK_SKEW_MS {
+                self.fail(format!("{field}.asserted_at"), "must not be in the future");
+            }
+            let until_field = format!("{field}.valid_until");
+            let valid_until = s.valid_until.as_ref().and_then(|t| self.timestamp(&until_field, t));
+            if valid_until.is_some_and(|until| until.0 <= at.0) {
+                self.fail(until_field, "must be after asserted_at");
+            }
+            signals.push(Signal { name: s.signal.as_str().into(), asserted_at: at, valid_until });
+        }
+        signals
+    }
+
     fn age(&mut self, field: &str, value: i32) -> Option<AgeBracket> {
         use pb::AgeBracket as A;
         match A::try_from(value) {
@@ -944,6 +973,16 @@ pub struct ListenerUpdate {
     pub home: Option<GeoLocation>,
     pub language: Option<Box<str>>,
     pub signals: Vec<Signal>,
+    /// Household members' own age and signals.
+    pub members: Vec<MemberUpdate>,
+}
+
+/// What an UpsertListener says about one household member.
+#[derive(Debug)]
+pub struct MemberUpdate {
+    pub member_id: Box<str>,
+    pub age_bracket: Option<AgeBracket>,
+    pub signals: Vec<Signal>,
 }
 
 /// Validates an UpsertListener request.
@@ -966,28 +1005,17 @@ pub fn listener_update(
         }
         l.language.as_str().into()
     });
-    let mut signals = Vec::new();
-    if c.list_len("listener.signals", l.signals.len(), 50) {
-        for (i, s) in l.signals.iter().enumerate() {
-            let field = format!("listener.signals[{i}]");
-            if let Some(p) = slug_problem(&s.signal) {
-                c.fail(format!("{field}.signal"), p);
-            }
-            match &s.asserted_at {
-                None => c.fail(format!("{field}.asserted_at"), "is required"),
-                Some(t) => {
-                    if let Some(at) = c.timestamp(&format!("{field}.asserted_at"), t) {
-                        if at.0 > now.0 + MAX_CLOCK_SKEW_MS {
-                            c.fail(format!("{field}.asserted_at"), "must not be in the future");
-                        }
-                        let until_field = format!("{field}.valid_until");
-                        let valid_until = s.valid_until.as_ref().and_then(|t| c.timestamp(&until_field, t));
-                        if valid_until.is_some_and(|until| until.0 <= at.0) {
-                            c.fail(until_field, "must be after asserted_at");
-                        }
-                        signals.push(Signal { name: s.signal.as_str().into(), asserted_at: at, valid_until });
-                    }
-                }
+    let signals = c.signals("listener.signals", &l.signals, now);
+    let mut members = Vec::new();
+    if c.list_len("listener.members", l.members.len(), 10) {
+        for (i, m) in l.members.iter().enumerate() {
+            let field = format!("listener.members[{i}]");
+            if c.id(&format!("{field}.member_id"), &m.member_id) {
+                members.push(MemberUpdate {
+                    member_id: m.member_id.as_str().into(),
+                    age_bracket: c.age(&format!("{field}.age_bracket"), m.age_bracket),
+                    signals: c.signals(&format!("{field}.signals"), &m.signals, now),
+                });
             }
         }
     }
@@ -998,6 +1026,7 @@ pub fn listener_update(
         home,
         language,
         signals,
+        members,
     })
 }
 
@@ -1025,15 +1054,7 @@ pub fn listener_to_proto(
             metro: l.metro.to_string(),
         }),
         language: d.language.as_deref().unwrap_or_default().to_owned(),
-        signals: d
-            .signals
-            .iter()
-            .map(|s| pb::Signal {
-                signal: s.name.to_string(),
-                asserted_at: Some(millis_to_timestamp(s.asserted_at)),
-                valid_until: s.valid_until.map(millis_to_timestamp),
-            })
-            .collect(),
+        signals: d.signals.iter().map(signal_to_proto).collect(),
         members: p
             .members()
             .map(|(member_id, taste)| {
@@ -1050,9 +1071,33 @@ pub fn listener_to_proto(
                 genres.sort_by(|a, b| b.share.total_cmp(&a.share).then_with(|| a.genre.cmp(&b.genre)));
                 let top_artists =
                     taste.top_artists().into_iter().map(|a| artists.name(a).to_string()).collect();
-                pb::MemberProfile { member_id: member_id.to_owned(), genres, top_artists }
+                let (age, signals) = p.member_attributes(member_id);
+                pb::MemberProfile {
+                    member_id: member_id.to_owned(),
+                    genres,
+                    top_artists,
+                    // The main profile's are the account's, above.
+                    age_bracket: if member_id.is_empty() {
+                        0
+                    } else {
+                        age.map_or(0, |a| age_to_proto(a) as i32)
+                    },
+                    signals: if member_id.is_empty() {
+                        Vec::new()
+                    } else {
+                        signals.iter().map(signal_to_proto).collect()
+                    },
+                }
             })
             .collect(),
+    }
+}
+
+fn signal_to_proto(s: &Signal) -> pb::Signal {
+    pb::Signal {
+        signal: s.name.to_string(),
+        asserted_at: Some(millis_to_timestamp(s.asserted_at)),
+        valid_until: s.valid_until.map(millis_to_timestamp),
     }
 }
 

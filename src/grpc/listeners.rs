@@ -153,6 +153,12 @@ impl ListenerService for ListenerAdmin {
                         d.home = update.home;
                         d.language = update.language;
                         d.signals = update.signals;
+                        for m in update.members {
+                            if let Some(member) = p.member_record_mut(&m.member_id) {
+                                member.age_bracket = m.age_bracket;
+                                member.signals = m.signals;
+                            }
+                        }
                     })?;
                     let changes = vec![Change::Listener(profile.clone())];
                     Ok::<_, Status>(((profile, created), changes))
