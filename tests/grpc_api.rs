@@ -191,6 +191,19 @@ async fn bad_requests_are_invalid_argument_naming_each_field() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "a rejected upsert stores nothing");
+
+    // Nor does it teach the server a genre: a valid slug in a refused campaign is not added.
+    let mut refused = genre_campaign("refused", "adv", 10, &["zydeco"]);
+    refused.bid_cpm_micros = -1;
+    let status = server
+        .campaigns()
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(refused) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(server.state.vocabulary.lookup("zydeco"), None, "the refused campaign's genre was not added");
+    server.upsert([genre_campaign("accepted", "adv", 10, &["zydeco"])]).await;
+    assert!(server.state.vocabulary.lookup("zydeco").is_some());
     server.stop().await;
 }
 

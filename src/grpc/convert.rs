@@ -58,11 +58,18 @@ static IAB_CATEGORIES: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
 /// Collects violations while converting; every check names its field.
 struct Checker {
     errors: InvalidRequest,
+    /// False on a dry run: genres a request names are looked up, not added, so that a request
+    /// refused for any reason adds nothing to the vocabulary (see `campaign`).
+    intern: bool,
 }
 
 impl Checker {
     fn new() -> Self {
-        Self { errors: InvalidRequest::default() }
+        Self { errors: InvalidRequest::default(), intern: true }
+    }
+
+    fn dry_run() -> Self {
+        Self { errors: InvalidRequest::default(), intern: false }
     }
 
     fn fail(&mut self, field: impl Into<String>, description: impl Into<String>) {
@@ -129,6 +136,10 @@ impl Checker {
         if let Some(p) = slug_problem(value) {
             self.fail(field, p);
             return None;
+        }
+        if !self.intern {
+            // A placeholder for a slug not known yet: the dry run's result is not kept.
+            return Some(vocabulary.lookup(value).unwrap_or(GenreId(0)));
         }
         match vocabulary.intern(value) {
             Ok(id) => Some(id),
@@ -514,7 +525,16 @@ pub fn campaign(req: Option<&pb::Campaign>, vocabulary: &Vocabulary) -> Result<C
     let Some(p) = req else {
         return Err(InvalidRequest::field("campaign", "is required"));
     };
-    let mut c = Checker::new();
+    // Everything is checked before any genre is added: a refused campaign leaves no trace.
+    campaign_checked(p, vocabulary, Checker::dry_run())?;
+    campaign_checked(p, vocabulary, Checker::new())
+}
+
+fn campaign_checked(
+    p: &pb::Campaign,
+    vocabulary: &Vocabulary,
+    mut c: Checker,
+) -> Result<Campaign, InvalidRequest> {
     c.id("campaign.campaign_id", &p.campaign_id);
     c.id("campaign.advertiser_id", &p.advertiser_id);
     c.name("campaign.advertiser_name", &p.advertiser_name);

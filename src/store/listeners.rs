@@ -320,15 +320,10 @@ impl Listeners {
         if into_id == from_id {
             return Err(StoreError::SelfMerge(into.to_owned()));
         }
+        // Read both before changing anything: a merge that cannot read one changes nothing.
+        self.get(into_id.as_str())?.ok_or_else(|| not_found(into))?;
         let old = self.take(&from_id)?.ok_or_else(|| not_found(from))?;
-        for mut alias in self.inner.aliases.iter_mut() {
-            if *alias.value() == from_id {
-                *alias.value_mut() = into_id.clone();
-            }
-        }
-        // The folded-in id keeps working, as an alias now.
-        self.inner.aliases.insert(from_id.as_str().into(), into_id.clone());
-        let (profile, _) = self.update(into_id.as_str(), |p| {
+        let merged = self.update(into_id.as_str(), |p| {
             for (member_id, taste) in old.members() {
                 p.member_mut(member_id).absorb(taste, half_life_ms);
             }
@@ -353,7 +348,23 @@ impl Listeners {
                 p.consent = combined;
                 p.details_mut().consent_at = theirs.consent_at;
             }
-        })?;
+        });
+        let (profile, _) = match merged {
+            Ok(merged) => merged,
+            Err(e) => {
+                // Put the folded profile back as it was: a failed merge leaves both whole.
+                let _ = self.update(from_id.as_str(), |p| *p = (*old).clone());
+                return Err(e);
+            }
+        };
+        // Only now, with the merge done, do the folded-in id and its aliases point at `into`.
+        for mut alias in self.inner.aliases.iter_mut() {
+            if *alias.value() == from_id {
+                *alias.value_mut() = into_id.clone();
+            }
+        }
+        // The folded-in id keeps working, as an alias now.
+        self.inner.aliases.insert(from_id.as_str().into(), into_id.clone());
         Ok((profile, from_id))
     }
 
