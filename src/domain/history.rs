@@ -50,6 +50,12 @@ pub struct DeliveryHistory {
     recent: VecDeque<ImpressionRecord>,
     /// Lifetime impression counts per cap key.
     lifetime: Vec<(LifetimeKey, u32)>,
+    /// Impressions pushed out of `recent` by `MAX_RECENT` while still inside `MAX_WINDOW_MS`,
+    /// counted per cap key (and in all) and UTC day: a windowed cap adds those of the days its
+    /// window touches, so it holds whatever the history's length — at worst a little early
+    /// (a whole day counted for a window that starts within it), never late.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    overflow: Vec<DayCount>,
     suppressions: Vec<Suppression>,
     /// Ads decided but not yet heard (`hold`), oldest first: ad load, caps and category
     /// separation count them as heard until their impression arrives or `PENDING_HOLD_MS`
@@ -64,6 +70,14 @@ struct PendingAd {
     ad: AdId,
     /// `at` = when it was decided.
     record: ImpressionRecord,
+}
+
+/// Impressions of one key on one UTC day (`DeliveryHistory::overflow`); `key` None = all.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct DayCount {
+    key: Option<LifetimeKey>,
+    day: i64,
+    n: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,11 +126,38 @@ impl DeliveryHistory {
         let pos = self.recent.iter().rposition(|r| r.at <= record.at).map_or(0, |p| p + 1);
         let newest = self.recent.back().map_or(record.at, |r| r.at.max(record.at));
         self.recent.insert(pos, record);
-        while self.recent.len() > MAX_RECENT
-            || self.recent.front().is_some_and(|r| newest.0 - r.at.0 > MAX_WINDOW_MS)
-        {
+        while self.recent.front().is_some_and(|r| newest.0 - r.at.0 > MAX_WINDOW_MS) {
             self.recent.pop_front();
         }
+        while self.recent.len() > MAX_RECENT {
+            if let Some(old) = self.recent.pop_front() {
+                self.overflowed(&old);
+            }
+        }
+        let oldest_day = (newest.0 - MAX_WINDOW_MS).div_euclid(DAY_MS) - 1;
+        self.overflow.retain(|c| c.day >= oldest_day);
+    }
+
+    /// Counts an impression pushed out of `recent` in the day buckets of `overflow`.
+    fn overflowed(&mut self, r: &ImpressionRecord) {
+        let day = r.at.0.div_euclid(DAY_MS);
+        for key in [
+            Some(LifetimeKey::Creative(r.campaign.clone(), r.creative.clone())),
+            Some(LifetimeKey::Campaign(r.campaign.clone())),
+            Some(LifetimeKey::Advertiser(r.advertiser.clone())),
+            None,
+        ] {
+            match self.overflow.iter_mut().find(|c| c.day == day && c.key == key) {
+                Some(c) => c.n = c.n.saturating_add(1),
+                None => self.overflow.push(DayCount { key, day, n: 1 }),
+            }
+        }
+    }
+
+    /// Overflowed impressions matching `matches` on the days a window from `since` touches.
+    fn overflow_since(&self, since: i64, matches: impl Fn(Option<&LifetimeKey>) -> bool) -> u32 {
+        let first_day = since.div_euclid(DAY_MS);
+        self.overflow.iter().filter(|c| c.day >= first_day && matches(c.key.as_ref())).map(|c| c.n).sum()
     }
 
     /// Suppresses an advertiser or category until `until`.
@@ -158,7 +199,15 @@ impl DeliveryHistory {
                 .map_or(0, |(_, n)| *n),
             Some(_) => {
                 let hits = self.recent.iter().rev().take_while(|r| r.at.0 > since).filter(|r| in_scope(r));
-                hits.count() as u32
+                let overflowed = self.overflow_since(since, |k| match (scope, k) {
+                    (CapScope::Creative, Some(LifetimeKey::Creative(c, cr))) => {
+                        c == campaign && cr == creative
+                    }
+                    (CapScope::Campaign, Some(LifetimeKey::Campaign(c))) => c == campaign,
+                    (CapScope::Advertiser, Some(LifetimeKey::Advertiser(a))) => a == advertiser,
+                    _ => false,
+                });
+                (hits.count() as u32).saturating_add(overflowed)
             }
         })
     }
@@ -168,6 +217,7 @@ impl DeliveryHistory {
         let since = now.0 - window_ms;
         self.recent.iter().rev().take_while(|r| r.at.0 > since).count()
             + self.pending_at(now).filter(|r| r.at.0 > since).count()
+            + self.overflow_since(since, |k| k.is_none()) as usize
     }
 
     /// Whether an ad sharing a category with `categories` was heard within `window_ms`.
@@ -200,6 +250,15 @@ impl DeliveryHistory {
         let mut merged: Vec<_> = self.recent.drain(..).chain(other.recent.iter().cloned()).collect();
         merged.sort_by_key(|r| r.at);
         let skip = merged.len().saturating_sub(MAX_RECENT);
+        for r in &merged[..skip] {
+            self.overflowed(r);
+        }
+        for c in &other.overflow {
+            match self.overflow.iter_mut().find(|m| m.day == c.day && m.key == c.key) {
+                Some(m) => m.n = m.n.saturating_add(c.n),
+                None => self.overflow.push(c.clone()),
+            }
+        }
         self.recent = merged.into_iter().skip(skip).collect();
         for s in &other.suppressions {
             self.suppress(s.target.clone(), s.until);
@@ -208,7 +267,10 @@ impl DeliveryHistory {
 
     /// Whether nothing is recorded (an empty history need not be stored; held ads are not).
     pub fn is_empty(&self) -> bool {
-        self.recent.is_empty() && self.lifetime.is_empty() && self.suppressions.is_empty()
+        self.recent.is_empty()
+            && self.lifetime.is_empty()
+            && self.suppressions.is_empty()
+            && self.overflow.is_empty()
     }
 
     /// Whether nothing is recorded or held: no rule of delivery can stop an ad.
@@ -271,6 +333,27 @@ mod tests {
         let later = UnixMillis(PENDING_HOLD_MS + 1);
         assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, Some(HOUR_MS), later), 1);
         assert_eq!(h.impressions_within(HOUR_MS, later), 1);
+    }
+
+    #[test]
+    fn a_windowed_cap_holds_past_the_recent_record_limit() {
+        let mut h = DeliveryHistory::default();
+        // Three weeks of a heavy listener: 40 impressions a day of one campaign, 840 in all.
+        let start = 100 * DAY_MS;
+        for i in 0..840 {
+            h.record_impression(imp(start + i * (DAY_MS / 40), "camp", "adv", "653"));
+        }
+        assert!(h.recent.len() <= MAX_RECENT);
+        let now = UnixMillis(start + 21 * DAY_MS);
+        let (camp, cr, adv) = (CampaignId::from("camp"), CreativeId::from("c1"), AdvertiserId::from("adv"));
+        let month = h.count(CapScope::Campaign, &camp, &cr, &adv, Some(30 * DAY_MS), now);
+        assert_eq!(month, 840, "every impression of the window counts");
+        // A window starting mid-day may count that whole day of overflow (early, never late).
+        let two_weeks = h.count(CapScope::Campaign, &camp, &cr, &adv, Some(14 * DAY_MS), now);
+        assert!((560..=600).contains(&two_weeks), "{two_weeks}");
+        assert!(h.impressions_within(30 * DAY_MS, now) >= 840);
+        // Short windows are exact: they lie within the recent record.
+        assert_eq!(h.count(CapScope::Campaign, &camp, &cr, &adv, Some(DAY_MS), now), 39);
     }
 
     #[test]
