@@ -447,3 +447,71 @@ async fn profiles_beyond_the_cache_are_read_back_from_the_store() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The tables of a store written before schema versions (stop 15), as that release made them.
+const UNVERSIONED_SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    CREATE TABLE genres (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE artists (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+    CREATE TABLE campaigns (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE listeners (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE aliases (alias TEXT PRIMARY KEY, listener TEXT NOT NULL);
+    CREATE INDEX aliases_by_listener ON aliases (listener);
+    CREATE TABLE histories (listener TEXT NOT NULL, member TEXT NOT NULL, doc TEXT NOT NULL,
+        PRIMARY KEY (listener, member));
+    CREATE TABLE counters (campaign TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    CREATE TABLE events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
+    CREATE INDEX events_by_time ON events (at);
+    CREATE TABLE ad_events (ad BLOB NOT NULL, kind INTEGER NOT NULL, event_id TEXT NOT NULL,
+        at INTEGER NOT NULL, PRIMARY KEY (ad, kind));
+    CREATE INDEX ad_events_by_time ON ad_events (at);
+";
+
+#[tokio::test]
+async fn a_data_directory_of_the_previous_format_opens_and_is_migrated() {
+    let dir = data_dir("previous-format");
+    std::fs::create_dir_all(&dir).unwrap();
+    {
+        let db = rusqlite::Connection::open(dir.join("interlude.sqlite3")).unwrap();
+        db.execute_batch(UNVERSIONED_SCHEMA).unwrap();
+        // A profile as the previous release wrote it: signals without valid_until, no member ages.
+        let doc = r#"{"id":"old-timer","consent":"Granted","consent_at":1795435200000,
+            "age_bracket":"Age25To34","home":{"country":"DE","region":"DE-BE","metro":"BER"},
+            "language":"de","signals":[{"name":"student","asserted_at":1795435200000}],"members":[]}"#;
+        db.execute("INSERT INTO listeners (id, doc) VALUES ('old-timer', ?1)", [doc]).unwrap();
+        db.execute("INSERT INTO aliases (alias, listener) VALUES ('email:old', 'old-timer')", []).unwrap();
+        db.execute("INSERT INTO genres (id, name) VALUES (0, 'jazz')", []).unwrap();
+    }
+    let server = start_server_with(durable_config(&dir)).await;
+    let listener = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "email:old".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(listener.listener_id, "old-timer");
+    assert_eq!(listener.age_bracket(), pb::AgeBracket::AgeBracket2534);
+    assert_eq!(listener.signals[0].signal, "student");
+    assert_eq!(listener.signals[0].valid_until, None);
+    // What this release added works on the old store: erasure is remembered in its new table.
+    server
+        .listeners()
+        .forget_listener(pb::ForgetListenerRequest { listener_id: "old-timer".into() })
+        .await
+        .unwrap();
+    server.stop().await;
+    let db = rusqlite::Connection::open(dir.join("interlude.sqlite3")).unwrap();
+    let version: i64 = db.query_row("PRAGMA user_version", [], |row| row.get(0)).unwrap();
+    assert_eq!(version, interlude::store::durable::SCHEMA_VERSION as i64);
+    let erased: i64 = db.query_row("SELECT count(*) FROM erased", [], |row| row.get(0)).unwrap();
+    assert_eq!(erased, 1);
+
+    // A store from a newer release is refused with a clear error, not misread.
+    db.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(db);
+    let refused = interlude::app::AppState::open(&durable_config(&dir), interlude::grpc::now()).unwrap_err();
+    assert!(refused.to_string().contains("newer Interlude"), "{refused}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -169,10 +169,22 @@ pub struct Recovered {
 
 /// `secure_delete` overwrites deleted content with zeros, so an erased listener's bytes leave
 /// the database pages (and, after the checkpoint that follows an erasure, the WAL).
-const SCHEMA: &str = "
+/// Set on every open: how the store is written, not what it holds.
+const PRAGMAS: &str = "
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
     PRAGMA secure_delete = ON;
+";
+
+/// The schema, one migration per release that changed it, in order; the database's
+/// `user_version` says how many it has had. A store written before versioning (version 0)
+/// already holds the first one's tables, which is why that one only creates what is missing.
+/// Stored documents are serde JSON whose new fields read as their defaults, so a release that
+/// only adds fields needs no migration; one that changes a field's meaning adds a migration
+/// that rewrites the documents. Never edit a released migration: add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema before versioning (stop 15 and earlier).
+    "
     CREATE TABLE IF NOT EXISTS genres (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
     CREATE TABLE IF NOT EXISTS artists (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
     CREATE TABLE IF NOT EXISTS campaigns (id TEXT PRIMARY KEY, doc TEXT NOT NULL);
@@ -184,12 +196,35 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS counters (campaign TEXT PRIMARY KEY, doc TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS events (id TEXT PRIMARY KEY, at INTEGER NOT NULL);
     CREATE INDEX IF NOT EXISTS events_by_time ON events (at);
-    CREATE TABLE IF NOT EXISTS erased (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
-    CREATE TABLE IF NOT EXISTS plays_counted (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS ad_events (ad BLOB NOT NULL, kind INTEGER NOT NULL, event_id TEXT NOT NULL,
         at INTEGER NOT NULL, PRIMARY KEY (ad, kind));
     CREATE INDEX IF NOT EXISTS ad_events_by_time ON ad_events (at);
-";
+    ",
+    // 2: erased listeners' fingerprints, counted play ids.
+    "
+    CREATE TABLE IF NOT EXISTS erased (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS plays_counted (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+    ",
+];
+
+/// The schema version this release writes.
+pub const SCHEMA_VERSION: usize = MIGRATIONS.len();
+
+/// Brings `conn`'s schema to `SCHEMA_VERSION`, each migration in its own transaction; refuses
+/// a store written by a newer release.
+fn migrate(conn: &mut Connection) -> Result<(), DurableError> {
+    let migrations = rusqlite_migration::Migrations::new(
+        MIGRATIONS.iter().map(|sql| rusqlite_migration::M::up(sql)).collect(),
+    );
+    migrations.to_latest(conn).map_err(|e| match e {
+        rusqlite_migration::Error::MigrationDefinition(
+            rusqlite_migration::MigrationDefinitionError::DatabaseTooFarAhead,
+        ) => DurableError::Corrupt(format!(
+            "written by a newer Interlude (schema version above {SCHEMA_VERSION}); run that release or restore a backup"
+        )),
+        other => DurableError::Corrupt(format!("schema migration failed: {other}")),
+    })
+}
 
 impl Durable {
     /// Opens (or creates) the store in `dir`, reads everything back, and starts the writer.
@@ -203,10 +238,11 @@ impl Durable {
             }
             other => other,
         };
-        let conn = Connection::open(&path).map_err(|e| unreadable(e.into()))?;
+        let mut conn = Connection::open(&path).map_err(|e| unreadable(e.into()))?;
         // The checkpoint after an erasure waits this long for a reader to finish.
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unreadable(e.into()))?;
-        conn.execute_batch(SCHEMA).map_err(|e| unreadable(e.into()))?;
+        conn.execute_batch(PRAGMAS).map_err(|e| unreadable(e.into()))?;
+        migrate(&mut conn).map_err(unreadable)?;
         let recovered = recover(&conn).map_err(unreadable)?;
         let (tx, rx) = mpsc::channel::<Batch>();
         let (stop, stopped) = tokio::sync::watch::channel(false);
