@@ -336,3 +336,37 @@ async fn a_household_member_is_decided_on_their_own_age_and_never_hears_alcohol_
     assert!(ages.contains(&("kid", pb::AgeBracket::AgeBracket1317)), "the kid is kept: {ages:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn even_pacing_of_a_lifetime_budget_without_a_flight_end_is_refused() {
+    let server = start_server().await;
+    let mut c = genre_campaign("unending", "adv", 10, &["jazz"]);
+    c.budget = Some(pb::Budget {
+        lifetime_budget_micros: 1_000_000,
+        pacing: pb::PacingMode::Even as i32,
+        ..Default::default()
+    });
+    c.flight_start = Some(ts(interlude::grpc::now().0));
+    let status = server
+        .campaigns()
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(c.clone()) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> =
+        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, vec!["campaign.budget.pacing"]);
+    // With an end it is paced along the flight; a daily budget alone paces by the day.
+    c.flight_end = Some(ts(interlude::grpc::now().0 + 7 * 86_400_000));
+    server.upsert([c.clone()]).await;
+    c.campaign_id = "daily".into();
+    c.flight_start = None;
+    c.flight_end = None;
+    c.budget = Some(pb::Budget {
+        daily_budget_micros: 1_000_000,
+        pacing: pb::PacingMode::Even as i32,
+        ..Default::default()
+    });
+    server.upsert([c]).await;
+    server.stop().await;
+}

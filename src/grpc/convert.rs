@@ -615,6 +615,15 @@ fn campaign_checked(
         c.fail("campaign.flight_end", "must be after flight_start");
     }
     let budget = budget(&mut c, p.budget.as_ref());
+    // A lifetime budget or goal is paced along the flight: without both ends there is no curve,
+    // and "even" would silently mean "as fast as possible".
+    let flight_paced = budget.lifetime_micros > 0 || budget.impression_goal > 0;
+    if budget.pacing != PacingMode::Asap && flight_paced && (flight_start.is_none() || flight_end.is_none()) {
+        c.fail(
+            "campaign.budget.pacing",
+            "pacing a lifetime budget or impression goal needs flight_start and flight_end (or pacing ASAP)",
+        );
+    }
     let mut creatives = Vec::new();
     if p.creatives.is_empty() {
         c.fail("campaign.creatives", "must have at least one creative");
