@@ -483,6 +483,7 @@ pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, StoreError> 
     let mut campaigns = Vec::with_capacity(ROWS.len());
     for row in ROWS {
         let mut campaign = Campaign {
+            time_zone: crate::domain::CampaignZone::default(),
             id: row.id.into(),
             advertiser_id: row.advertiser.0.into(),
             advertiser_name: row.advertiser.1.into(),

@@ -410,9 +410,61 @@ pub struct Campaign {
     pub flight_start: Option<UnixMillis>,
     pub flight_end: Option<UnixMillis>,
     pub budget: Budget,
+    /// Where the campaign's days run: a daily budget starts over at local midnight.
+    #[serde(default)]
+    pub time_zone: CampaignZone,
     /// Never empty (validated on the way in).
     pub creatives: Vec<Creative>,
     pub updated_at: UnixMillis,
+}
+
+/// A campaign's time zone (IANA name, e.g. "Europe/Berlin"); the default is UTC. Days are
+/// reckoned by the UTC offset in force at the instant asked about, 24 h long: on the two days
+/// a year a zone changes its clocks, the day's last or first hour is counted with its
+/// neighbour.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CampaignZone(Option<jiff::tz::TimeZone>);
+
+impl CampaignZone {
+    /// The zone of an IANA name (from the bundled time zone database).
+    pub fn named(name: &str) -> Result<Self, String> {
+        jiff::tz::TimeZone::get(name).map(|tz| Self(Some(tz))).map_err(|e| e.to_string())
+    }
+
+    /// The IANA name, or None for UTC.
+    pub fn name(&self) -> Option<&str> {
+        self.0.as_ref().and_then(|tz| tz.iana_name())
+    }
+
+    /// The local day of `at` (days since the epoch) and how far into it `at` is, in ms.
+    pub fn day_of(&self, at: UnixMillis) -> (i64, i64) {
+        let offset_ms = match (&self.0, jiff::Timestamp::from_millisecond(at.0)) {
+            (Some(tz), Ok(t)) => i64::from(tz.to_offset(t).seconds()) * 1000,
+            _ => 0,
+        };
+        let local = at.0 + offset_ms;
+        (local.div_euclid(DAY_MS), local.rem_euclid(DAY_MS))
+    }
+
+    /// When the local day of `at` ends (unix ms).
+    pub fn day_end(&self, at: UnixMillis) -> UnixMillis {
+        UnixMillis(at.0 - self.day_of(at).1 + DAY_MS)
+    }
+}
+
+impl serde::Serialize for CampaignZone {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.name().serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for CampaignZone {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(Self::default()),
+            Some(name) => Self::named(&name).map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 impl Campaign {

@@ -192,6 +192,7 @@ pub fn campaigns(spec: &WorldSpec, vocabulary: &Vocabulary) -> Result<Vec<Campai
             (budget, None, None)
         };
         out.push(Campaign {
+            time_zone: crate::domain::CampaignZone::default(),
             id: format!("{}-{i:06}", if is_house { "house" } else { "camp" }).as_str().into(),
             advertiser_id: advertiser.as_str().into(),
             advertiser_name: advertiser.as_str().into(),

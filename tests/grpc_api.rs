@@ -370,3 +370,31 @@ async fn even_pacing_of_a_lifetime_budget_without_a_flight_end_is_refused() {
     server.upsert([c]).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_campaign_time_zone_is_validated_and_kept() {
+    let server = start_server().await;
+    let mut c = genre_campaign("berlin-days", "adv", 10, &["jazz"]);
+    c.time_zone = "Mars/Olympus_Mons".into();
+    let status = server
+        .campaigns()
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(c.clone()) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let fields: Vec<String> =
+        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    assert_eq!(fields, vec!["campaign.time_zone"]);
+    c.time_zone = "Europe/Berlin".into();
+    server.upsert([c]).await;
+    let stored = server
+        .campaigns()
+        .get_campaign(pb::GetCampaignRequest { campaign_id: "berlin-days".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .campaign
+        .unwrap();
+    assert_eq!(stored.time_zone, "Europe/Berlin");
+    server.stop().await;
+}

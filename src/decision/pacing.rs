@@ -72,7 +72,7 @@ pub fn held_until(
             // Targets only grow with time within a flight and a day, so the first instant the
             // campaign opens again is found by bisection; the search stops at the day's end,
             // where the daily curve starts over with today's spend.
-            let day_end = now.0 - now.0.rem_euclid(DAY_MS) + DAY_MS;
+            let day_end = campaign.time_zone.day_end(now).0;
             let mut hi = period_end.min(day_end - 1);
             if pace(campaign, spend, UnixMillis(hi)) != Pace::Open {
                 return Some(UnixMillis(hi));
@@ -155,7 +155,8 @@ fn curves(campaign: &Campaign, s: &Spend, now: UnixMillis) -> impl Iterator<Item
         }
         _ => None,
     };
-    let day = paced.then(|| curve(b.pacing, now.0.rem_euclid(DAY_MS) as f64 / DAY_MS as f64));
+    let into_day = campaign.time_zone.day_of(now).1;
+    let day = paced.then(|| curve(b.pacing, into_day as f64 / DAY_MS as f64));
     let price = campaign.price_micros() as f64;
     [
         flight.filter(|_| b.lifetime_micros > 0).map(|f| Curve {
@@ -275,6 +276,21 @@ mod tests {
             );
         });
         assert_eq!(spent.impressions, 3 * 2_400);
+    }
+
+    #[test]
+    fn a_daily_budget_is_paced_over_the_campaigns_own_day() {
+        let mut c = paced(PacingMode::Even, Budget { daily_micros: 2_400 * PRICE, ..Budget::default() }, 3);
+        c.flight_end = None;
+        // 2026-12-03 04:00 UTC is 23:00 on the 2nd in New York (UTC-5).
+        let at = UnixMillis(1_796_270_400_000);
+        let ninety_percent = Spend { today_micros: 2_160 * PRICE, ..Spend::default() };
+        assert_eq!(pace(&c, &ninety_percent, at), Pace::Throttled, "4 hours into the UTC day");
+        c.time_zone = crate::domain::CampaignZone::named("America/New_York").unwrap();
+        assert_eq!(pace(&c, &ninety_percent, at), Pace::Open, "23 hours into the New York day");
+        let (day, into) = c.time_zone.day_of(at);
+        assert_eq!((day, into), (at.0.div_euclid(DAY_MS) - 1, 23 * HOUR_MS));
+        assert_eq!(c.time_zone.day_end(at), UnixMillis(at.0 + HOUR_MS), "New York's midnight is 05:00 UTC");
     }
 
     #[test]

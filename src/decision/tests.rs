@@ -25,6 +25,7 @@ const NOW: UnixMillis = UnixMillis(1_795_435_200_000);
 
 pub(super) fn campaign(id: &str, advertiser: &str, tier: Tier, cpm_usd: i64) -> Campaign {
     Campaign {
+        time_zone: crate::domain::CampaignZone::default(),
         id: id.into(),
         advertiser_id: advertiser.into(),
         advertiser_name: advertiser.into(),

@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 use super::pb;
 use super::status::InvalidRequest;
 use crate::domain::{
-    AdRequest, AgeBracket, ArtistId, Budget, Campaign, CampaignStatus, CapScope, Category, Companion,
-    ConsentState, Creative, Daypart, DeviceType, EventKind, FrequencyCap, GenreId, GeoLocation,
+    AdRequest, AgeBracket, ArtistId, Budget, Campaign, CampaignStatus, CampaignZone, CapScope, Category,
+    Companion, ConsentState, Creative, Daypart, DeviceType, EventKind, FrequencyCap, GenreId, GeoLocation,
     ListenerProfile, Milestone, PacingMode, Signal, SignalRequirement, Targeting, Tier, UnixMillis,
 };
 use crate::store::{StoreError, Vocabulary};
@@ -659,7 +659,16 @@ fn campaign_checked(
             });
         }
     }
+    let time_zone = if p.time_zone.is_empty() {
+        CampaignZone::default()
+    } else {
+        CampaignZone::named(&p.time_zone).unwrap_or_else(|_| {
+            c.fail("campaign.time_zone", "must be an IANA time zone name, e.g. \"Europe/Berlin\"");
+            CampaignZone::default()
+        })
+    };
     c.finish(Campaign {
+        time_zone,
         id: p.campaign_id.as_str().into(),
         advertiser_id: p.advertiser_id.as_str().into(),
         advertiser_name: p.advertiser_name.as_str().into(),
@@ -831,6 +840,7 @@ pub fn campaign_to_proto(c: &Campaign, vocabulary: &Vocabulary) -> pb::Campaign 
         max_age: s.max_age_ms.map(ms_to_duration),
     };
     pb::Campaign {
+        time_zone: c.time_zone.name().unwrap_or_default().to_owned(),
         campaign_id: c.id.to_string(),
         advertiser_id: c.advertiser_id.to_string(),
         advertiser_name: c.advertiser_name.to_string(),

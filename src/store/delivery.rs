@@ -30,8 +30,11 @@ pub struct CampaignCounters {
     pub completes: u64,
     pub skips: u64,
     pub not_for_me: u64,
-    /// The UTC day (days since the epoch) the `*_today` figures belong to.
+    /// The campaign's local day (days since the epoch) the `*_today` figures belong to.
     pub day: i64,
+    /// When that day ends (unix ms; 0 in counters stored before time zones: the UTC day's end).
+    #[serde(default)]
+    pub day_ends_at: i64,
     pub impressions_today: u64,
     pub spend_today_micros: i64,
 }
@@ -206,9 +209,11 @@ impl Delivery {
 
     fn count(&self, event: &VerifiedEvent) {
         let mut counters = self.inner.campaigns.entry(event.campaign.id.clone()).or_default();
-        let day = event.at.0.div_euclid(DAY_MS);
+        let zone = &event.campaign.time_zone;
+        let (day, _) = zone.day_of(event.at);
         if day > counters.day {
             counters.day = day;
+            counters.day_ends_at = zone.day_end(event.at).0;
             counters.impressions_today = 0;
             counters.spend_today_micros = 0;
         }
@@ -270,7 +275,8 @@ impl Delivery {
     /// Totals of one campaign, with the `*_today` figures as of `now`.
     pub fn counters(&self, campaign: &CampaignId, now: UnixMillis) -> CampaignCounters {
         let mut c = self.inner.campaigns.get(campaign).map(|c| *c).unwrap_or_default();
-        if c.day < now.0.div_euclid(DAY_MS) {
+        let day_ends_at = if c.day_ends_at > 0 { c.day_ends_at } else { (c.day + 1) * DAY_MS };
+        if now.0 >= day_ends_at {
             c.impressions_today = 0;
             c.spend_today_micros = 0;
         }
