@@ -363,3 +363,51 @@ async fn a_retried_play_stream_counts_each_identified_play_once() {
     assert_eq!(send(vec![other]).await.accepted, 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn aliases_follow_merges_and_erasures_of_their_own_listener_only() {
+    let server = start_server().await;
+    let link = |listener: &str, alias: &str| pb::LinkIdentityRequest {
+        listener_id: listener.into(),
+        alias: alias.into(),
+    };
+    for id in ["ann", "bob", "cat"] {
+        server.listener(id, |_| {}).await;
+        server.listeners().link_identity(link(id, &format!("email:{id}"))).await.unwrap();
+    }
+    let merged = server
+        .listeners()
+        .merge_listeners(pb::MergeListenersRequest {
+            into_listener_id: "ann".into(),
+            from_listener_id: "bob".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!(merged.aliases, vec!["bob", "email:ann", "email:bob"]);
+    server
+        .listeners()
+        .forget_listener(pb::ForgetListenerRequest { listener_id: "email:bob".into() })
+        .await
+        .unwrap();
+    for gone in ["ann", "bob", "email:ann", "email:bob"] {
+        let status = server
+            .listeners()
+            .get_listener(pb::GetListenerRequest { listener_id: gone.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::NotFound, "{gone}");
+    }
+    let cat = server
+        .listeners()
+        .get_listener(pb::GetListenerRequest { listener_id: "email:cat".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .listener
+        .unwrap();
+    assert_eq!((cat.listener_id.as_str(), cat.aliases), ("cat", vec!["email:cat".to_string()]));
+    server.stop().await;
+}

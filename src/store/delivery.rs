@@ -75,6 +75,9 @@ pub struct Delivery {
 #[derive(Debug)]
 struct Inner {
     histories: FastMap<HistoryKey, DeliveryHistory>,
+    /// The members of each listener that have a history: the admin calls about one listener
+    /// (merge, erasure, persisting its histories) look up its own, not every history.
+    members_of: FastMap<ListenerId, Vec<Box<str>>>,
     campaigns: FastMap<CampaignId, CampaignCounters>,
     /// The events counted, by ad and kind, with the event id that counted: kept as long as a
     /// token can be valid (an event whose token expired is rejected anyway, so an older one can
@@ -151,6 +154,7 @@ impl Delivery {
         Self {
             inner: Arc::new(Inner {
                 histories: FastMap::default(),
+                members_of: FastMap::default(),
                 campaigns: FastMap::default(),
                 counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
@@ -245,10 +249,10 @@ impl Delivery {
                     advertiser: c.advertiser_id.clone(),
                     categories: c.categories.clone(),
                 };
-                self.inner.histories.entry(key.clone()).or_default().record_impression_of(event.ad, record);
+                self.history_mut(key).record_impression_of(event.ad, record);
             }
             EventKind::NotForMe => {
-                let mut history = self.inner.histories.entry(key.clone()).or_default();
+                let mut history = self.history_mut(key);
                 let until = UnixMillis(event.at.0 + suppression.advertiser_ms);
                 history.suppress(SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id)), until);
                 if suppression.category_ms > 0 {
@@ -266,7 +270,7 @@ impl Delivery {
     /// impression arrives (`DeliveryHistory::hold`): ad load and caps count a break fetched
     /// ahead of playing it.
     pub fn hold(&self, key: &HistoryKey, ads: impl IntoIterator<Item = (AdId, ImpressionRecord)>) {
-        let mut history = self.inner.histories.entry(key.clone()).or_default();
+        let mut history = self.history_mut(key);
         for (ad, record) in ads {
             history.hold(ad, record);
         }
@@ -325,19 +329,32 @@ impl Delivery {
         SpendAt { delivery: self, now }
     }
 
+    /// The history of `key`, created (and indexed under its listener) when new.
+    fn history_mut(&self, key: &HistoryKey) -> dashmap::mapref::one::RefMut<'_, HistoryKey, DeliveryHistory> {
+        match self.inner.histories.entry(key.clone()) {
+            dashmap::Entry::Occupied(e) => e.into_ref(),
+            dashmap::Entry::Vacant(e) => {
+                self.inner.members_of.entry(key.listener.clone()).or_default().push(key.member.clone());
+                e.insert(DeliveryHistory::default())
+            }
+        }
+    }
+
+    /// The keys of `listener`'s histories.
+    fn keys_of(&self, listener: &ListenerId) -> Vec<HistoryKey> {
+        self.inner.members_of.get(listener).map_or_else(Vec::new, |members| {
+            members.iter().map(|m| HistoryKey { listener: listener.clone(), member: m.clone() }).collect()
+        })
+    }
+
     /// Folds every history of `from` into the same member's history of `into`.
     pub fn merge(&self, from: &ListenerId, into: &ListenerId) {
-        let keys: Vec<HistoryKey> = self
-            .inner
-            .histories
-            .iter()
-            .filter(|e| e.key().listener == *from)
-            .map(|e| e.key().clone())
-            .collect();
+        let keys = self.keys_of(from);
+        self.inner.members_of.remove(from);
         for key in keys {
             if let Some((_, history)) = self.inner.histories.remove(&key) {
                 let target = HistoryKey { listener: into.clone(), member: key.member };
-                self.inner.histories.entry(target).or_default().absorb(&history);
+                self.history_mut(&target).absorb(&history);
             }
         }
     }
@@ -349,11 +366,9 @@ impl Delivery {
 
     /// Every history of `listener`, to persist them.
     pub fn histories_of(&self, listener: &ListenerId) -> Vec<(HistoryKey, DeliveryHistory)> {
-        self.inner
-            .histories
-            .iter()
-            .filter(|e| e.key().listener == *listener)
-            .map(|e| (e.key().clone(), e.value().clone()))
+        self.keys_of(listener)
+            .into_iter()
+            .filter_map(|key| self.inner.histories.get(&key).map(|h| (key.clone(), h.clone())))
             .collect()
     }
 
@@ -374,7 +389,7 @@ impl Delivery {
         now: UnixMillis,
     ) {
         for (key, history) in histories {
-            self.inner.histories.insert(key, history);
+            *self.history_mut(&key) = history;
         }
         for (id, c) in counters {
             self.inner.campaigns.insert(id, c);
@@ -393,7 +408,10 @@ impl Delivery {
 
     /// Drops every history of `listener` (erasure).
     pub fn forget(&self, listener: &ListenerId) {
-        self.inner.histories.retain(|k, _| k.listener != *listener);
+        for key in self.keys_of(listener) {
+            self.inner.histories.remove(&key);
+        }
+        self.inner.members_of.remove(listener);
     }
 
     /// Whether the play of `fingerprint` (`TokenSigner::play_fingerprint`) is new, recording

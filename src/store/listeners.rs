@@ -34,6 +34,10 @@ pub struct Listeners {
 #[derive(Debug, Default)]
 struct Inner {
     aliases: FastMap<Box<str>, ListenerId>,
+    /// The aliases of each listener: the inverse of `aliases`, kept with it, so that the admin
+    /// calls about one listener (its aliases, forget, merge) cost what that listener holds,
+    /// not a walk of every alias.
+    aliases_by_listener: FastMap<ListenerId, Vec<Box<str>>>,
     profiles: Profiles,
     /// Listeners known, resident or not.
     count: AtomicUsize,
@@ -138,6 +142,7 @@ impl Listeners {
         Self {
             inner: Arc::new(Inner {
                 aliases: FastMap::default(),
+                aliases_by_listener: FastMap::default(),
                 profiles: Profiles::Cached(cached),
                 count: AtomicUsize::new(known),
             }),
@@ -184,8 +189,12 @@ impl Listeners {
 
     /// All aliases of a canonical id, sorted (admin reads only: walks the alias table).
     pub fn aliases_of(&self, id: &ListenerId) -> Vec<String> {
-        let mut out: Vec<String> =
-            self.inner.aliases.iter().filter(|e| e.value() == id).map(|e| e.key().to_string()).collect();
+        let mut out: Vec<String> = self
+            .inner
+            .aliases_by_listener
+            .get(id)
+            .map(|aliases| aliases.iter().map(|a| a.to_string()).collect())
+            .unwrap_or_default();
         out.sort();
         out
     }
@@ -276,6 +285,7 @@ impl Listeners {
             dashmap::Entry::Occupied(_) => {}
             dashmap::Entry::Vacant(e) => {
                 e.insert(profile.id.clone());
+                self.inner.aliases_by_listener.entry(profile.id.clone()).or_default().push(alias.into());
             }
         }
         Ok(profile)
@@ -302,7 +312,11 @@ impl Listeners {
     pub fn forget(&self, alias: &str) -> Result<ListenerId, StoreError> {
         let id = self.resolve(alias)?.ok_or_else(|| not_found(alias))?;
         self.take(&id)?;
-        self.inner.aliases.retain(|_, v| *v != id);
+        if let Some((_, aliases)) = self.inner.aliases_by_listener.remove(&id) {
+            for alias in aliases {
+                self.inner.aliases.remove(&alias);
+            }
+        }
         Ok(id)
     }
 
@@ -358,13 +372,14 @@ impl Listeners {
             }
         };
         // Only now, with the merge done, do the folded-in id and its aliases point at `into`.
-        for mut alias in self.inner.aliases.iter_mut() {
-            if *alias.value() == from_id {
-                *alias.value_mut() = into_id.clone();
-            }
+        let mut moved = self.inner.aliases_by_listener.remove(&from_id).map(|(_, a)| a).unwrap_or_default();
+        for alias in &moved {
+            self.inner.aliases.insert(alias.clone(), into_id.clone());
         }
         // The folded-in id keeps working, as an alias now.
         self.inner.aliases.insert(from_id.as_str().into(), into_id.clone());
+        moved.push(from_id.as_str().into());
+        self.inner.aliases_by_listener.entry(into_id.clone()).or_default().extend(moved);
         Ok((profile, from_id))
     }
 
@@ -384,7 +399,16 @@ impl Listeners {
 
     /// Puts back an alias read from the durable store.
     pub fn restore_alias(&self, alias: &str, listener: ListenerId) {
-        self.inner.aliases.insert(alias.into(), listener);
+        let previous = self.inner.aliases.insert(alias.into(), listener.clone());
+        if previous.as_ref() == Some(&listener) {
+            return;
+        }
+        if let Some(previous) = previous
+            && let Some(mut list) = self.inner.aliases_by_listener.get_mut(&previous)
+        {
+            list.retain(|a| &**a != alias);
+        }
+        self.inner.aliases_by_listener.entry(listener).or_default().push(alias.into());
     }
 
     /// Every profile the store does not hold yet: all of them without a store, the written
