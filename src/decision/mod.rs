@@ -491,4 +491,4 @@ fn rejected(campaign: &Campaign, rule: Rule, detail: String) -> TraceEntry {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

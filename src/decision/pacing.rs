@@ -126,7 +126,7 @@ pub fn curve(mode: PacingMode, elapsed: f64) -> f64 {
 }
 
 /// Whether one more ad fits under every hard limit, counting reservations.
-fn fits(campaign: &Campaign, s: &Spend) -> bool {
+pub fn fits(campaign: &Campaign, s: &Spend) -> bool {
     let b = &campaign.budget;
     let price = campaign.price_micros();
     (b.lifetime_micros == 0 || s.lifetime_micros + s.reserved_micros + price <= b.lifetime_micros)

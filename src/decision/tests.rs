@@ -23,7 +23,7 @@ const HALF_LIFE: i64 = 30 * DAY_MS;
 /// Monday 2026-11-23 12:00 UTC.
 const NOW: UnixMillis = UnixMillis(1_795_435_200_000);
 
-pub(super) fn campaign(id: &str, advertiser: &str, tier: Tier, cpm_usd: i64) -> Campaign {
+pub(crate) fn campaign(id: &str, advertiser: &str, tier: Tier, cpm_usd: i64) -> Campaign {
     Campaign {
         time_zone: crate::domain::CampaignZone::default(),
         id: id.into(),

@@ -94,7 +94,7 @@ impl DecisionService {
             member: request.member_id.clone(),
         });
         let snapshot = state.catalog.snapshot();
-        let decision = state.delivery.with_history(key.as_ref(), |history| {
+        let mut decision = state.delivery.with_history(key.as_ref(), |history| {
             let listener = Listener {
                 profile: profile.as_deref(),
                 taste: profile.as_deref().and_then(|p| p.member(&request.member_id)),
@@ -103,11 +103,16 @@ impl DecisionService {
             let spend = state.delivery.spend_at(now);
             decision::decide(&snapshot, listener, &request, &state.policy, &spend, now, &mut rand::rng())
         });
-        for ad in &decision.ads {
+        // The engine saw each budget free; taking its share is checked again, atomically per
+        // campaign, so that decisions running at once on several threads cannot all take the
+        // last of it. An ad whose budget went meanwhile is not served.
+        decision.ads.retain(|ad| {
             let c = &ad.campaign;
-            if c.tier.is_paid() && c.budget.is_limited() {
-                state.delivery.reserve(&c.id, c.price_micros(), now);
-            }
+            !(c.tier.is_paid() && c.budget.is_limited()) || state.delivery.reserve_within_limits(c, now)
+        });
+        if decision.ads.is_empty() && decision.fill == Fill::Paid {
+            decision.fill = Fill::Empty;
+            decision.reason = Reason::BudgetExhausted;
         }
         let mut rng = rand::rng();
         let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();

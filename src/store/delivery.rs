@@ -287,12 +287,38 @@ impl Delivery {
         c
     }
 
-    /// Holds `price_micros` of `campaign`'s budget for an ad decided at `now` until its
-    /// impression is recorded (or the hold ends), so that concurrent breaks cannot all take the
-    /// last of a budget.
-    pub fn reserve(&self, campaign: &CampaignId, price_micros: i64, now: UnixMillis) {
+    /// Holds one impression's price of `campaign`'s budget for an ad decided at `now`, if it
+    /// still fits under every hard limit — checked and taken as one step under the campaign's
+    /// reservation lock, so that concurrent decisions (on a multi-thread runtime) cannot all
+    /// take the last of a budget that each saw free. False: the ad must not be served.
+    pub fn reserve_within_limits(&self, campaign: &Campaign, now: UnixMillis) -> bool {
+        // Lock order campaigns → reserved, as `count` takes them.
+        let counters = self.counters(&campaign.id, now);
+        let mut r = self.inner.reserved.entry(campaign.id.clone()).or_default();
+        let current = now.0.div_euclid(RESERVATION_HOLD_MS);
+        let (reserved_micros, reserved_impressions) = r
+            .buckets
+            .iter()
+            .filter(|b| b.slot == current || b.slot == current - 1)
+            .fold((0, 0), |(m, i), b| (m + b.micros, i + b.impressions));
+        let spend = Spend {
+            lifetime_micros: counters.spend_micros,
+            today_micros: counters.spend_today_micros,
+            impressions: counters.impressions,
+            reserved_micros,
+            reserved_impressions,
+        };
+        if !crate::decision::pacing::fits(campaign, &spend) {
+            return false;
+        }
+        Self::add_reservation(&mut r, campaign.price_micros(), now);
+        true
+    }
+
+    /// Holds `price_micros` in `r` for an ad decided at `now`, until its impression is recorded
+    /// (`release`) or the hold ends.
+    fn add_reservation(r: &mut Reservations, price_micros: i64, now: UnixMillis) {
         let slot = now.0.div_euclid(RESERVATION_HOLD_MS);
-        let mut r = self.inner.reserved.entry(campaign.clone()).or_default();
         let bucket = &mut r.buckets[slot.rem_euclid(2) as usize];
         if bucket.slot != slot {
             *bucket = ReservationBucket { slot, micros: 0, impressions: 0 };
@@ -455,5 +481,24 @@ impl SpendView for SpendAt<'_> {
             reserved_micros,
             reserved_impressions,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Budget, Tier};
+
+    #[test]
+    fn a_reservation_is_taken_only_while_the_budget_has_room_for_it() {
+        let mut c = crate::decision::tests::campaign("last-one", "adv", Tier::Standard, 10);
+        // Room for two impressions at $10 CPM (10,000 micros each).
+        c.budget = Budget { lifetime_micros: 20_000, ..Budget::default() };
+        let delivery = Delivery::new(Duration::from_secs(3600));
+        let now = UnixMillis(1_795_435_200_000);
+        assert!(delivery.reserve_within_limits(&c, now));
+        assert!(delivery.reserve_within_limits(&c, now));
+        assert!(!delivery.reserve_within_limits(&c, now), "the third decision finds the budget taken");
+        assert_eq!(delivery.reserved(&c.id, now), (20_000, 2));
     }
 }
