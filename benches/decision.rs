@@ -79,13 +79,7 @@ fn bench_decide(c: &mut Criterion) {
                             &mut rng,
                         );
                         for ad in d.ads {
-                            history.record_impression(ImpressionRecord {
-                                at,
-                                campaign: ad.campaign.id.clone(),
-                                creative: ad.campaign.creatives[ad.creative].id.clone(),
-                                advertiser: ad.campaign.advertiser_id.clone(),
-                                categories: ad.campaign.categories.clone(),
-                            });
+                            history.record_impression(ImpressionRecord::of(&ad.campaign, ad.creative, at));
                         }
                     }
                     history

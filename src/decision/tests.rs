@@ -711,15 +711,8 @@ fn ad_load_bounds_the_break_being_decided_and_counts_ads_not_yet_heard() {
     assert_eq!(decided.ads.len(), 3);
     // The player fetched that break but has not played it yet: the next break is empty.
     for (i, ad) in decided.ads.iter().enumerate() {
-        let c = &ad.campaign;
-        let record = ImpressionRecord {
-            at: f.now,
-            campaign: c.id.clone(),
-            creative: c.creatives[ad.creative].id.clone(),
-            advertiser: c.advertiser_id.clone(),
-            categories: c.categories.clone(),
-        };
-        f.history.hold(crate::domain::AdId(i as u128), record);
+        f.history
+            .hold(crate::domain::AdId(i as u128), ImpressionRecord::of(&ad.campaign, ad.creative, f.now));
     }
     check(&f, &[], Reason::AdLoadLimit);
     // Holds end: a player that never played them gives the places back.
@@ -734,14 +727,7 @@ fn a_frequency_cap_counts_an_ad_decided_ahead_of_its_impression() {
         vec![FrequencyCap { scope: CapScope::Campaign, max_impressions: 1, window_ms: Some(DAY_MS) }];
     let mut f = fixture().taste(&[(JAZZ, 10)]).with(capped).with(genre_campaign("other", "o", 10, &[JAZZ]));
     check(&f, &["capped"], Reason::Served);
-    let c = f.campaigns[0].clone();
-    let record = ImpressionRecord {
-        at: f.now,
-        campaign: c.id.clone(),
-        creative: c.creatives[0].id.clone(),
-        advertiser: c.advertiser_id.clone(),
-        categories: c.categories.clone(),
-    };
+    let record = ImpressionRecord::of(&f.campaigns[0], 0, f.now);
     f.history.hold(crate::domain::AdId(7), record);
     check(&f, &["other"], Reason::Served);
     assert_eq!(f.rejected_by("capped"), Some(Rule::FrequencyCap));

@@ -29,6 +29,19 @@ pub struct ImpressionRecord {
     pub categories: Arc<[Category]>,
 }
 
+impl ImpressionRecord {
+    /// The impression of `campaign`'s creative number `creative` at `at`.
+    pub fn of(campaign: &super::Campaign, creative: usize, at: UnixMillis) -> Self {
+        Self {
+            at,
+            campaign: campaign.id.clone(),
+            creative: campaign.creatives[creative].id.clone(),
+            advertiser: campaign.advertiser_id.clone(),
+            categories: campaign.categories.clone(),
+        }
+    }
+}
+
 /// What a "not for me" suppresses.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum SuppressionTarget {

@@ -201,8 +201,7 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        let admin_only = (self.policy)(method) == Role::Admin;
+        let admin_only = (self.policy)(super::method_of(request.uri())) == Role::Admin;
         let token = bearer_of(request.headers().get("authorization").map(|v| v.as_bytes()));
         match token.and_then(|token| self.auth.identify(token, admin_only)) {
             Ok((role, token_id)) => {

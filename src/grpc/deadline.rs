@@ -63,8 +63,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let method = request.uri().path().rsplit('/').next().unwrap_or_default();
-        let timeout = (!(self.layer.streams)(method)).then_some(self.layer.timeout);
+        let timeout = (!(self.layer.streams)(super::method_of(request.uri()))).then_some(self.layer.timeout);
         Bounded {
             future: self.inner.call(request),
             sleep: timeout.map(tokio::time::sleep),

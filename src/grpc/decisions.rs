@@ -122,17 +122,11 @@ impl DecisionService {
             // Until their impressions arrive, the break's ads count against ad load and caps.
             state.delivery.hold(
                 key,
-                decision.ads.iter().zip(&ad_ids).map(|(ad, &id)| {
-                    let c = &ad.campaign;
-                    let record = ImpressionRecord {
-                        at: now,
-                        campaign: c.id.clone(),
-                        creative: c.creatives[ad.creative].id.clone(),
-                        advertiser: c.advertiser_id.clone(),
-                        categories: c.categories.clone(),
-                    };
-                    (id, record)
-                }),
+                decision
+                    .ads
+                    .iter()
+                    .zip(&ad_ids)
+                    .map(|(ad, &id)| (id, ImpressionRecord::of(&ad.campaign, ad.creative, now))),
             );
         }
         self.outcomes.record(

@@ -26,6 +26,12 @@ pub mod pb {
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("interlude_descriptor");
 }
 
+/// The method a gRPC request calls: the last segment of its path ("/pkg.Service/Method"), as
+/// the per-service layers (roles, deadlines) look it up.
+pub fn method_of(uri: &http::Uri) -> &str {
+    uri.path().rsplit('/').next().unwrap_or_default()
+}
+
 /// The wall clock, read once per request at the edge; the engine gets it as a value.
 pub fn now() -> UnixMillis {
     let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -242,13 +242,7 @@ impl Delivery {
         let c = &event.campaign;
         match event.kind {
             EventKind::Impression => {
-                let record = ImpressionRecord {
-                    at: event.at,
-                    campaign: c.id.clone(),
-                    creative: c.creatives[event.creative_index].id.clone(),
-                    advertiser: c.advertiser_id.clone(),
-                    categories: c.categories.clone(),
-                };
+                let record = ImpressionRecord::of(c, event.creative_index, event.at);
                 self.history_mut(key).record_impression_of(event.ad, record);
             }
             EventKind::NotForMe => {
