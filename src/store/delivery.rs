@@ -107,6 +107,17 @@ struct Reservations {
     buckets: [ReservationBucket; 2],
 }
 
+impl Reservations {
+    /// What is held at `now`: (micros, impressions) of this hold period and the last.
+    fn held_at(&self, now: UnixMillis) -> (i64, u64) {
+        let current = now.0.div_euclid(RESERVATION_HOLD_MS);
+        self.buckets
+            .iter()
+            .filter(|b| b.slot == current || b.slot == current - 1)
+            .fold((0, 0), |(m, i), b| (m + b.micros, i + b.impressions))
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct ReservationBucket {
     /// `time / RESERVATION_HOLD_MS` of the ads in it.
@@ -289,12 +300,7 @@ impl Delivery {
         // Lock order campaigns → reserved, as `count` takes them.
         let counters = self.counters(&campaign.id, now);
         let mut r = self.inner.reserved.entry(campaign.id.clone()).or_default();
-        let current = now.0.div_euclid(RESERVATION_HOLD_MS);
-        let (reserved_micros, reserved_impressions) = r
-            .buckets
-            .iter()
-            .filter(|b| b.slot == current || b.slot == current - 1)
-            .fold((0, 0), |(m, i), b| (m + b.micros, i + b.impressions));
+        let (reserved_micros, reserved_impressions) = r.held_at(now);
         let spend = Spend {
             lifetime_micros: counters.spend_micros,
             today_micros: counters.spend_today_micros,
@@ -335,13 +341,7 @@ impl Delivery {
 
     /// What `campaign` holds in reservations at `now`: (micros, impressions).
     pub fn reserved(&self, campaign: &CampaignId, now: UnixMillis) -> (i64, u64) {
-        let current = now.0.div_euclid(RESERVATION_HOLD_MS);
-        self.inner.reserved.get(campaign).map_or((0, 0), |r| {
-            r.buckets
-                .iter()
-                .filter(|b| b.slot == current || b.slot == current - 1)
-                .fold((0, 0), |(m, i), b| (m + b.micros, i + b.impressions))
-        })
+        self.inner.reserved.get(campaign).map_or((0, 0), |r| r.held_at(now))
     }
 
     /// Spend as of `now`, for the engine's budget checks.
