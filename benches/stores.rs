@@ -94,7 +94,7 @@ fn probe_cached() {
         }
     }
     let before = resident_bytes();
-    let listeners = Listeners::cached(Durable::profile_reader(&dir), CACHE_MIB << 20, LISTENERS);
+    let listeners = Listeners::cached(Durable::reader(&dir), CACHE_MIB << 20, LISTENERS);
     for i in 0..LISTENERS {
         let profile: Option<Arc<ListenerProfile>> = listeners.get(&id_of(i)).expect("read");
         assert!(profile.is_some_and(|p| p.member("").is_some_and(|t| t.genres.len() == 10)));

@@ -70,6 +70,8 @@ pub const DEFAULT_MAX_PENDING_RESET_STREAMS: usize = 20;
 pub const DEFAULT_DATA_DIR: &str = "interlude-data";
 /// Default memory budget of the listener profile cache (with a data directory), MiB.
 pub const DEFAULT_PROFILE_CACHE_MIB: u64 = 256;
+/// Default memory budget of the delivery-history cache over the store, MiB.
+pub const DEFAULT_HISTORY_CACHE_MIB: u64 = 256;
 /// Default log filter (tracing-subscriber `EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 /// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
@@ -98,6 +100,8 @@ pub struct Config {
     /// Memory budget of the listener profile cache over the store, bytes (without a store,
     /// every profile is resident).
     pub profile_cache_bytes: u64,
+    /// Memory budget of the delivery-history cache over the store (with a data dir).
+    pub history_cache_bytes: u64,
     /// Bearer token of the admin RPCs; None = one is generated at start (loopback only).
     pub admin_token: Option<Secret>,
     /// Bearer token of the decision RPCs; None = they are open (loopback only, or to clients
@@ -310,6 +314,9 @@ settings! {
     /// Memory budget of the listener profile cache over the store, MiB; the rest of the profiles
     /// stay on disk [default: 256].
     profile_cache_mib: u64,
+    /// Memory budget of the delivery-history cache over the store, MiB; the histories of
+    /// listeners not heard from lately stay on disk [default: 256].
+    history_cache_mib: u64,
     /// Bearer token of the admin RPCs, at least 20 characters [default: random per process, logged
     /// once; required off loopback].
     admin_token: String,
@@ -498,6 +505,10 @@ impl Settings {
         if !(1..=1 << 20).contains(&profile_cache_mib) {
             return Err(invalid("profile_cache_mib", "must be within [1, 1048576]"));
         }
+        let history_cache_mib = self.history_cache_mib.unwrap_or(DEFAULT_HISTORY_CACHE_MIB);
+        if !(1..=1 << 20).contains(&history_cache_mib) {
+            return Err(invalid("history_cache_mib", "must be within [1, 1048576]"));
+        }
         let token = |field: &'static str, value: Option<String>| match value {
             Some(t) if t.chars().count() < MIN_TOKEN_CHARS || t.chars().any(|c| !c.is_ascii_graphic()) => {
                 Err(invalid(field, "must be at least 20 printable ASCII characters, no spaces"))
@@ -573,6 +584,7 @@ impl Settings {
             limits,
             data_dir,
             profile_cache_bytes: profile_cache_mib << 20,
+            history_cache_bytes: history_cache_mib << 20,
             admin_token,
             decision_token,
             tls,

@@ -1,12 +1,12 @@
 //! The built-in demo catalog: advertisers across music genres, house ads and a few listeners, so
 //! that `cargo run --release` answers a realistic Decide at once.
 
-use crate::app::AppState;
 use crate::domain::{
     AgeBracket, Budget, Campaign, CampaignStatus, CapScope, Category, ConsentState, Creative, DAY_MS,
     Daypart, DeviceType, FrequencyCap, GeoLocation, HOUR_MS, Milestone, Signal, SignalRequirement, Targeting,
     Tier, UnixMillis,
 };
+use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::listeners::Play;
 

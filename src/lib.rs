@@ -14,6 +14,7 @@ pub mod domain;
 pub mod grpc;
 pub mod net;
 pub mod signal;
+pub mod state;
 pub mod store;
 pub mod synth;
 pub mod telemetry;

@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::*;
 use interlude::config::Config;
@@ -513,5 +514,133 @@ async fn a_data_directory_of_the_previous_format_opens_and_is_migrated() {
     drop(db);
     let refused = interlude::app::AppState::open(&durable_config(&dir), interlude::grpc::now()).unwrap_err();
     assert!(refused.to_string().contains("newer Interlude"), "{refused}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn caps_hold_for_histories_evicted_from_the_cache_and_after_a_restart() {
+    let dir = data_dir("tiny-history-cache");
+    // Room for a few accounts' histories: most are evicted and read back from the store.
+    let config = || Config { history_cache_bytes: 3_000, ..durable_config(&dir) };
+    let server = start_server_with(config()).await;
+    server
+        .upsert([capped_once("jazz-once", "a", "jazz"), genre_campaign("jazz-more", "b", 5, &["jazz"])])
+        .await;
+    let listeners = 40;
+    for i in 0..listeners {
+        let id = format!("h{i}");
+        server.listener(&id, |_| {}).await;
+        server.plays(&id, "", &[("jazz", 20)]).await;
+        let first = server.decide(break_for(&id)).await;
+        assert_eq!(served(&first), ["jazz-once"], "listener {i}");
+        server.record_impressions(&first, &format!("first-{i}")).await;
+    }
+    let resident = server.state.delivery.resident_histories();
+    assert!(resident < listeners, "the cache holds {resident} of {listeners} accounts: nothing was evicted");
+    let check = async |server: &TestServer, round: &str| {
+        for i in 0..listeners {
+            let decided = server.decide(break_for(&format!("h{i}"))).await;
+            assert_eq!(served(&decided), ["jazz-more"], "{round}: listener {i} is capped");
+        }
+    };
+    check(&server, "evicted").await;
+    server.stop().await;
+    // Histories are not read back at start: each is loaded when its listener comes back.
+    let server = start_server_with(config()).await;
+    assert_eq!(server.state.delivery.resident_histories(), 0);
+    check(&server, "after a restart").await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A profile source that holds the load of listener "slow" until the test releases it.
+#[derive(Debug)]
+struct Gate {
+    store: std::sync::Arc<interlude::store::durable::StoreReader>,
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    released_by_the_test: std::sync::atomic::AtomicBool,
+}
+
+impl interlude::store::listeners::ProfileSource for Gate {
+    fn load(
+        &self,
+        id: &str,
+    ) -> Result<Option<interlude::domain::ListenerProfile>, interlude::store::StoreError> {
+        if id == "slow" {
+            self.entered.lock().unwrap().send(()).unwrap();
+            // Bounded: a server that blocks its runtime on this read must fail the test, not hang it.
+            let released = self.release.lock().unwrap().recv_timeout(Duration::from_secs(10)).is_ok();
+            self.released_by_the_test.store(released, std::sync::atomic::Ordering::SeqCst);
+        }
+        interlude::store::listeners::ProfileSource::load(&*self.store, id)
+    }
+}
+
+#[tokio::test]
+async fn a_profile_read_from_the_store_does_not_stall_other_rpcs() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let dir = data_dir("off-runtime");
+    let mut config = durable_config(&dir);
+    config.admin_token = Some(interlude::config::Secret(ADMIN_TOKEN.into()));
+    let (mut state, _) = interlude::app::AppState::open(&config, interlude::grpc::now()).unwrap();
+    let (entered_tx, entered) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let gate = std::sync::Arc::new(Gate {
+        store: interlude::store::durable::Durable::reader(&dir),
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+        released_by_the_test: std::sync::atomic::AtomicBool::new(false),
+    });
+    state.listeners = interlude::store::Listeners::cached(gate.clone(), 1 << 20, 0);
+    let server = serve_state(config, state).await;
+    let mut decisions = server.decisions();
+    let decided = tokio::spawn(async move { decisions.decide(break_for("slow")).await });
+    tokio::task::spawn_blocking(move || entered.recv_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+        .expect("the Decide reads the profile of \"slow\"");
+    // While that read is held, the server's (current-thread) runtime still answers.
+    let health = HealthClient::new(server.channel.clone())
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health answers during the read");
+    assert_eq!(health.get_ref().status, 1, "SERVING");
+    release.send(()).unwrap();
+    let response = decided.await.unwrap().expect("the Decide completes once the read does");
+    assert!(
+        gate.released_by_the_test.load(std::sync::atomic::Ordering::SeqCst),
+        "the read was released by the test after health answered, not by its own timeout"
+    );
+    assert_eq!(response.get_ref().fill, pb::Fill::Empty as i32, "no campaigns, no house ad");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn counted_event_ids_leave_the_store_while_it_serves_once_every_token_is_past() {
+    let dir = data_dir("upkeep");
+    let server = start_server_with(durable_config(&dir)).await;
+    server.upsert([genre_campaign("jazz-ad", "a", 10, &["jazz"])]).await;
+    server.listener("purged", |_| {}).await;
+    server.plays("purged", "", &[("jazz", 20)]).await;
+    let decided = server.decide(break_for("purged")).await;
+    server.record_impressions(&decided, "purge").await;
+    let rows = || {
+        let db = rusqlite::Connection::open_with_flags(
+            dir.join(interlude::store::durable::DB_FILE),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("SELECT count(*) FROM ad_events", [], |row| row.get::<_, i64>(0)).unwrap()
+    };
+    assert_eq!(rows(), 1, "the impression's event id is stored");
+    let now = interlude::grpc::now();
+    server.state.upkeep(now).await.unwrap();
+    assert_eq!(rows(), 1, "a live token's event id stays");
+    let window = server.state.dedupe_window.as_millis() as i64;
+    server.state.upkeep(interlude::domain::UnixMillis(now.0 + window + 1_000)).await.unwrap();
+    assert_eq!(rows(), 0, "purged while serving, not only at the next start");
+    server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -290,6 +290,24 @@ impl DeliveryHistory {
     pub fn is_blank(&self) -> bool {
         self.is_empty() && self.pending.is_empty()
     }
+
+    /// Whether nothing is recorded and nothing is still held at `now`.
+    pub fn is_idle_at(&self, now: UnixMillis) -> bool {
+        self.is_empty() && self.pending_at(now).next().is_none()
+    }
+
+    /// Roughly the bytes this history occupies, for the history cache's weigher: each record's
+    /// ids count as allocations of their own (as they are when read back from the store).
+    pub fn approx_bytes(&self) -> usize {
+        use std::mem::size_of;
+        const IDS: usize = 4 * 32;
+        size_of::<Self>()
+            + self.recent.len() * (size_of::<ImpressionRecord>() + IDS)
+            + self.lifetime.len() * (size_of::<(LifetimeKey, u32)>() + 48)
+            + self.overflow.len() * (size_of::<DayCount>() + 48)
+            + self.suppressions.len() * (size_of::<Suppression>() + 32)
+            + self.pending.len() * (size_of::<PendingAd>() + IDS)
+    }
 }
 
 fn held(p: &PendingAd, now: UnixMillis) -> bool {

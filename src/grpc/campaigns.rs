@@ -5,10 +5,10 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, AUDIT, Caller};
 use super::pb::campaign_service_server::CampaignService;
 use super::{convert, now, observe, pb, rpc_metrics};
-use crate::app::AppState;
 use crate::decision::SpendView as _;
 use crate::decision::pacing::{self, PaceStatus};
 use crate::domain::CampaignStatus;
+use crate::state::AppState;
 use crate::store::durable::Change;
 use crate::telemetry;
 
@@ -31,14 +31,16 @@ impl CampaignAdmin {
         status: CampaignStatus,
     ) -> Result<pb::Campaign, Status> {
         convert::campaign_id("campaign_id", id)?;
-        let campaign = self
+        let (campaign, version) = self
             .state
             .write(|| {
-                let c = self.state.catalog.set_status(id, status, now()).map_err(Status::from)?;
+                let (c, version) =
+                    self.state.catalog.stage_status(id, status, now()).map_err(Status::from)?;
                 let changes = vec![Change::Campaign(c.clone())];
-                Ok::<_, Status>((c, changes))
+                Ok::<_, Status>(((c, version), changes))
             })
             .await?;
+        self.state.publish_catalog(version).await?;
         tracing::info!(target: AUDIT, token_id = %caller.token_id, campaign_id = %campaign.id, status = ?status, "campaign status changed");
         Ok(convert::campaign_to_proto(&campaign, &self.state.vocabulary))
     }
@@ -53,14 +55,15 @@ impl CampaignService for CampaignAdmin {
         observe(rpc_metrics!("UpsertCampaign"), async {
             let caller = auth::caller(&request)?;
             let campaign = convert::campaign(request.get_ref().campaign.as_ref(), &self.state.vocabulary)?;
-            let (campaign, created) = self
+            let ((campaign, created), version) = self
                 .state
                 .write(|| {
-                    let (c, created) = self.state.catalog.upsert(campaign, now()).map_err(Status::from)?;
-                    let changes = vec![Change::Campaign(c.clone())];
-                    Ok::<_, Status>(((c, created), changes))
+                    let (staged, version) = self.state.catalog.stage(campaign, now()).map_err(Status::from)?;
+                    let changes = vec![Change::Campaign(staged.0.clone())];
+                    Ok::<_, Status>(((staged, version), changes))
                 })
                 .await?;
+            self.state.publish_catalog(version).await?;
             telemetry::record_campaigns(self.state.catalog.snapshot().len());
             tracing::info!(target: AUDIT, token_id = %caller.token_id, campaign_id = %campaign.id, created, "campaign upserted");
             Ok(pb::UpsertCampaignResponse {

@@ -9,9 +9,9 @@ use super::auth::{AuthError, Role};
 use super::pb::ad_decision_service_server::AdDecisionService;
 use super::status::InvalidRequest;
 use super::{code_of, convert, now, pb, rpc_metrics};
-use crate::app::AppState;
 use crate::decision::{self, Decision, Fill, Listener, Reason};
 use crate::domain::{AdId, CampaignId, ImpressionRecord, ListenerId, Tier, UnixMillis};
+use crate::state::AppState;
 use crate::store::delivery::{CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
 use crate::store::durable::Change;
 use crate::telemetry;
@@ -102,7 +102,7 @@ impl DecisionService {
             };
             let spend = state.delivery.spend_at(now);
             decision::decide(&snapshot, listener, &request, &state.policy, &spend, now, &mut rand::rng())
-        });
+        })?;
         // The engine saw each budget free; taking its share is checked again, atomically per
         // campaign, so that decisions running at once on several threads cannot all take the
         // last of it. An ad whose budget went meanwhile is not served.
@@ -127,7 +127,7 @@ impl DecisionService {
                     .iter()
                     .zip(&ad_ids)
                     .map(|(ad, &id)| (id, ImpressionRecord::of(&ad.campaign, ad.creative, now))),
-            );
+            )?;
         }
         self.outcomes.record(
             decision.fill as usize,
@@ -298,6 +298,11 @@ impl DecisionService {
         if verified.is_empty() {
             errors.into_result()?;
         }
+        // The histories these events change stay in memory until their commit (read from the
+        // store off the runtime's thread when they are not there).
+        let pins = state
+            .pin_histories(verified.iter().filter_map(|e| e.history.as_ref().map(|k| k.listener.clone())))
+            .await?;
         let applied = state
             .write(|| {
                 let applied = state.delivery.apply(&verified, state.suppression);
@@ -336,6 +341,7 @@ impl DecisionService {
                 Ok::<_, Status>((applied, changes))
             })
             .await?;
+        drop(pins);
         let replays = applied.outcomes.iter().filter(|&&o| o == EventOutcome::AlreadyCounted).count() as u32;
         telemetry::record_events(applied.accepted, applied.duplicates - replays, replays);
         let mut outcomes = vec![pb::EventOutcome::Rejected as i32; events.len()];
@@ -358,12 +364,24 @@ impl AdDecisionService for DecisionService {
         request: Request<pb::DecideRequest>,
     ) -> Result<Response<pb::DecideResponse>, Status> {
         let started = Instant::now();
-        let result = self.admit(&request).and_then(|role| {
-            if request.get_ref().explain {
-                self.admit_explain(role)?;
+        let result = match self.admit(&request) {
+            Ok(role) => {
+                let req = request.get_ref();
+                // With a store, a listener not in memory is read off the runtime's thread first.
+                let warmed = if self.state.persists() {
+                    self.state.warm(&req.listener_id).await.map_err(Status::from)
+                } else {
+                    Ok(())
+                };
+                warmed.and_then(|()| {
+                    if req.explain {
+                        self.admit_explain(role)?;
+                    }
+                    DecisionService::decide(self, req)
+                })
             }
-            DecisionService::decide(self, request.get_ref())
-        });
+            Err(status) => Err(status),
+        };
         rpc_metrics!("Decide").record(code_of(&result), started.elapsed());
         result.map(Response::new)
     }

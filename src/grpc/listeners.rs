@@ -6,8 +6,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::{self, AUDIT};
 use super::pb::listener_service_server::ListenerService;
 use super::{code_of, convert, now, observe, pb, rpc_metrics};
-use crate::app::AppState;
 use crate::domain::{ConsentState, ListenerProfile};
+use crate::state::AppState;
 use crate::store::durable::Change;
 use crate::telemetry;
 
@@ -73,6 +73,7 @@ impl ListenerAdmin {
                 }
                 index += 1;
             }
+            self.state.warm_profiles(plays.iter().map(|p| &*p.listener)).await?;
             let counted = self
                 .state
                 .write(|| {
@@ -133,6 +134,7 @@ impl ListenerService for ListenerAdmin {
             let caller = auth::caller(&request)?;
             let now = now();
             let update = convert::listener_update(request.get_ref().listener.as_ref(), now)?;
+            self.state.warm_profiles([update.listener_id.as_str()]).await?;
             let (profile, created) = self
                 .state
                 .write(|| {
@@ -178,6 +180,7 @@ impl ListenerService for ListenerAdmin {
             auth::caller(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
+            self.state.warm_profiles([id.as_str()]).await?;
             let profile = self
                 .state
                 .listeners
@@ -196,6 +199,7 @@ impl ListenerService for ListenerAdmin {
             let caller = auth::caller(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
+            let pins = self.state.pin_histories([self.state.listeners.canonical(id)]).await?;
             let canonical = self
                 .state
                 .write(|| {
@@ -210,6 +214,7 @@ impl ListenerService for ListenerAdmin {
                     Ok::<_, Status>((canonical, changes))
                 })
                 .await?;
+            drop(pins);
             tracing::info!(target: AUDIT, token_id = %caller.token_id, listener_id = %canonical, "listener forgotten");
             Ok(pb::ForgetListenerResponse {})
         })
@@ -230,6 +235,7 @@ impl ListenerService for ListenerAdmin {
                 }
             }
             errors.into_result()?;
+            self.state.warm_profiles([req.listener_id.as_str(), req.alias.as_str()]).await?;
             let profile = self
                 .state
                 .write(|| {
@@ -262,6 +268,9 @@ impl ListenerService for ListenerAdmin {
                 }
             }
             errors.into_result()?;
+            let ids = [&req.into_listener_id, &req.from_listener_id];
+            self.state.warm_profiles(ids.map(String::as_str)).await?;
+            let pins = self.state.pin_histories(ids.map(|id| self.state.listeners.canonical(id))).await?;
             let (profile, from) = self
                 .state
                 .write(|| {
@@ -282,6 +291,7 @@ impl ListenerService for ListenerAdmin {
                     Ok::<_, Status>(((profile, from), changes))
                 })
                 .await?;
+            drop(pins);
             tracing::info!(target: AUDIT, token_id = %caller.token_id, listener_id = %profile.id, merged = %from, "listeners merged");
             Ok(pb::MergeListenersResponse { listener: Some(self.to_proto(&profile)) })
         })

@@ -27,6 +27,14 @@ struct Inner {
     published: Mutex<u64>,
 }
 
+/// A campaign as written, and whether it was new.
+pub type Upserted = (Arc<Campaign>, bool);
+
+/// A change of the catalog, by its place in the order of changes (`stage_all`, `publish`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[must_use = "a staged change is not served until it is published"]
+pub struct Version(u64);
+
 #[derive(Debug, Default)]
 struct Campaigns {
     map: BTreeMap<CampaignId, Arc<Campaign>>,
@@ -60,6 +68,19 @@ impl Catalog {
         campaigns: Vec<Campaign>,
         now: UnixMillis,
     ) -> Result<Vec<(Arc<Campaign>, bool)>, StoreError> {
+        let (out, version) = self.stage_all(campaigns, now)?;
+        self.publish(version);
+        Ok(out)
+    }
+
+    /// Changes the campaigns as `upsert_all` does without publishing the change: decisions see
+    /// it once `publish(version)` returns (the rebuild costs time proportional to the
+    /// catalog, so the server runs it off the runtime's thread).
+    pub fn stage_all(
+        &self,
+        campaigns: Vec<Campaign>,
+        now: UnixMillis,
+    ) -> Result<(Vec<Upserted>, Version), StoreError> {
         let mut guard = self.lock();
         let map = &mut guard.map;
         for c in &campaigns {
@@ -82,10 +103,7 @@ impl Catalog {
             out.push((c, created));
         }
         guard.version += 1;
-        let version = guard.version;
-        drop(guard);
-        self.publish(version);
-        Ok(out)
+        Ok((out, Version(guard.version)))
     }
 
     /// Puts back campaigns read from the durable store, exactly as stored.
@@ -95,9 +113,20 @@ impl Catalog {
             guard.map.insert(c.id.clone(), Arc::new(c));
         }
         guard.version += 1;
-        let version = guard.version;
+        let version = Version(guard.version);
         drop(guard);
         self.publish(version);
+    }
+
+    /// Inserts or replaces one campaign, unpublished (see `stage_all`).
+    pub fn stage(
+        &self,
+        campaign: Campaign,
+        now: UnixMillis,
+    ) -> Result<((Arc<Campaign>, bool), Version), StoreError> {
+        let (mut out, version) = self.stage_all(vec![campaign], now)?;
+        // stage_all returns one entry per input campaign.
+        Ok((out.remove(0), version))
     }
 
     /// Inserts or replaces one campaign (see `upsert_all`).
@@ -136,19 +165,19 @@ impl Catalog {
         (page, more)
     }
 
-    /// Pauses, resumes or archives a campaign. Archived is final.
-    pub fn set_status(
+    /// Pauses, resumes or archives a campaign, unpublished (see `stage_all`). Archived is final.
+    pub fn stage_status(
         &self,
         id: &str,
         status: CampaignStatus,
         now: UnixMillis,
-    ) -> Result<Arc<Campaign>, StoreError> {
+    ) -> Result<(Arc<Campaign>, Version), StoreError> {
         let mut guard = self.lock();
         let old =
             guard.map.get(id).ok_or_else(|| StoreError::NotFound { kind: "campaign", id: id.to_owned() })?;
         if old.status == CampaignStatus::Archived {
             if status == CampaignStatus::Archived {
-                return Ok(old.clone());
+                return Ok((old.clone(), Version(0)));
             }
             return Err(StoreError::Archived(id.to_owned()));
         }
@@ -158,15 +187,24 @@ impl Catalog {
         let c = Arc::new(c);
         guard.map.insert(c.id.clone(), c.clone());
         guard.version += 1;
-        let version = guard.version;
-        drop(guard);
+        Ok((c, Version(guard.version)))
+    }
+
+    /// Pauses, resumes or archives a campaign, published (see `stage_status`).
+    pub fn set_status(
+        &self,
+        id: &str,
+        status: CampaignStatus,
+        now: UnixMillis,
+    ) -> Result<Arc<Campaign>, StoreError> {
+        let (c, version) = self.stage_status(id, status, now)?;
         self.publish(version);
         Ok(c)
     }
 
     /// Returns once a snapshot containing change `version` is published: the caller's write is
-    /// visible to every decision that starts afterwards.
-    fn publish(&self, version: u64) {
+    /// visible to every decision that starts afterwards. Concurrent writers share one rebuild.
+    pub fn publish(&self, Version(version): Version) {
         // Poisoning only means a rebuild panicked; the published version is still accurate.
         let mut published = self.inner.published.lock().unwrap_or_else(|e| e.into_inner());
         if *published >= version {

@@ -5,7 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::FastMap;
+use super::histories::{Histories, Pins};
+use super::{FastMap, StoreError};
 
 use crate::decision::{Spend, SpendView};
 use crate::domain::history::SuppressionTarget;
@@ -74,10 +75,7 @@ pub struct Delivery {
 
 #[derive(Debug)]
 struct Inner {
-    histories: FastMap<HistoryKey, DeliveryHistory>,
-    /// The members of each listener that have a history: the admin calls about one listener
-    /// (merge, erasure, persisting its histories) look up its own, not every history.
-    members_of: FastMap<ListenerId, Vec<Box<str>>>,
+    histories: Histories,
     campaigns: FastMap<CampaignId, CampaignCounters>,
     /// The events counted, by ad and kind, with the event id that counted: kept as long as a
     /// token can be valid (an event whose token expired is rejected anyway, so an older one can
@@ -160,12 +158,17 @@ static EMPTY_HISTORY: std::sync::LazyLock<DeliveryHistory> =
     std::sync::LazyLock::new(DeliveryHistory::default);
 
 impl Delivery {
-    /// A store that remembers event ids for `dedupe_window` (at least the token lifetime).
+    /// A store that remembers event ids for `dedupe_window` (at least the token lifetime),
+    /// with every history resident.
     pub fn new(dedupe_window: Duration) -> Self {
+        Self::with_histories(dedupe_window, Histories::default())
+    }
+
+    /// A store over `histories` (resident, or a cache over the durable store).
+    pub fn with_histories(dedupe_window: Duration, histories: Histories) -> Self {
         Self {
             inner: Arc::new(Inner {
-                histories: FastMap::default(),
-                members_of: FastMap::default(),
+                histories,
                 campaigns: FastMap::default(),
                 counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
@@ -177,17 +180,53 @@ impl Delivery {
         }
     }
 
-    /// Runs `f` with the history of `key` (an empty one when unknown or anonymous). Holds a
-    /// shard read guard while `f` runs: `f` must be short and synchronous.
-    pub fn with_history<R>(&self, key: Option<&HistoryKey>, f: impl FnOnce(&DeliveryHistory) -> R) -> R {
-        match key.and_then(|k| self.inner.histories.get(k)) {
-            Some(h) => f(&h),
-            None => f(&EMPTY_HISTORY),
+    /// Runs `f` with the history of `key` (an empty one when unknown or anonymous). Holds the
+    /// account's lock while `f` runs: `f` must be short and synchronous. A history not in
+    /// memory is read from the store on this thread (`is_resident`, `load`).
+    pub fn with_history<R>(
+        &self,
+        key: Option<&HistoryKey>,
+        f: impl FnOnce(&DeliveryHistory) -> R,
+    ) -> Result<R, StoreError> {
+        match key {
+            Some(k) => self
+                .inner
+                .histories
+                .read(&k.listener, |h| f(h.and_then(|h| h.get(&k.member)).unwrap_or(&EMPTY_HISTORY))),
+            None => Ok(f(&EMPTY_HISTORY)),
         }
     }
 
+    /// Whether the histories of `listener` are in memory.
+    pub fn is_resident(&self, listener: &ListenerId) -> bool {
+        self.inner.histories.is_resident(listener)
+    }
+
+    /// Brings the histories of `listener` into memory (reads the store: off the runtime).
+    pub fn load(&self, listener: &ListenerId) -> Result<(), StoreError> {
+        self.inner.histories.load(listener)
+    }
+
+    /// Pins the histories of `listeners` in memory until the returned pins drop: a write that
+    /// changes them (`apply`, `merge`, `forget`) holds them until it is committed. Reads the
+    /// store for those not in memory.
+    pub fn pin(&self, listeners: impl IntoIterator<Item = ListenerId>) -> Result<Pins, StoreError> {
+        Pins::new(&self.inner.histories, listeners)
+    }
+
+    /// Drops what can no longer matter (see `Histories::sweep`); returns how many accounts.
+    pub fn sweep(&self, now: UnixMillis) -> usize {
+        self.inner.histories.sweep(now)
+    }
+
+    /// Listener accounts whose histories are in memory.
+    pub fn resident_histories(&self) -> u64 {
+        self.inner.histories.resident_count()
+    }
+
     /// Applies each event unless its kind was already counted for its ad. `suppression` says
-    /// how long "not for me" lasts. Callers serialise batches (`AppState::write`).
+    /// how long "not for me" lasts. Callers serialise batches (`AppState::write`) and pin the
+    /// histories they touch (`pin`).
     pub fn apply(&self, events: &[VerifiedEvent], suppression: SuppressionPolicy) -> Applied {
         let mut out = Applied { outcomes: Vec::with_capacity(events.len()), ..Applied::default() };
         for event in events {
@@ -254,10 +293,12 @@ impl Delivery {
         match event.kind {
             EventKind::Impression => {
                 let record = ImpressionRecord::of(c, event.creative_index, event.at);
-                self.history_mut(key).record_impression_of(event.ad, record);
+                self.inner.histories.update(&key.listener, |h| {
+                    h.get_mut(&key.member).record_impression_of(event.ad, record);
+                });
             }
-            EventKind::NotForMe => {
-                let mut history = self.history_mut(key);
+            EventKind::NotForMe => self.inner.histories.update(&key.listener, |h| {
+                let history = h.get_mut(&key.member);
                 let until = UnixMillis(event.at.0 + suppression.advertiser_ms);
                 history.suppress(SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id)), until);
                 if suppression.category_ms > 0 {
@@ -266,7 +307,7 @@ impl Delivery {
                         history.suppress(SuppressionTarget::Category(category.clone()), until);
                     }
                 }
-            }
+            }),
             EventKind::Click | EventKind::Complete | EventKind::Skip => {}
         }
     }
@@ -274,11 +315,17 @@ impl Delivery {
     /// Holds a place in `key`'s history for each ad decided for it at `now`, until the ad's
     /// impression arrives (`DeliveryHistory::hold`): ad load and caps count a break fetched
     /// ahead of playing it.
-    pub fn hold(&self, key: &HistoryKey, ads: impl IntoIterator<Item = (AdId, ImpressionRecord)>) {
-        let mut history = self.history_mut(key);
-        for (ad, record) in ads {
-            history.hold(ad, record);
-        }
+    pub fn hold(
+        &self,
+        key: &HistoryKey,
+        ads: impl IntoIterator<Item = (AdId, ImpressionRecord)>,
+    ) -> Result<(), StoreError> {
+        self.inner.histories.update_unpersisted(&key.listener, |h| {
+            let history = h.get_mut(&key.member);
+            for (ad, record) in ads {
+                history.hold(ad, record);
+            }
+        })
     }
 
     /// Totals of one campaign, with the `*_today` figures as of `now`.
@@ -349,47 +396,42 @@ impl Delivery {
         SpendAt { delivery: self, now }
     }
 
-    /// The history of `key`, created (and indexed under its listener) when new.
-    fn history_mut(&self, key: &HistoryKey) -> dashmap::mapref::one::RefMut<'_, HistoryKey, DeliveryHistory> {
-        match self.inner.histories.entry(key.clone()) {
-            dashmap::Entry::Occupied(e) => e.into_ref(),
-            dashmap::Entry::Vacant(e) => {
-                self.inner.members_of.entry(key.listener.clone()).or_default().push(key.member.clone());
-                e.insert(DeliveryHistory::default())
-            }
-        }
-    }
-
-    /// The keys of `listener`'s histories.
-    fn keys_of(&self, listener: &ListenerId) -> Vec<HistoryKey> {
-        self.inner.members_of.get(listener).map_or_else(Vec::new, |members| {
-            members.iter().map(|m| HistoryKey { listener: listener.clone(), member: m.clone() }).collect()
-        })
-    }
-
-    /// Folds every history of `from` into the same member's history of `into`.
+    /// Folds every history of `from` into the same member's history of `into` (both pinned).
     pub fn merge(&self, from: &ListenerId, into: &ListenerId) {
-        let keys = self.keys_of(from);
-        self.inner.members_of.remove(from);
-        for key in keys {
-            if let Some((_, history)) = self.inner.histories.remove(&key) {
-                let target = HistoryKey { listener: into.clone(), member: key.member };
-                self.history_mut(&target).absorb(&history);
+        let taken = self.inner.histories.take(from);
+        self.inner.histories.update(into, |target| {
+            for (member, history) in taken.iter() {
+                target.get_mut(member).absorb(history);
             }
-        }
+        });
     }
 
-    /// A copy of one history, to persist it.
+    /// A copy of one history, to persist it (pinned: it is in memory).
     pub fn history(&self, key: &HistoryKey) -> Option<DeliveryHistory> {
-        self.inner.histories.get(key).map(|h| h.clone())
+        self.inner
+            .histories
+            .read(&key.listener, |h| h.and_then(|h| h.get(&key.member)).cloned())
+            .ok()
+            .flatten()
     }
 
-    /// Every history of `listener`, to persist them.
+    /// Every history of `listener`, to persist them (pinned: they are in memory).
     pub fn histories_of(&self, listener: &ListenerId) -> Vec<(HistoryKey, DeliveryHistory)> {
-        self.keys_of(listener)
-            .into_iter()
-            .filter_map(|key| self.inner.histories.get(&key).map(|h| (key.clone(), h.clone())))
-            .collect()
+        self.inner
+            .histories
+            .read(listener, |h| {
+                h.map_or_else(Vec::new, |h| {
+                    h.iter()
+                        .map(|(member, history)| {
+                            (
+                                HistoryKey { listener: listener.clone(), member: member.into() },
+                                history.clone(),
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .unwrap_or_default()
     }
 
     /// The stored counters of one campaign, to persist them.
@@ -401,16 +443,12 @@ impl Delivery {
     /// skipped: their tokens have expired, so they cannot come back.
     pub fn restore(
         &self,
-        histories: Vec<(HistoryKey, DeliveryHistory)>,
         counters: Vec<(CampaignId, CampaignCounters)>,
         events: Vec<CountedEvent>,
         legacy_events: Vec<(String, UnixMillis)>,
         window_ms: i64,
         now: UnixMillis,
     ) {
-        for (key, history) in histories {
-            *self.history_mut(&key) = history;
-        }
         for (id, c) in counters {
             self.inner.campaigns.insert(id, c);
         }
@@ -426,12 +464,9 @@ impl Delivery {
         }
     }
 
-    /// Drops every history of `listener` (erasure).
+    /// Drops every history of `listener` (erasure; pinned).
     pub fn forget(&self, listener: &ListenerId) {
-        for key in self.keys_of(listener) {
-            self.inner.histories.remove(&key);
-        }
-        self.inner.members_of.remove(listener);
+        drop(self.inner.histories.take(listener));
     }
 
     /// Whether the play of `fingerprint` (`TokenSigner::play_fingerprint`) is new, recording

@@ -7,8 +7,9 @@
 //! Rows hold the domain values as JSON: the schema is key → document, the documents are the
 //! types of `domain` (genres and artists as ids, with the vocabularies persisted beside them).
 //!
-//! Listener profiles are not read back at start: `ProfileReader` loads them on demand into the
-//! profile cache, through read-only connections (WAL lets them read beside the writer).
+//! Listener profiles and delivery histories are not read back at start: `StoreReader` loads
+//! them on demand into their caches, through read-only connections (WAL lets them read beside
+//! the writer).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
@@ -22,6 +23,7 @@ use crate::domain::{AdId, EventKind};
 use crate::domain::{Campaign, CampaignId, DeliveryHistory, ListenerId, ListenerProfile, UnixMillis};
 use crate::store::StoreError;
 use crate::store::delivery::{CampaignCounters, CountedEvent, HistoryKey};
+use crate::store::histories::HistorySource;
 use crate::store::listeners::ProfileSource;
 
 /// The SQLite file inside the data directory.
@@ -156,7 +158,6 @@ pub struct Recovered {
     /// How many listener profiles are stored (they are loaded on demand).
     pub listener_count: usize,
     pub aliases: Vec<(String, ListenerId)>,
-    pub histories: Vec<(HistoryKey, DeliveryHistory)>,
     pub counters: Vec<(CampaignId, CampaignCounters)>,
     pub events: Vec<CountedEvent>,
     /// Event ids stored before ad ids existed (the `events` table), still within their window.
@@ -265,9 +266,9 @@ impl Durable {
         }
     }
 
-    /// A reader of stored listener profiles, for the profile cache.
-    pub fn profile_reader(dir: &Path) -> Arc<ProfileReader> {
-        Arc::new(ProfileReader { path: dir.join(DB_FILE), idle: Mutex::new(Vec::new()) })
+    /// A reader of stored listener profiles and histories, for their caches.
+    pub fn reader(dir: &Path) -> Arc<StoreReader> {
+        Arc::new(StoreReader { path: dir.join(DB_FILE), idle: Mutex::new(Vec::new()) })
     }
 
     /// Resolves once the store refuses writes (after a failed commit); the server then reports
@@ -288,19 +289,23 @@ impl Durable {
 
 /// Reads stored listener profiles on demand. Connections are read-only and pooled: a read
 /// takes an idle one (or opens one) and puts it back, so readers never wait on each other.
-pub struct ProfileReader {
+pub struct StoreReader {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
 }
 
-impl std::fmt::Debug for ProfileReader {
+impl std::fmt::Debug for StoreReader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProfileReader").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("StoreReader").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
-impl ProfileReader {
-    fn read(&self, id: &str) -> Result<Option<ListenerProfile>, DurableError> {
+impl StoreReader {
+    /// Runs `f` on an idle connection (or a new one), then puts it back.
+    fn with_connection<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, DurableError>,
+    ) -> Result<T, DurableError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match idle {
             Some(conn) => conn,
@@ -309,16 +314,39 @@ impl ProfileReader {
                 OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?,
         };
-        let doc: Option<String> = conn
-            .prepare_cached("SELECT doc FROM listeners WHERE id = ?1")?
-            .query_row(params![id], |row| row.get(0))
-            .optional()?;
+        let result = f(&conn);
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+        result
+    }
+
+    fn read(&self, id: &str) -> Result<Option<ListenerProfile>, DurableError> {
+        let doc: Option<String> = self.with_connection(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT doc FROM listeners WHERE id = ?1")?
+                .query_row(params![id], |row| row.get(0))
+                .optional()?)
+        })?;
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// Every stored member history of listener `id`.
+    fn histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, DurableError> {
+        let rows: Vec<(String, String)> = self.with_connection(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT member, doc FROM histories WHERE listener = ?1")?;
+            let rows = stmt.query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })?;
+        rows.into_iter().map(|(member, doc)| Ok((member.into(), serde_json::from_str(&doc)?))).collect()
     }
 }
 
-impl ProfileSource for ProfileReader {
+impl HistorySource for StoreReader {
+    fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, StoreError> {
+        self.histories(id).map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+impl ProfileSource for StoreReader {
     fn load(&self, id: &str) -> Result<Option<ListenerProfile>, StoreError> {
         self.read(id).map_err(|e| StoreError::Unavailable(e.to_string()))
     }
@@ -530,15 +558,6 @@ fn recover(conn: &Connection) -> Result<Recovered, DurableError> {
             Ok((row.get::<_, String>(0)?, ListenerId::from(row.get::<_, String>(1)?.as_str())))
         })?
         .collect::<Result<_, _>>()?;
-    let mut stmt = conn.prepare("SELECT listener, member, doc FROM histories")?;
-    let histories: Vec<(String, String, String)> =
-        stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?.collect::<Result<_, _>>()?;
-    for (listener, member, d) in histories {
-        r.histories.push((
-            HistoryKey { listener: listener.as_str().into(), member: member.into() },
-            serde_json::from_str(&d)?,
-        ));
-    }
     let mut stmt = conn.prepare("SELECT campaign, doc FROM counters")?;
     let counters: Vec<(String, String)> =
         stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?.collect::<Result<_, _>>()?;
@@ -607,7 +626,7 @@ mod tests {
         assert_eq!(recovered.events, vec![counted(1, "ev-1", 5)]);
         assert_eq!(recovered.artists, vec![(0, "Nina Simone".to_string())]);
         assert_eq!(recovered.listener_count, 1);
-        let reader = Durable::profile_reader(&dir);
+        let reader = Durable::reader(&dir);
         assert_eq!(reader.load("nina").unwrap().map(|p| p.id), Some("nina".into()), "loaded on demand");
         assert!(reader.load("nobody").unwrap().is_none());
         assert_eq!(recovered.aliases, vec![("email:n".to_string(), ListenerId::from("nina"))]);

@@ -4,10 +4,10 @@
 //! cache (moka, weighed in bytes) over the store and are loaded on a miss; aliases stay
 //! resident (one entry per extra alias, not per listener).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-use super::{FastHash, FastMap, StoreError};
+use super::{FastHash, FastMap, StoreError, Stripes};
 use crate::domain::{ArtistId, GenreId, ListenerId, ListenerProfile, UnixMillis};
 
 /// Where profiles that are not in memory are read from: the durable store.
@@ -66,7 +66,7 @@ struct Cached {
     source: Arc<dyn ProfileSource>,
     /// A load and a write of the same id never interleave: a load could otherwise put a
     /// profile read before the write back into the cache after it.
-    stripes: Box<[Mutex<()>]>,
+    stripes: Stripes,
 }
 
 impl std::fmt::Debug for Cached {
@@ -81,9 +81,7 @@ impl std::fmt::Debug for Cached {
 
 impl Cached {
     fn stripe(&self, id: &str) -> std::sync::MutexGuard<'_, ()> {
-        let h = fnv1a(id) as usize % self.stripes.len();
-        // The mutex guards no data, only order: a poisoned one still gives it.
-        self.stripes[h].lock().unwrap_or_else(|e| e.into_inner())
+        self.stripes.lock(id)
     }
 
     /// The profile of canonical id `id`; the caller holds its stripe.
@@ -104,11 +102,6 @@ impl Cached {
         self.pending.insert(id.clone(), value.clone());
         self.cache.insert(id.clone(), value);
     }
-}
-
-/// A stable hash for picking a stripe (FNV-1a).
-fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 /// One play, validated and with interned genres.
@@ -133,12 +126,7 @@ impl Listeners {
                 u32::try_from(bytes).unwrap_or(u32::MAX)
             })
             .build_with_hasher(FastHash::default());
-        let cached = Cached {
-            cache,
-            pending: FastMap::default(),
-            source,
-            stripes: (0..64).map(|_| Mutex::new(())).collect(),
-        };
+        let cached = Cached { cache, pending: FastMap::default(), source, stripes: Stripes::new(64) };
         Self {
             inner: Arc::new(Inner {
                 aliases: FastMap::default(),
@@ -146,6 +134,21 @@ impl Listeners {
                 profiles: Profiles::Cached(cached),
                 count: AtomicUsize::new(known),
             }),
+        }
+    }
+
+    /// The canonical id `alias` names, from the resident alias map alone (reads no profile):
+    /// the alias's listener, or `alias` itself (a canonical id is never an alias).
+    pub fn canonical(&self, alias: &str) -> ListenerId {
+        self.inner.aliases.get(alias).map_or_else(|| ListenerId::from(alias), |id| id.clone())
+    }
+
+    /// Whether the profile (or the absence of one) of canonical id `id` is in memory: `get`
+    /// will not read the store.
+    pub fn is_resident(&self, id: &str) -> bool {
+        match &self.inner.profiles {
+            Profiles::Resident(_) => true,
+            Profiles::Cached(cached) => cached.cache.contains_key(id) || cached.pending.contains_key(id),
         }
     }
 
@@ -455,6 +458,7 @@ fn not_found(id: &str) -> StoreError {
 mod tests {
     use super::*;
     use crate::domain::AgeBracket;
+    use std::sync::Mutex;
 
     #[test]
     fn aliases_resolve_to_one_profile() {

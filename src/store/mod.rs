@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod delivery;
 pub mod durable;
+pub mod histories;
 pub mod listeners;
 pub mod vocabulary;
 
@@ -20,6 +21,26 @@ pub(crate) type FastHash = foldhash::quality::RandomState;
 
 /// A concurrent map with `FastHash`.
 pub(crate) type FastMap<K, V> = dashmap::DashMap<K, V, FastHash>;
+
+/// Per-key order without per-key locks: a key's loads from the store and its writes take the
+/// key's stripe, so a load never puts a copy read before a write back after it.
+pub(crate) struct Stripes(Box<[std::sync::Mutex<()>]>);
+
+impl Stripes {
+    pub(crate) fn new(n: usize) -> Self {
+        Self((0..n).map(|_| std::sync::Mutex::new(())).collect())
+    }
+
+    /// Takes the stripe of `key`.
+    pub(crate) fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        // FNV-1a: stable, and enough to spread keys over a few dozen stripes.
+        let h = key
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        // The mutex guards no data, only order: a poisoned one still gives it.
+        self.0[h as usize % self.0.len()].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

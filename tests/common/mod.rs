@@ -50,6 +50,11 @@ pub async fn start_server_with(mut config: Config) -> TestServer {
     if config.demo {
         interlude::demo::load(&state, interlude::grpc::now()).unwrap();
     }
+    serve_state(config, state).await
+}
+
+/// Serves an already opened `state` with `config`'s limits (tests that swap a part of it).
+pub async fn serve_state(config: Config, state: AppState) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
