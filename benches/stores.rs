@@ -1,6 +1,7 @@
 //! Store benchmarks: profile lookup by alias among 1M listeners, play ingestion, and the memory
-//! one listener takes at 1M listeners with 10 genres each, under the server's allocator —
-//! resident (no data directory) and in the bounded profile cache over the durable store.
+//! one listener takes at 1M listeners with 10 genres each, and with a delivery history of
+//! `IMPRESSIONS_PER_LISTENER` impressions, under the server's allocator — resident (no data
+//! directory) and in the bounded caches over the durable store.
 //!
 //! Memory is the growth of resident memory (from /proc) while the listeners are loaded; each
 //! probe runs in a fresh child process so that one does not inherit the other's heap.
@@ -12,8 +13,11 @@ use std::sync::Arc;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use interlude::domain::{DAY_MS, GenreId, ListenerProfile, UnixMillis};
+use interlude::domain::{DeliveryHistory, ImpressionRecord, ListenerId};
 use interlude::store::Listeners;
+use interlude::store::delivery::HistoryKey;
 use interlude::store::durable::{Change, Durable};
+use interlude::store::histories::Histories;
 use interlude::store::listeners::Play;
 
 /// The server's allocator, so resident memory is what the server would hold.
@@ -26,6 +30,8 @@ const LISTENERS: usize = 1_000_000;
 const GENRES_PER_LISTENER: u32 = 10;
 /// The profile cache budget of the cached probe (`profile_cache_mib`).
 const CACHE_MIB: u64 = 128;
+/// Impressions in each listener's delivery history (histories probes), of as many campaigns.
+const IMPRESSIONS_PER_LISTENER: usize = 5;
 /// Selects a memory probe in a child process.
 const PROBE_ENV: &str = "INTERLUDE_MEMORY_PROBE";
 
@@ -112,11 +118,81 @@ fn probe_cached() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The impressions listener `i` heard, of a catalog of 1,000 campaigns (`campaigns`).
+fn history_of(i: usize, campaigns: &[interlude::domain::Campaign]) -> DeliveryHistory {
+    let mut h = DeliveryHistory::default();
+    for k in 0..IMPRESSIONS_PER_LISTENER {
+        let c = &campaigns[(i * 7 + k * 131) % campaigns.len()];
+        h.record_impression(ImpressionRecord::of(c, 0, UnixMillis(NOW.0 - (k as i64 + 1) * 3_600_000)));
+    }
+    h
+}
+
+fn bench_campaigns() -> Vec<interlude::domain::Campaign> {
+    let spec = interlude::synth::WorldSpec { seed: 7, campaigns: 1_000, listeners: 0, booked_at: NOW };
+    interlude::synth::campaigns(&spec, &interlude::store::Vocabulary::default()).expect("a synthetic catalog")
+}
+
+/// Every listener's history resident (no data directory): records share the catalog's ids.
+#[allow(clippy::print_stdout)] // the measurement is the output
+fn probe_histories_resident() {
+    let campaigns = bench_campaigns();
+    let before = resident_bytes();
+    let histories = Histories::default();
+    for i in 0..LISTENERS {
+        let h = history_of(i, &campaigns);
+        histories.update(&ListenerId::from(id_of(i).as_str()), |a| *a.get_mut("") = h);
+    }
+    let rss = resident_bytes().saturating_sub(before);
+    println!(
+        "interlude::store::histories memory, resident: {LISTENERS} listeners x {IMPRESSIONS_PER_LISTENER} impressions: {} bytes per listener",
+        rss / LISTENERS
+    );
+    black_box(histories);
+}
+
+/// 1M listeners' histories in the durable store, every one read through a cache of `CACHE_MIB`.
+#[allow(clippy::print_stdout)] // the measurement is the output
+fn probe_histories_cached() {
+    let campaigns = bench_campaigns();
+    let dir = std::env::temp_dir().join(format!("interlude-bench-histories-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let (durable, _) = Durable::open(&dir).expect("open the store");
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        for chunk in (0..LISTENERS).collect::<Vec<_>>().chunks(20_000) {
+            let changes = chunk
+                .iter()
+                .map(|&i| {
+                    let key = HistoryKey { listener: id_of(i).as_str().into(), member: "".into() };
+                    Change::History(key, history_of(i, &campaigns))
+                })
+                .collect();
+            rt.block_on(durable.submit(changes).expect("writer").wait()).expect("commit");
+        }
+    }
+    let before = resident_bytes();
+    let histories = Histories::cached(Durable::reader(&dir), CACHE_MIB << 20);
+    for i in 0..LISTENERS {
+        let id = ListenerId::from(id_of(i).as_str());
+        histories.load(&id).expect("read");
+    }
+    histories.sweep(NOW);
+    let rss = resident_bytes().saturating_sub(before);
+    let entries = histories.resident_count();
+    println!(
+        "interlude::store::histories memory, cached: {LISTENERS} listeners x {IMPRESSIONS_PER_LISTENER} impressions through a {CACHE_MIB} MiB cache: {} bytes per listener; {entries} accounts cached, {} bytes per cached account",
+        rss / LISTENERS,
+        rss / entries.max(1) as usize,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Runs each memory probe in a child process and passes its report through.
 #[allow(clippy::print_stdout)]
 fn report_memory() {
     let Ok(exe) = std::env::current_exe() else { return };
-    for probe in ["resident", "cached"] {
+    for probe in ["resident", "cached", "histories-resident", "histories-cached"] {
         match std::process::Command::new(&exe).env(PROBE_ENV, probe).output() {
             Ok(out) => print!("{}", String::from_utf8_lossy(&out.stdout)),
             Err(e) => println!("memory probe {probe} failed: {e}"),
@@ -128,6 +204,8 @@ fn main() {
     match std::env::var(PROBE_ENV).as_deref() {
         Ok("resident") => return probe_resident(),
         Ok("cached") => return probe_cached(),
+        Ok("histories-resident") => return probe_histories_resident(),
+        Ok("histories-cached") => return probe_histories_cached(),
         _ => {}
     }
     report_memory();

@@ -105,7 +105,7 @@ impl AppState {
             state.delivery.erased(fingerprint, at);
         }
         for fingerprint in r.plays_counted {
-            state.delivery.admit_play(fingerprint);
+            state.delivery.admit_play(fingerprint, now);
         }
         // The event table would otherwise grow forever; what is older than the window is dead.
         // Not awaited: nothing acknowledged depends on it.

@@ -81,7 +81,7 @@ impl ListenerAdmin {
                     // the check and the count are one step of the serialised writer.
                     let mut fresh = Vec::new();
                     let mut keep = ids.iter().map(|id| match id {
-                        Some(f) if self.state.delivery.admit_play(*f) => {
+                        Some(f) if self.state.delivery.admit_play(*f, now) => {
                             fresh.push(*f);
                             true
                         }

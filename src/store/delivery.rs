@@ -87,7 +87,7 @@ struct Inner {
     /// Erased listeners, by keyed fingerprint, with when (see `erased`).
     erased: moka::sync::Cache<[u8; 32], UnixMillis>,
     /// Plays counted, by keyed fingerprint of (listener, play id) (see `admit_play`).
-    plays: moka::sync::Cache<[u8; 32], ()>,
+    plays: std::sync::Mutex<RecentKeys>,
     /// Whether anyone was ever erased here: until then events skip the fingerprint's HMAC.
     any_erased: std::sync::atomic::AtomicBool,
     /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
@@ -122,6 +122,40 @@ struct ReservationBucket {
     slot: i64,
     micros: i64,
     impressions: u64,
+}
+
+/// Keys seen within the last `window` or so (between one and two of it), in two generations:
+/// a key costs its 16 bytes in a hash set, where a moka entry cost ~350 — play ids arrive by
+/// the million (2.9M for 50k seeded listeners took 1 GB and 4 s to restore as a moka cache).
+#[derive(Debug)]
+struct RecentKeys {
+    window_ms: i64,
+    current: std::collections::HashSet<u128, super::FastHash>,
+    previous: std::collections::HashSet<u128, super::FastHash>,
+    current_since: i64,
+}
+
+impl RecentKeys {
+    fn new(window: Duration) -> Self {
+        Self {
+            window_ms: window.as_millis() as i64,
+            current: Default::default(),
+            previous: Default::default(),
+            current_since: i64::MIN,
+        }
+    }
+
+    /// Whether `key` is new, remembering it. 128 bits of a keyed fingerprint: a collision
+    /// (one play dropped as a retry) is as likely as guessing the key.
+    fn insert(&mut self, key: u128, now: UnixMillis) -> bool {
+        if self.current_since == i64::MIN {
+            self.current_since = now.0;
+        } else if now.0 - self.current_since >= self.window_ms {
+            self.previous = std::mem::take(&mut self.current);
+            self.current_since = now.0;
+        }
+        !self.previous.contains(&key) && self.current.insert(key)
+    }
 }
 
 /// What became of one event.
@@ -173,7 +207,7 @@ impl Delivery {
                 counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 erased: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
-                plays: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                plays: std::sync::Mutex::new(RecentKeys::new(dedupe_window)),
                 any_erased: std::sync::atomic::AtomicBool::new(false),
                 reserved: FastMap::default(),
             }),
@@ -472,8 +506,10 @@ impl Delivery {
     /// Whether the play of `fingerprint` (`TokenSigner::play_fingerprint`) is new, recording
     /// it: a retried RecordPlays stream counts each identified play once within the dedupe
     /// window.
-    pub fn admit_play(&self, fingerprint: [u8; 32]) -> bool {
-        self.inner.plays.entry(fingerprint).or_insert(()).is_fresh()
+    pub fn admit_play(&self, fingerprint: [u8; 32], now: UnixMillis) -> bool {
+        let key = u128::from_be_bytes(fingerprint[..16].try_into().unwrap_or_default());
+        // The set is only ever inserted into whole; a panic mid-insert leaves it valid.
+        self.inner.plays.lock().unwrap_or_else(|e| e.into_inner()).insert(key, now)
     }
 
     /// Records that the listener of keyed `fingerprint` was erased at `at`: an event of an ad
@@ -517,6 +553,21 @@ impl SpendView for SpendAt<'_> {
 mod tests {
     use super::*;
     use crate::domain::{Budget, Tier};
+
+    #[test]
+    fn a_play_id_counts_once_for_at_least_the_window_and_is_forgotten_after_two() {
+        let window = Duration::from_secs(3600);
+        let delivery = Delivery::new(window);
+        let t = UnixMillis(1_795_435_200_000);
+        let later = |ms: i64| UnixMillis(t.0 + ms);
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        assert!(delivery.admit_play(a, t), "new");
+        assert!(!delivery.admit_play(a, later(1)), "a retry");
+        assert!(delivery.admit_play(b, later(3_599_000)), "another play");
+        assert!(!delivery.admit_play(a, later(3_600_000)), "a window later: still a retry");
+        assert!(!delivery.admit_play(b, later(7_100_000)), "b is within its window");
+        assert!(delivery.admit_play(a, later(7_200_000)), "two windows later the id is forgotten");
+    }
 
     #[test]
     fn a_reservation_is_taken_only_while_the_budget_has_room_for_it() {
