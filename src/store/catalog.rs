@@ -224,3 +224,26 @@ impl Catalog {
         self.inner.campaigns.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Tier;
+
+    #[test]
+    fn a_staged_change_is_served_once_published_and_one_rebuild_publishes_every_change_before_it() {
+        let catalog = Catalog::default();
+        let now = UnixMillis(1_795_435_200_000);
+        let c = |id| crate::decision::tests::campaign(id, "adv", Tier::Standard, 10);
+        let ((_, created), first) = catalog.stage(c("first"), now).unwrap();
+        assert!(created);
+        let (_, second) = catalog.stage(c("second"), now).unwrap();
+        assert!(catalog.get("second").is_ok(), "the writer's map has it at once");
+        assert_eq!(catalog.snapshot().len(), 0, "decisions do not see it before it is published");
+        catalog.publish(second);
+        assert_eq!(catalog.snapshot().len(), 2, "publishing the later change publishes both");
+        let before = catalog.snapshot();
+        catalog.publish(first);
+        assert!(Arc::ptr_eq(&before, &catalog.snapshot()), "an already published change rebuilds nothing");
+    }
+}
