@@ -60,6 +60,17 @@ async fn reflection_lists_every_service_in_v1_and_v1alpha() {
     server.stop().await;
 }
 
+/// The fields an UpsertCampaign of `campaign` is refused for (INVALID_ARGUMENT, in order).
+async fn refused_fields(server: &TestServer, campaign: pb::Campaign) -> Vec<String> {
+    let status = server
+        .campaigns()
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(campaign) })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{}", status.message());
+    status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect()
+}
+
 #[tokio::test]
 async fn health_reports_serving_for_the_server_and_each_service() {
     let server = start_server().await;
@@ -176,14 +187,7 @@ async fn bad_requests_are_invalid_argument_naming_each_field() {
 
     let mut bad = genre_campaign("bad", "adv", 10, &["Not-A-Slug"]);
     bad.creatives.clear();
-    let status = server
-        .campaigns()
-        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(bad) })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> =
-        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    let fields = refused_fields(&server, bad).await;
     assert_eq!(fields, vec!["campaign.targeting.affinity_genres[0]", "campaign.creatives"]);
     let status = server
         .campaigns()
@@ -347,14 +351,7 @@ async fn even_pacing_of_a_lifetime_budget_without_a_flight_end_is_refused() {
         ..Default::default()
     });
     c.flight_start = Some(ts(interlude::grpc::now().0));
-    let status = server
-        .campaigns()
-        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(c.clone()) })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> =
-        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    let fields = refused_fields(&server, c.clone()).await;
     assert_eq!(fields, vec!["campaign.budget.pacing"]);
     // With an end it is paced along the flight; a daily budget alone paces by the day.
     c.flight_end = Some(ts(interlude::grpc::now().0 + 7 * 86_400_000));
@@ -376,14 +373,7 @@ async fn a_campaign_time_zone_is_validated_and_kept() {
     let server = start_server().await;
     let mut c = genre_campaign("berlin-days", "adv", 10, &["jazz"]);
     c.time_zone = "Mars/Olympus_Mons".into();
-    let status = server
-        .campaigns()
-        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(c.clone()) })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> =
-        status.get_details_bad_request().unwrap().field_violations.into_iter().map(|v| v.field).collect();
+    let fields = refused_fields(&server, c.clone()).await;
     assert_eq!(fields, vec!["campaign.time_zone"]);
     c.time_zone = "Europe/Berlin".into();
     server.upsert([c]).await;
