@@ -99,17 +99,21 @@ impl AppState {
         for (alias, id) in r.aliases {
             state.listeners.restore_alias(&alias, id);
         }
-        let window = state.dedupe_window.as_millis() as i64;
-        state.delivery.restore(r.counters, r.events, r.legacy_events, window, now);
+        state.delivery.restore(
+            r.counters,
+            r.events,
+            r.legacy_events,
+            state.dedupe_window.as_millis() as i64,
+            now,
+        );
         for (fingerprint, at) in r.erased {
             state.delivery.erased(fingerprint, at);
         }
         for fingerprint in r.plays_counted {
             state.delivery.admit_play(fingerprint, now);
         }
-        // The event table would otherwise grow forever; what is older than the window is dead.
         // Not awaited: nothing acknowledged depends on it.
-        drop(durable.submit(vec![Change::PurgeEvents { before: UnixMillis(now.0 - window) }])?);
+        drop(durable.submit(vec![state.purge(now)])?);
         state.durable = Some(durable);
         Ok((state, empty))
     }
@@ -188,11 +192,16 @@ impl AppState {
     /// is committed.
     pub async fn upkeep(&self, now: UnixMillis) -> Result<Upkept, DurableError> {
         let histories = self.delivery.sweep(now);
-        let window = self.dedupe_window.as_millis() as i64;
         if let Some(durable) = &self.durable {
-            durable.submit(vec![Change::PurgeEvents { before: UnixMillis(now.0 - window) }])?.wait().await?;
+            durable.submit(vec![self.purge(now)])?.wait().await?;
         }
         Ok(Upkept { histories_dropped: histories })
+    }
+
+    /// The purge at `now` of what the store keeps for dedupe (event ids, erasure marks, play
+    /// ids): it would otherwise grow forever, and what is older than the window is dead.
+    fn purge(&self, now: UnixMillis) -> Change {
+        Change::PurgeEvents { before: UnixMillis(now.0 - self.dedupe_window.as_millis() as i64) }
     }
 
     /// Whether writes are made durable: without a store, `write` drops the changes it is

@@ -148,9 +148,8 @@ impl RecentKeys {
     /// Whether `key` is new, remembering it. 128 bits of a keyed fingerprint: a collision
     /// (one play dropped as a retry) is as likely as guessing the key.
     fn insert(&mut self, key: u128, now: UnixMillis) -> bool {
-        if self.current_since == i64::MIN {
-            self.current_since = now.0;
-        } else if now.0 - self.current_since >= self.window_ms {
+        // The first key starts a generation too (from i64::MIN, every window has passed).
+        if now.0.saturating_sub(self.current_since) >= self.window_ms {
             self.previous = std::mem::take(&mut self.current);
             self.current_since = now.0;
         }

@@ -131,10 +131,6 @@ impl std::fmt::Debug for Cached {
 }
 
 impl Cached {
-    fn stripe(&self, id: &str) -> MutexGuard<'_, ()> {
-        self.stripes.lock(id)
-    }
-
     /// The entry of `id` in memory (cached or pinned), if any.
     fn resident(&self, id: &ListenerId) -> Option<Arc<Entry>> {
         self.cache.get(id).or_else(|| self.pinned.get(id).map(|p| p.0.clone()))
@@ -159,7 +155,7 @@ impl Cached {
         if let Some(entry) = self.resident(id) {
             return Ok(entry);
         }
-        let _stripe = self.stripe(id.as_str());
+        let _stripe = self.stripes.lock(id.as_str());
         self.load_locked(id)
     }
 }
@@ -265,7 +261,7 @@ impl Histories {
         match &*self.inner {
             Mode::Resident(_) => Ok(()),
             Mode::Cached(cached) => {
-                let _stripe = cached.stripe(id.as_str());
+                let _stripe = cached.stripes.lock(id.as_str());
                 cached.load_locked(id).map(drop)
             }
         }
@@ -275,7 +271,7 @@ impl Histories {
     /// that changes them holds a pin until its commit. Reads the store on a miss.
     pub fn pin(&self, id: &ListenerId) -> Result<(), StoreError> {
         let Mode::Cached(cached) = &*self.inner else { return Ok(()) };
-        let _stripe = cached.stripe(id.as_str());
+        let _stripe = cached.stripes.lock(id.as_str());
         let entry = cached.load_locked(id)?;
         cached.pinned.entry(id.clone()).or_insert_with(|| (entry, 0)).1 += 1;
         Ok(())
@@ -284,7 +280,7 @@ impl Histories {
     /// Releases one `pin` of `id`.
     pub fn unpin(&self, id: &ListenerId) {
         let Mode::Cached(cached) = &*self.inner else { return };
-        let _stripe = cached.stripe(id.as_str());
+        let _stripe = cached.stripes.lock(id.as_str());
         if let dashmap::Entry::Occupied(mut e) = cached.pinned.entry(id.clone()) {
             e.get_mut().1 -= 1;
             if e.get().1 == 0 {

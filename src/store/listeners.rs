@@ -80,10 +80,6 @@ impl std::fmt::Debug for Cached {
 }
 
 impl Cached {
-    fn stripe(&self, id: &str) -> std::sync::MutexGuard<'_, ()> {
-        self.stripes.lock(id)
-    }
-
     /// The profile of canonical id `id`; the caller holds its stripe.
     fn load_locked(&self, id: &str) -> Result<Option<Arc<ListenerProfile>>, StoreError> {
         if let Some(hit) = self.cache.get(id) {
@@ -184,7 +180,7 @@ impl Listeners {
                 if let Some(hit) = cached.cache.get(id) {
                     return Ok(hit);
                 }
-                let _stripe = cached.stripe(id);
+                let _stripe = cached.stripes.lock(id);
                 cached.load_locked(id)
             }
         }
@@ -234,7 +230,7 @@ impl Listeners {
                 Ok((profile, created))
             }
             Profiles::Cached(cached) => {
-                let _stripe = cached.stripe(id.as_str());
+                let _stripe = cached.stripes.lock(id.as_str());
                 let (profile, created) = replace(cached.load_locked(id.as_str())?);
                 cached.put(&profile.id, Some(profile.clone()));
                 Ok((profile, created))
@@ -299,7 +295,7 @@ impl Listeners {
         let taken = match &self.inner.profiles {
             Profiles::Resident(map) => map.remove(id).map(|(_, p)| p),
             Profiles::Cached(cached) => {
-                let _stripe = cached.stripe(id.as_str());
+                let _stripe = cached.stripes.lock(id.as_str());
                 let current = cached.load_locked(id.as_str())?;
                 cached.put(id, None);
                 current
