@@ -165,6 +165,11 @@ impl AppState {
         &self,
         listeners: impl IntoIterator<Item = ListenerId>,
     ) -> Result<Pins, StoreError> {
+        // Histories are cached over the store exactly when there is one (`open`); resident
+        // ones need no pins, and RecordEvents in memory mode need not collect its listeners.
+        if !self.persists() {
+            return self.delivery.pin([]);
+        }
         let mut ids: Vec<ListenerId> = listeners.into_iter().collect();
         ids.sort();
         ids.dedup();
