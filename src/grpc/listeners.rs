@@ -199,6 +199,7 @@ impl ListenerService for ListenerAdmin {
             let caller = auth::caller(&request)?;
             let id = &request.get_ref().listener_id;
             convert::listener_id("listener_id", id)?;
+            self.state.warm_profiles([id.as_str()]).await?;
             let pins = self.state.pin_histories([self.state.listeners.canonical(id)]).await?;
             let canonical = self
                 .state
