@@ -129,13 +129,6 @@ impl Catalog {
         Ok((out.remove(0), version))
     }
 
-    /// Inserts or replaces one campaign (see `upsert_all`).
-    pub fn upsert(&self, campaign: Campaign, now: UnixMillis) -> Result<(Arc<Campaign>, bool), StoreError> {
-        let mut out = self.upsert_all(vec![campaign], now)?;
-        // upsert_all returns one entry per input campaign.
-        Ok(out.remove(0))
-    }
-
     /// The campaign with `id`.
     pub fn get(&self, id: &str) -> Result<Arc<Campaign>, StoreError> {
         self.lock()
@@ -188,18 +181,6 @@ impl Catalog {
         guard.map.insert(c.id.clone(), c.clone());
         guard.version += 1;
         Ok((c, Version(guard.version)))
-    }
-
-    /// Pauses, resumes or archives a campaign, published (see `stage_status`).
-    pub fn set_status(
-        &self,
-        id: &str,
-        status: CampaignStatus,
-        now: UnixMillis,
-    ) -> Result<Arc<Campaign>, StoreError> {
-        let (c, version) = self.stage_status(id, status, now)?;
-        self.publish(version);
-        Ok(c)
     }
 
     /// Returns once a snapshot containing change `version` is published: the caller's write is
