@@ -61,6 +61,9 @@ pub async fn serve(
     });
 
     let upkeep = tokio::spawn(upkeep(state.clone()));
+    // One decision service for every edge: a break decided over VAST obeys the same rules
+    // and its events are counted by the same code as over gRPC.
+    let decisions = crate::service::Decisions::new(state.clone());
 
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let stop_accepting = async move {
@@ -105,7 +108,7 @@ pub async fn serve(
         .add_service(
             deadline(deadline::unary_only).layer(
                 crate::admission::AdmissionLayer::new(limits.max_in_flight).layer(
-                    AdDecisionServiceServer::new(DecisionService::new(state.clone()))
+                    AdDecisionServiceServer::new(DecisionService::new(decisions.clone()))
                         .max_decoding_message_size(max)
                         .max_encoding_message_size(max),
                 ),

@@ -3,8 +3,8 @@
 
 use crate::domain::{
     AgeBracket, Budget, Campaign, CampaignStatus, CapScope, Category, ConsentState, Creative, DAY_MS,
-    Daypart, DeviceType, FrequencyCap, GeoLocation, HOUR_MS, Milestone, Signal, SignalRequirement, Targeting,
-    Tier, UnixMillis,
+    Daypart, DeviceType, FrequencyCap, GeoLocation, HOUR_MS, MediaFile, Milestone, Signal, SignalRequirement,
+    Targeting, Tier, UnixMillis,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -531,8 +531,15 @@ fn creative(campaign: &str, variant: &str, duration_ms: u32) -> Creative {
     Creative {
         id: variant.into(),
         audio_url: format!("https://cdn.interlude.example/ads/{campaign}/{variant}.mp3").into(),
+        audio_mime: Some("audio/mpeg".into()),
         duration_ms,
         companion: None,
+        // Every demo creative also comes as Ogg Vorbis, as audio CDNs serve it.
+        media_files: vec![MediaFile {
+            url: format!("https://cdn.interlude.example/ads/{campaign}/{variant}.ogg").into(),
+            mime_type: "audio/ogg".into(),
+            bitrate_kbps: 96,
+        }],
     }
 }
 

@@ -339,7 +339,7 @@ pub enum PacingMode {
     FrontLoaded,
 }
 
-/// What happened to a decided ad, as reported by the player.
+/// What happened to a decided ad, as reported by the player (RecordEvents, or a VAST tracker).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EventKind {
     Impression,
@@ -347,12 +347,41 @@ pub enum EventKind {
     Complete,
     Skip,
     NotForMe,
+    /// Playback began (VAST `start`).
+    Start,
+    FirstQuartile,
+    Midpoint,
+    ThirdQuartile,
+    Mute,
+    Unmute,
+    Pause,
+    Resume,
+    /// The player fetched the ad in a pod but will not play it (VAST `notUsed`): its hold on
+    /// caps, ad load and budget is released.
+    NotUsed,
+    /// The player could not play the ad (VAST `Error`); the code travels beside the event.
+    Error,
 }
 
 impl EventKind {
     /// Every kind, in `code` order.
-    pub const ALL: [EventKind; 5] =
-        [EventKind::Impression, EventKind::Click, EventKind::Complete, EventKind::Skip, EventKind::NotForMe];
+    pub const ALL: [EventKind; 15] = [
+        EventKind::Impression,
+        EventKind::Click,
+        EventKind::Complete,
+        EventKind::Skip,
+        EventKind::NotForMe,
+        EventKind::Start,
+        EventKind::FirstQuartile,
+        EventKind::Midpoint,
+        EventKind::ThirdQuartile,
+        EventKind::Mute,
+        EventKind::Unmute,
+        EventKind::Pause,
+        EventKind::Resume,
+        EventKind::NotUsed,
+        EventKind::Error,
+    ];
 
     /// The kind's stable number in stored data (never reuse one).
     pub fn code(self) -> u8 {
@@ -362,6 +391,16 @@ impl EventKind {
             EventKind::Complete => 3,
             EventKind::Skip => 4,
             EventKind::NotForMe => 5,
+            EventKind::Start => 6,
+            EventKind::FirstQuartile => 7,
+            EventKind::Midpoint => 8,
+            EventKind::ThirdQuartile => 9,
+            EventKind::Mute => 10,
+            EventKind::Unmute => 11,
+            EventKind::Pause => 12,
+            EventKind::Resume => 13,
+            EventKind::NotUsed => 14,
+            EventKind::Error => 15,
         }
     }
 
@@ -484,8 +523,48 @@ impl Campaign {
 pub struct Creative {
     pub id: CreativeId,
     pub audio_url: Arc<str>,
+    /// The MIME type of `audio_url`; None in campaigns stored before it was kept (see
+    /// `audio_mime_type`).
+    #[serde(default, rename = "audio_mime_type")]
+    pub audio_mime: Option<Arc<str>>,
     pub duration_ms: u32,
     pub companion: Option<Companion>,
+    /// The same audio in other encodings (a player picks the one it can play).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub media_files: Vec<MediaFile>,
+}
+
+impl Creative {
+    /// The MIME type of `audio_url`: as given, else as its extension names it.
+    pub fn audio_mime_type(&self) -> &str {
+        self.audio_mime.as_deref().or_else(|| audio_mime_of_url(&self.audio_url)).unwrap_or("audio/mpeg")
+    }
+}
+
+/// The audio MIME type an URL's file extension names, if it names one.
+pub fn audio_mime_of_url(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let extension = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase())?;
+    Some(match extension.as_str() {
+        "mp3" => "audio/mpeg",
+        "ogg" | "oga" | "opus" => "audio/ogg",
+        "m4a" | "mp4" => "audio/mp4",
+        "aac" => "audio/aac",
+        "wav" => "audio/wav",
+        "flac" => "audio/flac",
+        "webm" => "audio/webm",
+        _ => return None,
+    })
+}
+
+/// One encoding of a creative's audio.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MediaFile {
+    pub url: Arc<str>,
+    /// An `audio/*` MIME type.
+    pub mime_type: Arc<str>,
+    /// 0 = not stated.
+    pub bitrate_kbps: u32,
 }
 
 /// A banner shown while the audio ad plays.

@@ -31,6 +31,12 @@ pub const DECISIONS: &str = "interlude_decisions_total";
 pub const ADS_SERVED: &str = "interlude_ads_served_total";
 /// Events applied, by `kind` and `result` (accepted, duplicate).
 pub const EVENTS: &str = "interlude_events_total";
+/// Playback errors players reported (VAST `Error` URLs, RecordEvents), by VAST error `code`.
+pub const PLAYBACK_ERRORS: &str = "interlude_playback_errors_total";
+/// HTTP requests of the VAST edge, by `route` (vast, track, error) and `status`.
+pub const HTTP_REQUESTS: &str = "interlude_http_requests_total";
+/// HTTP latency of the VAST edge in seconds, by `route`.
+pub const HTTP_DURATION: &str = "interlude_http_duration_seconds";
 /// Plays ingested, by `result` (accepted, rejected).
 pub const PLAYS: &str = "interlude_plays_total";
 /// Connections the gRPC listener holds open.
@@ -77,6 +83,12 @@ pub fn prometheus_recorder() -> metrics_exporter_prometheus::PrometheusRecorder 
         .and_then(|b| {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(STORE_COMMIT_DURATION.into()),
+                LATENCY_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(HTTP_DURATION.into()),
                 LATENCY_BUCKETS,
             )
         })
@@ -190,6 +202,11 @@ pub fn record_events(accepted: u32, retried: u32, already_counted: u32) {
     metrics::counter!(EVENTS, "result" => "accepted").increment(u64::from(accepted));
     metrics::counter!(EVENTS, "result" => "duplicate").increment(u64::from(retried));
     metrics::counter!(EVENTS, "result" => "already_counted").increment(u64::from(already_counted));
+}
+
+/// Records one playback error a player reported, by its VAST error code.
+pub fn record_playback_error(code: u16) {
+    metrics::counter!(PLAYBACK_ERRORS, "code" => code.to_string()).increment(1);
 }
 
 /// Records the number of open gRPC connections.

@@ -33,6 +33,7 @@ fn event(id: &str, kind: pb::EventType, token: &str) -> pb::AdEvent {
         r#type: kind as i32,
         impression_token: token.into(),
         occurred_at: None,
+        ..Default::default()
     }
 }
 

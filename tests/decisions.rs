@@ -389,6 +389,7 @@ async fn not_for_me_suppresses_the_advertiser_for_that_listener_only() {
         r#type: pb::EventType::NotForMe as i32,
         impression_token: first.ads[0].impression_token.clone(),
         occurred_at: None,
+        ..Default::default()
     };
     server.decisions().record_events(pb::RecordEventsRequest { events: vec![event] }).await.unwrap();
     assert_eq!(served(&server.decide(break_for("annoyed")).await), vec!["quiet"]);
@@ -409,6 +410,7 @@ async fn events_are_idempotent_and_forged_tokens_change_nothing() {
         r#type: pb::EventType::Impression as i32,
         impression_token: token.into(),
         occurred_at: None,
+        ..Default::default()
     };
     let mut decisions = server.decisions();
     let first =

@@ -103,6 +103,7 @@ async fn acknowledged_writes_survive_a_restart() {
         r#type: pb::EventType::Impression as i32,
         impression_token: first.ads[0].impression_token.clone(),
         occurred_at: None,
+        ..Default::default()
     };
     let response =
         server.decisions().record_events(pb::RecordEventsRequest { events: vec![retry] }).await.unwrap();
@@ -213,6 +214,7 @@ async fn crash_test(events_n: usize, clients: usize, kills: usize, seed: u64) ->
             r#type: pb::EventType::Impression as i32,
             impression_token: response.ads[0].impression_token.clone(),
             occurred_at: None,
+            ..Default::default()
         });
     }
 

@@ -51,6 +51,8 @@ fn creative(id: &str, secs: u32) -> Creative {
         audio_url: format!("https://cdn.example/{id}.mp3").into(),
         duration_ms: secs * 1000,
         companion: None,
+        media_files: Vec::new(),
+        audio_mime: None,
     }
 }
 

@@ -118,6 +118,11 @@ impl DeliveryHistory {
         self.record_impression(record);
     }
 
+    /// Ends the hold of `ad` (decided, but the player will not play it).
+    pub fn release_hold(&mut self, ad: AdId) {
+        self.pending.retain(|p| p.ad != ad);
+    }
+
     /// The held ads still counted at `now`.
     fn pending_at(&self, now: UnixMillis) -> impl Iterator<Item = &ImpressionRecord> {
         self.pending.iter().filter(move |p| held(p, now)).map(|p| &p.record)

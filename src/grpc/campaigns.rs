@@ -179,6 +179,24 @@ impl CampaignService for CampaignAdmin {
                 impressions_today: c.impressions_today,
                 spend_today_micros: c.spend_today_micros,
                 pacing_status: pacing_status as i32,
+                starts: c.progress.starts,
+                first_quartiles: c.progress.first_quartiles,
+                midpoints: c.progress.midpoints,
+                third_quartiles: c.progress.third_quartiles,
+                mutes: c.progress.mutes,
+                unmutes: c.progress.unmutes,
+                pauses: c.progress.pauses,
+                resumes: c.progress.resumes,
+                not_used: c.progress.not_used,
+                errors: c
+                    .errors
+                    .iter()
+                    .map(|e| pb::PlaybackErrorCount {
+                        creative_id: e.creative.to_string(),
+                        code: u32::from(e.code),
+                        count: e.count,
+                    })
+                    .collect(),
             })
         })
         .await

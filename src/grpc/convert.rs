@@ -9,8 +9,10 @@ use super::status::InvalidRequest;
 use crate::domain::{
     AdRequest, AgeBracket, ArtistId, Budget, Campaign, CampaignStatus, CampaignZone, CapScope, Category,
     Companion, ConsentState, Creative, Daypart, DeviceType, EventKind, FrequencyCap, GenreId, GeoLocation,
-    ListenerProfile, Milestone, PacingMode, Signal, SignalRequirement, Targeting, Tier, UnixMillis,
+    ListenerProfile, MediaFile, Milestone, PacingMode, Signal, SignalRequirement, Targeting, Tier,
+    UnixMillis,
 };
+use crate::service::decisions::{EventInput, EventShape};
 use crate::store::{StoreError, Vocabulary};
 
 /// Longest id (listener, alias, campaign, creative, advertiser, event).
@@ -29,6 +31,8 @@ pub const MAX_BREAK_MS: i64 = 10 * 60_000;
 pub const MAX_CREATIVE_MS: i64 = 120_000;
 /// Most creatives per campaign.
 pub const MAX_CREATIVES: usize = 20;
+/// Most extra encodings of one creative.
+pub const MAX_MEDIA_FILES: usize = 5;
 /// Most frequency caps per campaign.
 pub const MAX_CAPS: usize = 10;
 /// Longest frequency-cap window.
@@ -39,8 +43,7 @@ pub const MAX_EVENTS: usize = 500;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Campaign page size when the request leaves it 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
-/// Client clocks may run this far ahead of ours.
-pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+pub use crate::service::decisions::MAX_CLOCK_SKEW_MS;
 /// Largest bid: a million currency units per mille.
 pub const MAX_BID_CPM_MICROS: i64 = 1_000_000_000_000;
 
@@ -192,6 +195,27 @@ impl Checker {
             region: value.region.as_str().into(),
             metro: value.metro.as_str().into(),
         }
+    }
+
+    /// The audio MIME type of a media file: `given`, or as the URL's extension names it.
+    fn audio_mime(&mut self, field: &str, given: &str, url: &str) -> String {
+        if given.is_empty() {
+            return match crate::domain::audio_mime_of_url(url) {
+                Some(mime) => mime.into(),
+                None => {
+                    self.fail(field, "is required when the URL's extension names no audio type");
+                    String::new()
+                }
+            };
+        }
+        let valid = given.len() <= 64
+            && given.strip_prefix("audio/").is_some_and(|sub| {
+                !sub.is_empty() && sub.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+            });
+        if !valid {
+            self.fail(field, "must be an audio MIME type such as \"audio/mpeg\"");
+        }
+        given.into()
     }
 
     fn duration_ms(
@@ -438,19 +462,12 @@ pub fn companion_to_proto(c: &Companion) -> pb::CompanionBanner {
     }
 }
 
-// === RecordEvents ===
-
-/// One event as validated from the wire; its token is verified by the service.
-#[derive(Debug)]
-pub struct WireEvent<'a> {
-    pub event_id: &'a str,
-    pub kind: EventKind,
-    pub token: &'a str,
-    pub occurred_at: Option<UnixMillis>,
+/// The wire form of one encoding of a creative.
+pub fn media_file_to_proto(m: &MediaFile) -> pb::MediaFile {
+    pb::MediaFile { url: (*m.url).into(), mime_type: (*m.mime_type).into(), bitrate_kbps: m.bitrate_kbps }
 }
 
-/// One event of a batch: valid in shape, or what is wrong with it (field, description).
-pub type EventShape<'a> = Result<WireEvent<'a>, InvalidRequest>;
+// === RecordEvents ===
 
 /// Validates the shape of a RecordEvents request (not the tokens): the request as a whole
 /// (refused entire), and each event on its own (a bad one does not sink the rest).
@@ -476,6 +493,16 @@ pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<EventShape<'_>>, Inva
             Ok(pb::EventType::Complete) => Some(EventKind::Complete),
             Ok(pb::EventType::Skip) => Some(EventKind::Skip),
             Ok(pb::EventType::NotForMe) => Some(EventKind::NotForMe),
+            Ok(pb::EventType::Start) => Some(EventKind::Start),
+            Ok(pb::EventType::FirstQuartile) => Some(EventKind::FirstQuartile),
+            Ok(pb::EventType::Midpoint) => Some(EventKind::Midpoint),
+            Ok(pb::EventType::ThirdQuartile) => Some(EventKind::ThirdQuartile),
+            Ok(pb::EventType::Mute) => Some(EventKind::Mute),
+            Ok(pb::EventType::Unmute) => Some(EventKind::Unmute),
+            Ok(pb::EventType::Pause) => Some(EventKind::Pause),
+            Ok(pb::EventType::Resume) => Some(EventKind::Resume),
+            Ok(pb::EventType::NotUsed) => Some(EventKind::NotUsed),
+            Ok(pb::EventType::Error) => Some(EventKind::Error),
             Ok(pb::EventType::Unspecified) | Err(_) => {
                 c.fail(format!("events[{i}].type"), "must be a known event type");
                 None
@@ -486,14 +513,37 @@ pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<EventShape<'_>>, Inva
         }
         let occurred_at =
             e.occurred_at.as_ref().and_then(|t| c.timestamp(&format!("events[{i}].occurred_at"), t));
-        out.push(match kind {
-            Some(kind) => {
-                c.finish(WireEvent { event_id: &e.event_id, kind, token: &e.impression_token, occurred_at })
+        let error_code = match kind {
+            Some(EventKind::Error) => match u16::try_from(e.error_code) {
+                Ok(code) if is_vast_error_code(code) => code,
+                _ => {
+                    c.fail(format!("events[{i}].error_code"), "must be a VAST error code, 100..=999");
+                    0
+                }
+            },
+            _ if e.error_code != 0 => {
+                c.fail(format!("events[{i}].error_code"), "is set only for EVENT_TYPE_ERROR");
+                0
             }
+            _ => 0,
+        };
+        out.push(match kind {
+            Some(kind) => c.finish(EventInput {
+                event_id: &e.event_id,
+                kind,
+                error_code,
+                token: &e.impression_token,
+                occurred_at,
+            }),
             None => Err(c.errors),
         });
     }
     Ok(out)
+}
+
+/// Whether `code` is in the range of VAST error codes (IAB VAST 4.2 §2.3.6.3: 100..=999).
+pub fn is_vast_error_code(code: u16) -> bool {
+    (100..=999).contains(&code)
 }
 
 /// Genre slugs of a request's context, at most `max`: the known ones (an unknown slug matches
@@ -651,11 +701,31 @@ fn campaign_checked(
                     height: b.height,
                 }
             });
+            let audio_mime =
+                c.audio_mime(&format!("{field}.audio_mime_type"), &cr.audio_mime_type, &cr.audio_url);
+            let mut media_files = Vec::new();
+            if c.list_len(&format!("{field}.media_files"), cr.media_files.len(), MAX_MEDIA_FILES) {
+                for (j, m) in cr.media_files.iter().enumerate() {
+                    let field = format!("{field}.media_files[{j}]");
+                    c.url(&format!("{field}.url"), &m.url);
+                    let mime_type = c.audio_mime(&format!("{field}.mime_type"), &m.mime_type, &m.url);
+                    if m.bitrate_kbps > 100_000 {
+                        c.fail(format!("{field}.bitrate_kbps"), "must be at most 100000");
+                    }
+                    media_files.push(MediaFile {
+                        url: m.url.as_str().into(),
+                        mime_type: mime_type.into(),
+                        bitrate_kbps: m.bitrate_kbps,
+                    });
+                }
+            }
             creatives.push(Creative {
                 id: cr.creative_id.as_str().into(),
                 audio_url: cr.audio_url.as_str().into(),
+                audio_mime: Some(audio_mime.into()),
                 duration_ms: duration.unwrap_or(0) as u32,
                 companion,
+                media_files,
             });
         }
     }
@@ -920,6 +990,8 @@ pub fn campaign_to_proto(c: &Campaign, vocabulary: &Vocabulary) -> pb::Campaign 
                 audio_url: cr.audio_url.to_string(),
                 duration: Some(ms_to_duration(i64::from(cr.duration_ms))),
                 companion: cr.companion.as_ref().map(companion_to_proto),
+                audio_mime_type: cr.audio_mime_type().into(),
+                media_files: cr.media_files.iter().map(media_file_to_proto).collect(),
             })
             .collect(),
         update_time: Some(millis_to_timestamp(c.updated_at)),

@@ -3,11 +3,7 @@
 //! Invariant: only this module knows wire (`pb`) types; everything it hands inward is a
 //! validated domain value, and every error leaves through `status.rs`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use tonic::Status;
-
-use crate::domain::UnixMillis;
 
 pub mod auth;
 pub mod campaigns;
@@ -32,11 +28,8 @@ pub fn method_of(uri: &http::Uri) -> &str {
     uri.path().rsplit('/').next().unwrap_or_default()
 }
 
-/// The wall clock, read once per request at the edge; the engine gets it as a value.
-pub fn now() -> UnixMillis {
-    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    UnixMillis(since.as_millis() as i64)
-}
+/// The wall clock, read once per request at the edge (the services' own clock).
+pub use crate::service::now;
 
 /// The metric handles of the RPC named `$rpc`: one static per call site, registered on first use.
 macro_rules! rpc_metrics {

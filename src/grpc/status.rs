@@ -7,39 +7,10 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use super::auth::AuthError;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 use crate::store::durable::DurableError;
-
-/// A request that failed validation: every offending field, with what is wrong with it.
-#[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid request: {}", summary(.violations))]
-pub struct InvalidRequest {
-    /// (field path, description), e.g. ("break_constraints.max_ads", "must be 1..=10").
-    pub violations: Vec<(String, String)>,
-}
-
-fn summary(violations: &[(String, String)]) -> String {
-    violations.iter().map(|(f, d)| format!("{f}: {d}")).collect::<Vec<_>>().join("; ")
-}
-
-impl InvalidRequest {
-    /// Records a violation of `field`.
-    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.violations.push((field.into(), description.into()));
-    }
-
-    /// Ok when nothing was recorded.
-    pub fn into_result(self) -> Result<(), InvalidRequest> {
-        if self.violations.is_empty() { Ok(()) } else { Err(self) }
-    }
-
-    /// A single-field error.
-    pub fn field(field: impl Into<String>, description: impl Into<String>) -> Self {
-        let mut e = Self::default();
-        e.add(field, description);
-        e
-    }
-}
+pub use crate::validation::InvalidRequest;
 
 impl From<InvalidRequest> for Status {
     fn from(e: InvalidRequest) -> Status {
@@ -64,6 +35,16 @@ impl From<StoreError> for Status {
             StoreError::Unavailable(_) => Code::Unavailable,
         };
         Status::new(code, e.to_string())
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match e {
+            ServiceError::Invalid(e) => e.into(),
+            ServiceError::Store(e) => e.into(),
+            ServiceError::Durable(e) => e.into(),
+        }
     }
 }
 

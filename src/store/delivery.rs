@@ -11,8 +11,8 @@ use super::{FastMap, StoreError};
 use crate::decision::{Spend, SpendView};
 use crate::domain::history::SuppressionTarget;
 use crate::domain::{
-    AdId, AdvertiserId, Campaign, CampaignId, DAY_MS, DeliveryHistory, EventKind, ImpressionRecord,
-    ListenerId, UnixMillis,
+    AdId, AdvertiserId, Campaign, CampaignId, CreativeId, DAY_MS, DeliveryHistory, EventKind,
+    ImpressionRecord, ListenerId, UnixMillis,
 };
 
 /// Whose history: a listener account's household member ("" = main profile).
@@ -23,7 +23,7 @@ pub struct HistoryKey {
 }
 
 /// Running totals of one campaign.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CampaignCounters {
     pub impressions: u64,
     pub spend_micros: i64,
@@ -31,6 +31,12 @@ pub struct CampaignCounters {
     pub completes: u64,
     pub skips: u64,
     pub not_for_me: u64,
+    /// Playback progress (VAST's linear tracking events), each at most once per ad.
+    #[serde(default)]
+    pub progress: Progress,
+    /// Playback errors by creative and VAST error code, in (creative, code) order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<PlaybackErrors>,
     /// The campaign's local day (days since the epoch) the `*_today` figures belong to.
     pub day: i64,
     /// When that day ends (unix ms; 0 in counters stored before time zones: the UTC day's end).
@@ -38,6 +44,37 @@ pub struct CampaignCounters {
     pub day_ends_at: i64,
     pub impressions_today: u64,
     pub spend_today_micros: i64,
+}
+
+impl CampaignCounters {
+    /// Whether the day the `*_today` figures belong to has ended at `now`.
+    fn day_is_over(&self, now: UnixMillis) -> bool {
+        let day_ends_at = if self.day_ends_at > 0 { self.day_ends_at } else { (self.day + 1) * DAY_MS };
+        now.0 >= day_ends_at
+    }
+}
+
+/// Counts of the playback-progress events of one campaign.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Progress {
+    pub starts: u64,
+    pub first_quartiles: u64,
+    pub midpoints: u64,
+    pub third_quartiles: u64,
+    pub mutes: u64,
+    pub unmutes: u64,
+    pub pauses: u64,
+    pub resumes: u64,
+    pub not_used: u64,
+}
+
+/// How often the players reported one VAST error code for one creative.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PlaybackErrors {
+    pub creative: CreativeId,
+    pub code: u16,
+    pub count: u64,
 }
 
 /// One authenticated event, ready to apply.
@@ -49,6 +86,8 @@ pub struct VerifiedEvent {
     pub legacy: bool,
     pub event_id: Box<str>,
     pub kind: EventKind,
+    /// The VAST error code of an `EventKind::Error` (100..=999); 0 otherwise.
+    pub error_code: u16,
     pub at: UnixMillis,
     /// None for anonymous listeners (no history is kept for them).
     pub history: Option<HistoryKey>,
@@ -304,9 +343,13 @@ impl Delivery {
             counters.impressions_today = 0;
             counters.spend_today_micros = 0;
         }
+        let progress = &mut counters.progress;
         match event.kind {
             EventKind::Impression => {
-                self.release(&event.campaign.id, event.price_micros, event.decided_at);
+                // An ad reported not used gave its reservation back already.
+                if !self.inner.counted.contains_key(&(event.ad, EventKind::NotUsed)) {
+                    self.release(&event.campaign.id, event.price_micros, event.decided_at);
+                }
                 counters.impressions += 1;
                 counters.spend_micros += event.price_micros;
                 if day == counters.day {
@@ -318,6 +361,33 @@ impl Delivery {
             EventKind::Complete => counters.completes += 1,
             EventKind::Skip => counters.skips += 1,
             EventKind::NotForMe => counters.not_for_me += 1,
+            EventKind::Start => progress.starts += 1,
+            EventKind::FirstQuartile => progress.first_quartiles += 1,
+            EventKind::Midpoint => progress.midpoints += 1,
+            EventKind::ThirdQuartile => progress.third_quartiles += 1,
+            EventKind::Mute => progress.mutes += 1,
+            EventKind::Unmute => progress.unmutes += 1,
+            EventKind::Pause => progress.pauses += 1,
+            EventKind::Resume => progress.resumes += 1,
+            EventKind::NotUsed => {
+                progress.not_used += 1;
+                // Not played: its share of the budget comes back now (an impression that
+                // still arrives is counted, and releases nothing twice).
+                if !self.inner.counted.contains_key(&(event.ad, EventKind::Impression)) {
+                    self.release(&event.campaign.id, event.price_micros, event.decided_at);
+                }
+            }
+            EventKind::Error => {
+                let creative = &event.campaign.creatives[event.creative_index].id;
+                let key = (creative, event.error_code);
+                match counters.errors.binary_search_by(|e| (&e.creative, e.code).cmp(&key)) {
+                    Ok(i) => counters.errors[i].count += 1,
+                    Err(i) => counters.errors.insert(
+                        i,
+                        PlaybackErrors { creative: creative.clone(), code: event.error_code, count: 1 },
+                    ),
+                }
+            }
         }
     }
 
@@ -341,7 +411,21 @@ impl Delivery {
                     }
                 }
             }),
-            EventKind::Click | EventKind::Complete | EventKind::Skip => {}
+            EventKind::NotUsed => self.inner.histories.update(&key.listener, |h| {
+                h.get_mut(&key.member).release_hold(event.ad);
+            }),
+            EventKind::Click
+            | EventKind::Complete
+            | EventKind::Skip
+            | EventKind::Start
+            | EventKind::FirstQuartile
+            | EventKind::Midpoint
+            | EventKind::ThirdQuartile
+            | EventKind::Mute
+            | EventKind::Unmute
+            | EventKind::Pause
+            | EventKind::Resume
+            | EventKind::Error => {}
         }
     }
 
@@ -363,13 +447,21 @@ impl Delivery {
 
     /// Totals of one campaign, with the `*_today` figures as of `now`.
     pub fn counters(&self, campaign: &CampaignId, now: UnixMillis) -> CampaignCounters {
-        let mut c = self.inner.campaigns.get(campaign).map(|c| *c).unwrap_or_default();
-        let day_ends_at = if c.day_ends_at > 0 { c.day_ends_at } else { (c.day + 1) * DAY_MS };
-        if now.0 >= day_ends_at {
+        let mut c = self.inner.campaigns.get(campaign).map(|c| c.clone()).unwrap_or_default();
+        if c.day_is_over(now) {
             c.impressions_today = 0;
             c.spend_today_micros = 0;
         }
         c
+    }
+
+    /// What `campaign` has spent as of `now` (lifetime micros, today's micros, impressions):
+    /// the budget checks' part of `counters`, without copying the rest.
+    fn spent(&self, campaign: &CampaignId, now: UnixMillis) -> (i64, i64, u64) {
+        self.inner.campaigns.get(campaign).map_or((0, 0, 0), |c| {
+            let today = if c.day_is_over(now) { 0 } else { c.spend_today_micros };
+            (c.spend_micros, today, c.impressions)
+        })
     }
 
     /// Holds one impression's price of `campaign`'s budget for an ad decided at `now`, if it
@@ -378,16 +470,11 @@ impl Delivery {
     /// take the last of a budget that each saw free. False: the ad must not be served.
     pub fn reserve_within_limits(&self, campaign: &Campaign, now: UnixMillis) -> bool {
         // Lock order campaigns → reserved, as `count` takes them.
-        let counters = self.counters(&campaign.id, now);
+        let (lifetime_micros, today_micros, impressions) = self.spent(&campaign.id, now);
         let mut r = self.inner.reserved.entry(campaign.id.clone()).or_default();
         let (reserved_micros, reserved_impressions) = r.held_at(now);
-        let spend = Spend {
-            lifetime_micros: counters.spend_micros,
-            today_micros: counters.spend_today_micros,
-            impressions: counters.impressions,
-            reserved_micros,
-            reserved_impressions,
-        };
+        let spend =
+            Spend { lifetime_micros, today_micros, impressions, reserved_micros, reserved_impressions };
         if !crate::decision::pacing::fits(campaign, &spend) {
             return false;
         }
@@ -469,7 +556,7 @@ impl Delivery {
 
     /// The stored counters of one campaign, to persist them.
     pub fn raw_counters(&self, campaign: &CampaignId) -> CampaignCounters {
-        self.inner.campaigns.get(campaign).map(|c| *c).unwrap_or_default()
+        self.inner.campaigns.get(campaign).map(|c| c.clone()).unwrap_or_default()
     }
 
     /// Puts back what the durable store holds. Event ids older than the dedupe window are
@@ -536,15 +623,9 @@ pub struct SpendAt<'a> {
 
 impl SpendView for SpendAt<'_> {
     fn spend(&self, campaign: &CampaignId) -> Spend {
-        let c = self.delivery.counters(campaign, self.now);
+        let (lifetime_micros, today_micros, impressions) = self.delivery.spent(campaign, self.now);
         let (reserved_micros, reserved_impressions) = self.delivery.reserved(campaign, self.now);
-        Spend {
-            lifetime_micros: c.spend_micros,
-            today_micros: c.spend_today_micros,
-            impressions: c.impressions,
-            reserved_micros,
-            reserved_impressions,
-        }
+        Spend { lifetime_micros, today_micros, impressions, reserved_micros, reserved_impressions }
     }
 }
 

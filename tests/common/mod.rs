@@ -177,6 +177,7 @@ impl TestServer {
                 r#type: pb::EventType::Impression as i32,
                 impression_token: ad.impression_token.clone(),
                 occurred_at: None,
+                ..Default::default()
             })
             .collect();
         self.decisions().record_events(pb::RecordEventsRequest { events }).await.unwrap();
@@ -208,7 +209,7 @@ pub fn campaign(id: &str, advertiser: &str, cpm_usd: i64) -> pb::Campaign {
             creative_id: "c30".into(),
             audio_url: format!("https://cdn.example/{id}.mp3"),
             duration: Some(secs(30)),
-            companion: None,
+            ..Default::default()
         }],
         ..Default::default()
     }

@@ -573,6 +573,7 @@ impl Worker {
                 r#type: pb::EventType::Impression as i32,
                 impression_token: ad.impression_token.clone(),
                 occurred_at: None,
+                error_code: 0,
             })
             .collect();
         // Stamped before sending, so the harness never counts an impression as more recent

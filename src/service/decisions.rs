@@ -1,0 +1,391 @@
+//! Decisions and their events: `decide` picks a break's ads and signs their tokens; `record`
+//! verifies and counts what players report. Both edges (gRPC, VAST) call these.
+
+use std::sync::Arc;
+
+use crate::decision::{self, Decision, Fill, Listener, Reason};
+use crate::domain::{AdId, AdRequest, CampaignId, EventKind, ImpressionRecord, ListenerId, Tier, UnixMillis};
+use crate::state::AppState;
+use crate::store::delivery::{Applied, CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
+use crate::store::durable::Change;
+use crate::telemetry;
+use crate::token::ImpressionClaims;
+use crate::validation::InvalidRequest;
+
+use super::ServiceError;
+
+/// Client clocks may run this far ahead of ours.
+pub const MAX_CLOCK_SKEW_MS: i64 = 5 * 60_000;
+
+/// The decision and event service over the shared state. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Decisions {
+    state: AppState,
+    /// Decision outcome counters, registered when the service is made.
+    outcomes: Arc<telemetry::DecisionMetrics>,
+}
+
+/// A decided break: the engine's decision, and for each of its ads (same order) what the
+/// player needs to report it.
+#[derive(Debug)]
+pub struct Served {
+    pub decision: Decision,
+    pub ads: Vec<ServedAd>,
+}
+
+/// The identity of one decided ad.
+#[derive(Clone, Debug)]
+pub struct ServedAd {
+    pub id: AdId,
+    /// Binds the ad, its listener, campaign, creative and price: sent back with its events.
+    pub token: String,
+    /// What its impression bills (0 for house ads).
+    pub price_micros: i64,
+}
+
+/// One reported event, valid in shape; its token is verified by `record`.
+#[derive(Clone, Copy, Debug)]
+pub struct EventInput<'a> {
+    /// The caller's id of the event, for its own retries.
+    pub event_id: &'a str,
+    pub kind: EventKind,
+    /// The VAST error code of an `EventKind::Error` (100..=999); 0 otherwise.
+    pub error_code: u16,
+    pub token: &'a str,
+    pub occurred_at: Option<UnixMillis>,
+}
+
+/// One event of a batch: valid in shape, or what is wrong with it.
+pub type EventShape<'a> = Result<EventInput<'a>, InvalidRequest>;
+
+/// What became of a batch of events.
+#[derive(Debug)]
+pub struct Recorded {
+    pub accepted: u32,
+    pub duplicates: u32,
+    /// One per event, in order; None = rejected (see `rejections`).
+    pub outcomes: Vec<Option<EventOutcome>>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// Why one event of a batch was not applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub index: usize,
+    /// The field at fault, e.g. "events[2].impression_token".
+    pub field: String,
+    pub reason: String,
+}
+
+/// Every fill, reason and tier in discriminant order: the label index of a value is `as usize`.
+const FILLS: [Fill; 3] = [Fill::Paid, Fill::House, Fill::Empty];
+const REASONS: [Reason; 9] = [
+    Reason::Served,
+    Reason::NoCandidates,
+    Reason::NoConsent,
+    Reason::BelowRelevanceFloor,
+    Reason::Suppressed,
+    Reason::BudgetExhausted,
+    Reason::FrequencyCapped,
+    Reason::DoesNotFitBreak,
+    Reason::AdLoadLimit,
+];
+const TIERS: [Tier; 4] = [Tier::Sponsorship, Tier::Standard, Tier::Remnant, Tier::House];
+
+impl Decisions {
+    /// A service over `state`.
+    pub fn new(state: AppState) -> Self {
+        let outcomes = telemetry::DecisionMetrics::new(
+            &FILLS.map(fill_label),
+            &REASONS.map(reason_label),
+            &TIERS.map(tier_label),
+        );
+        Self { state, outcomes: Arc::new(outcomes) }
+    }
+
+    /// The state this service works on.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Decides one break for `request`. With a store, a listener not in memory is read off
+    /// the runtime's thread first.
+    pub async fn decide(&self, request: &AdRequest) -> Result<Served, ServiceError> {
+        if self.state.persists()
+            && let Some(id) = request.listener_id.as_deref()
+        {
+            self.state.warm(id).await?;
+        }
+        self.decide_now(request)
+    }
+
+    fn decide_now(&self, request: &AdRequest) -> Result<Served, ServiceError> {
+        let state = &self.state;
+        let now = super::now();
+        let profile = match request.listener_id.as_deref() {
+            Some(id) => state.listeners.get(id)?,
+            None => None,
+        };
+        // Caps follow the resolved listener; an id we have no profile for still gets its own
+        // history, so an unknown listener does not hear the same ad again and again.
+        let key = request.listener_id.as_deref().map(|id| HistoryKey {
+            listener: profile.as_ref().map_or_else(|| ListenerId::from(id), |p| p.id.clone()),
+            member: request.member_id.clone(),
+        });
+        let snapshot = state.catalog.snapshot();
+        let mut decision = state.delivery.with_history(key.as_ref(), |history| {
+            let listener = Listener {
+                profile: profile.as_deref(),
+                taste: profile.as_deref().and_then(|p| p.member(&request.member_id)),
+                history,
+            };
+            let spend = state.delivery.spend_at(now);
+            decision::decide(&snapshot, listener, request, &state.policy, &spend, now, &mut rand::rng())
+        })?;
+        // The engine saw each budget free; taking its share is checked again, atomically per
+        // campaign, so that decisions running at once on several threads cannot all take the
+        // last of it. An ad whose budget went meanwhile is not served.
+        decision.ads.retain(|ad| {
+            let c = &ad.campaign;
+            !(c.tier.is_paid() && c.budget.is_limited()) || state.delivery.reserve_within_limits(c, now)
+        });
+        if decision.ads.is_empty() && decision.fill == Fill::Paid {
+            decision.fill = Fill::Empty;
+            decision.reason = Reason::BudgetExhausted;
+        }
+        let mut rng = rand::rng();
+        let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();
+        if let Some(key) = &key
+            && !decision.ads.is_empty()
+        {
+            // Until their impressions arrive, the break's ads count against ad load and caps.
+            state.delivery.hold(
+                key,
+                decision
+                    .ads
+                    .iter()
+                    .zip(&ad_ids)
+                    .map(|(ad, &id)| (id, ImpressionRecord::of(&ad.campaign, ad.creative, now))),
+            )?;
+        }
+        self.outcomes.record(
+            decision.fill as usize,
+            decision.reason as usize,
+            decision.ads.iter().map(|a| a.campaign.tier as usize),
+        );
+        let (listener, member) = key.as_ref().map_or(("", ""), |k| (k.listener.as_str(), &*k.member));
+        let ads = decision
+            .ads
+            .iter()
+            .zip(ad_ids)
+            .map(|(ad, id)| {
+                let c = &ad.campaign;
+                let price_micros = if c.tier.is_paid() { c.price_micros() } else { 0 };
+                let token = state.signer.sign(&ImpressionClaims {
+                    ad: id,
+                    legacy: false,
+                    listener,
+                    member,
+                    campaign: c.id.as_str(),
+                    creative: c.creatives[ad.creative].id.as_str(),
+                    price_micros,
+                    decided_at: now,
+                });
+                ServedAd { id, token, price_micros }
+            })
+            .collect();
+        Ok(Served { decision, ads })
+    }
+
+    /// Verifies and applies a batch of events. Each event stands on its own: a bad one is
+    /// rejected with its reason and the rest land, so one event that can never be valid (its
+    /// creative removed, its token expired) does not sink its batch on every retry. Only a
+    /// batch with nothing valid is refused. Answers once what it applied is durable.
+    pub async fn record(&self, events: &[EventShape<'_>]) -> Result<Recorded, ServiceError> {
+        let state = &self.state;
+        let now = super::now();
+        let mut errors = InvalidRequest::default();
+        let mut rejections = Vec::new();
+        let mut reject = |index: usize, field: String, reason: String| {
+            errors.add(field.clone(), reason.clone());
+            rejections.push(Rejection { index, field, reason });
+        };
+        let mut verified = Vec::with_capacity(events.len());
+        let mut verified_at = Vec::with_capacity(events.len());
+        // A token names a campaign that served, so it is in the snapshot that decided it or a
+        // later one (campaigns are never removed, only archived).
+        let catalog = state.catalog.snapshot();
+        for (i, e) in events.iter().enumerate() {
+            let e = match e {
+                Ok(e) => e,
+                Err(invalid) => {
+                    for (field, reason) in &invalid.violations {
+                        reject(i, field.clone(), reason.clone());
+                    }
+                    continue;
+                }
+            };
+            let claims = match state.signer.verify(e.token, now) {
+                Ok(claims) => claims,
+                Err(error) => {
+                    reject(i, format!("events[{i}].impression_token"), error.to_string());
+                    continue;
+                }
+            };
+            let Some(campaign) = catalog.find(&claims.campaign).cloned() else {
+                reject(
+                    i,
+                    format!("events[{i}].impression_token"),
+                    "names a campaign this server does not have".into(),
+                );
+                continue;
+            };
+            let Some(creative_index) =
+                campaign.creatives.iter().position(|c| c.id.as_str() == claims.creative)
+            else {
+                reject(
+                    i,
+                    format!("events[{i}].impression_token"),
+                    "names a creative the campaign no longer has".into(),
+                );
+                continue;
+            };
+            let at = e.occurred_at.unwrap_or(now);
+            if at.0 < claims.decided_at.0 - MAX_CLOCK_SKEW_MS || at.0 > now.0 + MAX_CLOCK_SKEW_MS {
+                reject(i, format!("events[{i}].occurred_at"), "must lie between the decision and now".into());
+                continue;
+            }
+            verified_at.push(i);
+            verified.push(VerifiedEvent {
+                ad: claims.ad,
+                legacy: claims.legacy,
+                event_id: e.event_id.into(),
+                kind: e.kind,
+                error_code: e.error_code,
+                // A player clock ahead of ours is tolerated, not believed: accounted at our
+                // now, so an event just before midnight cannot count towards tomorrow's
+                // budget, nor an impression stay in a cap's window longer than it should.
+                at: at.min(now),
+                // An ad decided before its listener was erased counts for the advertiser only.
+                history: (!claims.listener.is_empty()
+                    && !state.delivery.erased_since(
+                        || state.signer.listener_fingerprint(&claims.listener),
+                        claims.decided_at,
+                    ))
+                .then(|| HistoryKey {
+                    listener: claims.listener.as_str().into(),
+                    member: claims.member.as_str().into(),
+                }),
+                campaign,
+                creative_index,
+                price_micros: claims.price_micros,
+                decided_at: claims.decided_at,
+            });
+        }
+        if verified.is_empty() {
+            errors.into_result()?;
+        }
+        // The histories these events change stay in memory until their commit (read from the
+        // store off the runtime's thread when they are not there).
+        let pins = state
+            .pin_histories(verified.iter().filter_map(|e| e.history.as_ref().map(|k| k.listener.clone())))
+            .await?;
+        let applied = state
+            .write(|| {
+                let applied = state.delivery.apply(&verified, state.suppression);
+                if !state.persists() {
+                    return Ok((applied, Vec::new()));
+                }
+                let changes = self.changes_of(&verified, &applied);
+                Ok::<_, ServiceError>((applied, changes))
+            })
+            .await?;
+        drop(pins);
+        let replays = applied.outcomes.iter().filter(|&&o| o == EventOutcome::AlreadyCounted).count() as u32;
+        telemetry::record_events(applied.accepted, applied.duplicates - replays, replays);
+        for e in verified.iter().zip(&applied.outcomes).filter(|(_, o)| **o == EventOutcome::Accepted) {
+            if e.0.kind == EventKind::Error {
+                telemetry::record_playback_error(e.0.error_code);
+            }
+        }
+        let mut outcomes = vec![None; events.len()];
+        for (&i, &outcome) in verified_at.iter().zip(&applied.outcomes) {
+            outcomes[i] = Some(outcome);
+        }
+        Ok(Recorded { accepted: applied.accepted, duplicates: applied.duplicates, outcomes, rejections })
+    }
+
+    /// What an applied batch changed, to make durable: the events that counted, the histories
+    /// and the counters they changed.
+    fn changes_of(&self, verified: &[VerifiedEvent], applied: &Applied) -> Vec<Change> {
+        let delivery = &self.state.delivery;
+        let mut changes: Vec<Change> = verified
+            .iter()
+            .zip(&applied.outcomes)
+            .filter(|(_, outcome)| **outcome == EventOutcome::Accepted)
+            .map(|(e, _)| {
+                Change::Event(CountedEvent {
+                    ad: e.ad,
+                    kind: e.kind,
+                    event_id: e.event_id.to_string(),
+                    at: e.at,
+                })
+            })
+            .collect();
+        let mut keys: Vec<&HistoryKey> = verified.iter().filter_map(|e| e.history.as_ref()).collect();
+        keys.sort_by(|a, b| (&a.listener, &a.member).cmp(&(&b.listener, &b.member)));
+        keys.dedup();
+        changes.extend(
+            keys.into_iter().filter_map(|k| delivery.history(k).map(|h| Change::History(k.clone(), h))),
+        );
+        let mut campaigns: Vec<&CampaignId> = verified.iter().map(|e| &e.campaign.id).collect();
+        campaigns.sort();
+        campaigns.dedup();
+        changes
+            .extend(campaigns.into_iter().map(|id| Change::Counters(id.clone(), delivery.raw_counters(id))));
+        changes
+    }
+}
+
+fn fill_label(f: Fill) -> &'static str {
+    match f {
+        Fill::Paid => "paid",
+        Fill::House => "house",
+        Fill::Empty => "empty",
+    }
+}
+
+fn reason_label(r: Reason) -> &'static str {
+    match r {
+        Reason::Served => "served",
+        Reason::NoCandidates => "no_candidates",
+        Reason::NoConsent => "no_consent",
+        Reason::Suppressed => "suppressed",
+        Reason::BudgetExhausted => "budget_exhausted",
+        Reason::FrequencyCapped => "frequency_capped",
+        Reason::BelowRelevanceFloor => "below_relevance_floor",
+        Reason::DoesNotFitBreak => "does_not_fit_break",
+        Reason::AdLoadLimit => "ad_load_limit",
+    }
+}
+
+fn tier_label(t: Tier) -> &'static str {
+    match t {
+        Tier::Sponsorship => "sponsorship",
+        Tier::Standard => "standard",
+        Tier::Remnant => "remnant",
+        Tier::House => "house",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_lists_follow_discriminant_order() {
+        assert!(FILLS.iter().enumerate().all(|(i, &f)| f as usize == i));
+        assert!(REASONS.iter().enumerate().all(|(i, &r)| r as usize == i));
+        assert!(TIERS.iter().enumerate().all(|(i, &t)| t as usize == i));
+    }
+}
