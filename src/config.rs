@@ -15,6 +15,10 @@ use crate::store::delivery::SuppressionPolicy;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Prometheus `/metrics` address served by default.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9464";
+/// VAST (HTTP) address served by default: loopback, like the gRPC port.
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8080";
+/// Currency of prices and budgets (ISO 4217), as VAST's `Pricing` states it.
+pub const DEFAULT_CURRENCY: &str = "USD";
 /// Default relevance floor: an untargeted campaign (relevance 0.27) stays under it.
 pub const DEFAULT_RELEVANCE_FLOOR: f64 = 0.35;
 /// Default weight of relevance against the bid in the rank key: the engine's own default.
@@ -83,6 +87,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// None = no metrics endpoint.
     pub metrics_listen: Option<SocketAddr>,
+    /// The VAST edge (HTTP); None = off.
+    pub http_listen: Option<SocketAddr>,
+    /// Where players reach the VAST edge, e.g. "https://ads.example.com" (no trailing slash):
+    /// the base of every tracking URL. None = the scheme and `Host` of each request.
+    pub public_url: Option<String>,
+    /// ISO 4217 code of the account currency (prices, budgets).
+    pub currency: String,
     /// Load the built-in demo catalog at start.
     pub demo: bool,
     pub policy: Policy,
@@ -252,6 +263,13 @@ settings! {
     listen: SocketAddr,
     /// Prometheus /metrics listen address, or "off" [default: 127.0.0.1:9464].
     metrics_listen: String,
+    /// VAST 4.2 over HTTP listen address, or "off" [default: 127.0.0.1:8080].
+    http_listen: String,
+    /// Base URL of the VAST edge as players reach it, for tracking URLs, e.g.
+    /// "https://ads.example.com" [default: the scheme and Host of each request].
+    public_url: String,
+    /// ISO 4217 code of the account currency [default: USD].
+    currency: String,
     /// Load the built-in demo catalog [default: true].
     demo: bool,
     /// Default relevance floor in [0, 1] [default: 0.35].
@@ -386,6 +404,18 @@ impl Settings {
                 Some(addr.parse().map_err(|_| invalid("metrics_listen", "expected host:port or \"off\""))?)
             }
         };
+        let http_listen = match self.http_listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN) {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| invalid("http_listen", "expected host:port or \"off\""))?),
+        };
+        let public_url = match self.public_url {
+            Some(url) => Some(public_url(url).map_err(|reason| invalid("public_url", reason))?),
+            None => None,
+        };
+        let currency = self.currency.unwrap_or_else(|| DEFAULT_CURRENCY.to_owned());
+        if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_uppercase()) {
+            return Err(invalid("currency", "must be an ISO 4217 code such as \"USD\""));
+        }
         let relevance_floor = self.relevance_floor.unwrap_or(DEFAULT_RELEVANCE_FLOOR);
         if !(0.0..=1.0).contains(&relevance_floor) {
             return Err(invalid("relevance_floor", "must be within [0, 1]"));
@@ -556,6 +586,9 @@ impl Settings {
         Ok(Config {
             listen,
             metrics_listen,
+            http_listen,
+            public_url,
+            currency,
             demo: self.demo.unwrap_or(true),
             policy: Policy {
                 relevance_floor,
@@ -590,6 +623,18 @@ impl Settings {
             tls,
         })
     }
+}
+
+/// Checks a public base URL: http(s), a host, no query or fragment; drops a trailing slash.
+fn public_url(url: String) -> Result<String, &'static str> {
+    let uri: http::Uri = url.parse().map_err(|_| "must be an absolute http(s) URL")?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err("must be an absolute http(s) URL");
+    }
+    if uri.query().is_some() || url.contains('#') {
+        return Err("must have no query or fragment");
+    }
+    Ok(url.trim_end_matches('/').to_owned())
 }
 
 impl Default for Config {

@@ -1,6 +1,11 @@
 //! Validation errors shared by every edge: each offending field or parameter, with what is
 //! wrong with it (gRPC turns them into google.rpc.BadRequest, HTTP into a 400 naming them).
 
+use crate::domain::GeoLocation;
+
+/// Longest id (listener, alias, campaign, creative, advertiser, event).
+pub const MAX_ID_LEN: usize = 128;
+
 /// A request that failed validation: every offending field, with what is wrong with it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid request: {}", summary(.violations))]
@@ -30,4 +35,53 @@ impl InvalidRequest {
         e.add(field, description);
         e
     }
+}
+
+/// Why `value` is not an acceptable id, if it is not.
+pub fn id_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        Some("is required".into())
+    } else if value.len() > MAX_ID_LEN {
+        Some(format!("must be at most {MAX_ID_LEN} bytes"))
+    } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("must be printable ASCII without spaces".into())
+    } else {
+        None
+    }
+}
+
+/// Why `value` is not a slug (`[a-z0-9][a-z0-9-]{0,47}`), if it is not.
+pub fn slug_problem(value: &str) -> Option<String> {
+    let ok = !value.is_empty()
+        && value.len() <= 48
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-');
+    (!ok).then(|| "must be a slug: 1..=48 of a-z, 0-9 and '-', e.g. \"hip-hop\"".into())
+}
+
+
+/// What is wrong with each part of a place ("country", "region", "metro"), if anything.
+pub fn location_problems(l: &GeoLocation) -> Vec<(&'static str, &'static str)> {
+    let mut problems = Vec::new();
+    if !(l.country.len() == 2 && l.country.bytes().all(|b| b.is_ascii_uppercase())) {
+        problems.push(("country", "must be an ISO 3166-1 alpha-2 code in upper case, e.g. \"DE\""));
+    }
+    if !l.region.is_empty() {
+        let ok = l.region.len() > 3
+            && l.region.len() <= 6
+            && l.region.starts_with(&*l.country)
+            && l.region.as_bytes()[2] == b'-'
+            // Bytes, not a str slice: byte 3 may fall inside a character (found by fuzzing).
+            && l.region.as_bytes()[3..].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !ok {
+            problems.push(("region", "must be an ISO 3166-2 code of the same country in upper case, e.g. \"DE-BE\""));
+        }
+    }
+    if !l.metro.is_empty() {
+        let ok = l.metro.len() <= 8 && l.metro.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if !ok {
+            problems.push(("metro", "must be 1..=8 upper-case letters or digits, e.g. \"BER\""));
+        }
+    }
+    problems
 }

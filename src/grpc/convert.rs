@@ -15,8 +15,8 @@ use crate::domain::{
 use crate::service::decisions::{EventInput, EventShape};
 use crate::store::{StoreError, Vocabulary};
 
-/// Longest id (listener, alias, campaign, creative, advertiser, event).
-pub const MAX_ID_LEN: usize = 128;
+pub use crate::validation::MAX_ID_LEN;
+use crate::validation::{id_problem, location_problems, slug_problem};
 /// Longest free-text name.
 pub const MAX_NAME_LEN: usize = 200;
 /// Longest URL.
@@ -158,43 +158,15 @@ impl Checker {
     }
 
     fn location(&mut self, field: &str, value: &pb::GeoLocation) -> GeoLocation {
-        let country_ok = value.country.len() == 2 && value.country.bytes().all(|b| b.is_ascii_uppercase());
-        if !country_ok {
-            self.fail(
-                format!("{field}.country"),
-                "must be an ISO 3166-1 alpha-2 code in upper case, e.g. \"DE\"",
-            );
-        }
-        if !value.region.is_empty() {
-            let ok = value.region.len() <= 6
-                && value.region.starts_with(&format!("{}-", value.country))
-                // Bytes, not a str slice: byte 3 may fall inside a character (found by fuzzing).
-                && value.region.as_bytes()[3.min(value.region.len())..]
-                    .iter()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-                && value.region.len() > 3;
-            if !ok {
-                self.fail(
-                    format!("{field}.region"),
-                    "must be an ISO 3166-2 code of the same country in upper case, e.g. \"DE-BE\"",
-                );
-            }
-        }
-        if !value.metro.is_empty() {
-            let ok = value.metro.len() <= 8
-                && value.metro.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-            if !ok {
-                self.fail(
-                    format!("{field}.metro"),
-                    "must be 1..=8 upper-case letters or digits, e.g. \"BER\"",
-                );
-            }
-        }
-        GeoLocation {
+        let location = GeoLocation {
             country: value.country.as_str().into(),
             region: value.region.as_str().into(),
             metro: value.metro.as_str().into(),
+        };
+        for (part, problem) in location_problems(&location) {
+            self.fail(format!("{field}.{part}"), problem);
         }
+        location
     }
 
     /// The audio MIME type of a media file: `given`, or as the URL's extension names it.
@@ -329,28 +301,6 @@ impl Checker {
             }
         }
     }
-}
-
-/// Why `value` is not an acceptable id, if it is not.
-fn id_problem(value: &str) -> Option<String> {
-    if value.is_empty() {
-        Some("is required".into())
-    } else if value.len() > MAX_ID_LEN {
-        Some(format!("must be at most {MAX_ID_LEN} bytes"))
-    } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        Some("must be printable ASCII without spaces".into())
-    } else {
-        None
-    }
-}
-
-/// Why `value` is not a slug (`[a-z0-9][a-z0-9-]{0,47}`), if it is not.
-fn slug_problem(value: &str) -> Option<String> {
-    let ok = !value.is_empty()
-        && value.len() <= 48
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-');
-    (!ok).then(|| "must be a slug: 1..=48 of a-z, 0-9 and '-', e.g. \"hip-hop\"".into())
 }
 
 /// Milliseconds of a protobuf Duration, if it is well-formed.
