@@ -28,6 +28,11 @@ impl AdmissionLayer {
     pub fn new(max_in_flight: usize) -> Self {
         Self { permits: Arc::new(Semaphore::new(max_in_flight)) }
     }
+
+    /// The bound itself, for the other edges that decide (VAST): one server, one bound.
+    pub fn permits(&self) -> Arc<Semaphore> {
+        self.permits.clone()
+    }
 }
 
 impl<S> Layer<S> for AdmissionLayer {

@@ -29,8 +29,9 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves every gRPC service on `listener` with `limits` until `shutdown` resolves, then
-/// reports NOT_SERVING on health, stops accepting, and drains in-flight RPCs for at most `grace`.
+/// Serves every gRPC service on `listener` with `limits`, and the VAST edge on `http` when
+/// given, until `shutdown` resolves; then reports NOT_SERVING on health, stops accepting on
+/// both, and drains in-flight requests for at most `grace`.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -38,6 +39,7 @@ pub async fn serve(
     grace: Duration,
     limits: Limits,
     tls: Option<&Tls>,
+    http: Option<crate::vast::HttpEdge>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AdDecisionServiceServer<DecisionService>>().await;
@@ -65,15 +67,26 @@ pub async fn serve(
     // and its events are counted by the same code as over gRPC.
     let decisions = crate::service::Decisions::new(state.clone());
 
+    // One bound on decisions in flight for every edge that decides.
+    let admission = crate::admission::AdmissionLayer::new(limits.max_in_flight);
+
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let (http_stop_tx, mut http_stop_rx) = tokio::sync::watch::channel(false);
     let stop_accepting = async move {
         shutdown.await;
         for service in ["", AD_DECISION, CAMPAIGNS, LISTENERS] {
             reporter.set_service_status(service, ServingStatus::NotServing).await;
         }
         tracing::info!("health NOT_SERVING; draining in-flight rpcs");
+        let _ = http_stop_tx.send(true);
         let _ = draining_tx.send(());
     };
+    let http_task = http.map(|edge| {
+        let stopped = async move {
+            let _ = http_stop_rx.wait_for(|&stop| stop).await;
+        };
+        tokio::spawn(crate::vast::serve(edge, decisions.clone(), admission.permits(), stopped))
+    });
 
     let max = limits.max_message_bytes;
     let deadline = |streams: deadline::Streams| deadline::DeadlineLayer::new(limits.request_timeout, streams);
@@ -107,7 +120,7 @@ pub async fn serve(
         // (grpc/deadline.rs).
         .add_service(
             deadline(deadline::unary_only).layer(
-                crate::admission::AdmissionLayer::new(limits.max_in_flight).layer(
+                admission.layer(
                     AdDecisionServiceServer::new(DecisionService::new(decisions.clone()))
                         .max_decoding_message_size(max)
                         .max_encoding_message_size(max),
@@ -137,16 +150,36 @@ pub async fn serve(
         )
         .serve_with_incoming_shutdown(crate::net::incoming(listener, limits.edge()), stop_accepting);
     tokio::pin!(server);
+    let mut drain_deadline = None;
     let result = tokio::select! {
         result = &mut server => result,
-        _ = draining_rx => match tokio::time::timeout(grace, &mut server).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over; dropping in-flight rpcs");
-                Ok(())
+        _ = draining_rx => {
+            let deadline = tokio::time::Instant::now() + grace;
+            drain_deadline = Some(deadline);
+            match tokio::time::timeout_at(deadline, &mut server).await {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!(grace_secs = grace.as_secs_f64(), "grace period over; dropping in-flight rpcs");
+                    Ok(())
+                }
             }
-        },
+        }
     };
+    // The HTTP edge stopped accepting with the gRPC one; what it still serves has the rest of
+    // the same grace.
+    if let Some(task) = http_task {
+        let abort = task.abort_handle();
+        let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + grace);
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "http edge failed"),
+            Ok(Err(error)) => tracing::error!(%error, "http edge panicked"),
+            Err(_) => {
+                tracing::warn!("grace period over; dropping in-flight http requests");
+                abort.abort();
+            }
+        }
+    }
     if let Some(task) = watch_store {
         task.abort();
     }

@@ -1,8 +1,10 @@
 //! Interlude: an ad decision server for music-streaming free tiers.
 //!
 //! Crate map (see ARCHITECTURE.md): `domain` plain types; `decision` the pure engine; `store`
-//! in-memory state; `token` impression tokens; `grpc` the only module that knows wire types;
-//! `app` wiring and serving; `net` accepted connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
+//! in-memory and durable state; `token` impression tokens; `service` the decisions every edge
+//! calls; `grpc` the gRPC edge, the only module that knows wire types; `vast` the VAST edge over
+//! HTTP; `validation` checks both edges share; `app` wiring and serving; `net` accepted
+//! connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
 #![forbid(unsafe_code)]
 
 pub mod admission;
@@ -21,3 +23,4 @@ pub mod synth;
 pub mod telemetry;
 pub mod token;
 pub mod validation;
+pub mod vast;

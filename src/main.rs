@@ -119,8 +119,22 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         }
         _ => None,
     };
+    let http = match config.http_listen {
+        Some(addr) => Some(interlude::vast::HttpEdge {
+            listener: tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding HTTP (VAST) address {addr}"))?,
+            settings: interlude::vast::Settings {
+                public_url: config.public_url.clone(),
+                currency: config.currency.clone(),
+            },
+        }),
+        None => None,
+    };
+    let http_addr = http.as_ref().map(|edge| edge.listener.local_addr()).transpose()?;
     tracing::info!(
         grpc_addr = %grpc_addr,
+        http_addr = http_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         metrics_addr = metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "serving"
     );
@@ -131,6 +145,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         config.shutdown_grace,
         config.limits,
         config.tls.as_ref(),
+        http,
     )
     .await?;
     let _ = stop_metrics.send(());

@@ -159,6 +159,38 @@ impl RpcMetrics {
     }
 }
 
+/// The handles of one HTTP route's metrics, registered once (the hot routes answer 200/204).
+#[derive(Debug)]
+pub struct HttpMetrics {
+    route: &'static str,
+    ok_status: u16,
+    ok: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+impl HttpMetrics {
+    /// The handles of `route`, whose usual answer is `ok_status`.
+    pub fn new(route: &'static str, ok_status: u16) -> Self {
+        Self {
+            route,
+            ok_status,
+            ok: metrics::counter!(HTTP_REQUESTS, "route" => route, "status" => ok_status.to_string()),
+            duration: metrics::histogram!(HTTP_DURATION, "route" => route),
+        }
+    }
+
+    /// Records one answered request (other statuses take the registry's slow path).
+    pub fn record(&self, status: u16, elapsed: Duration) {
+        if status == self.ok_status {
+            self.ok.increment(1);
+        } else {
+            metrics::counter!(HTTP_REQUESTS, "route" => self.route, "status" => status.to_string())
+                .increment(1);
+        }
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
 /// Decision outcome counters, registered once (see `RpcMetrics`): one per fill × reason, one per
 /// tier, addressed by the index of the label in the lists given to `new`.
 #[derive(Debug)]

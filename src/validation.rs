@@ -5,6 +5,16 @@ use crate::domain::GeoLocation;
 
 /// Longest id (listener, alias, campaign, creative, advertiser, event).
 pub const MAX_ID_LEN: usize = 128;
+/// Most ads in one break.
+pub const MAX_ADS_PER_BREAK: u32 = 10;
+/// Longest break.
+pub const MAX_BREAK_MS: i64 = 10 * 60_000;
+/// Most genres of the playing track a request may name.
+pub const MAX_TRACK_GENRES: usize = 10;
+/// Most genres of the session's recent tracks a request may name.
+pub const MAX_RECENT_GENRES: usize = 20;
+/// Widest UTC offset of a listener's clock, in minutes (UTC−14:00..=UTC+14:00).
+pub const MAX_UTC_OFFSET_MINUTES: i32 = 840;
 
 /// A request that failed validation: every offending field, with what is wrong with it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +47,11 @@ impl InvalidRequest {
     }
 }
 
+/// Whether `code` is in the range of VAST error codes (IAB VAST 4.2 §2.3.6.3: 100..=999).
+pub fn is_vast_error_code(code: u16) -> bool {
+    (100..=999).contains(&code)
+}
+
 /// Why `value` is not an acceptable id, if it is not.
 pub fn id_problem(value: &str) -> Option<String> {
     if value.is_empty() {
@@ -59,7 +74,6 @@ pub fn slug_problem(value: &str) -> Option<String> {
     (!ok).then(|| "must be a slug: 1..=48 of a-z, 0-9 and '-', e.g. \"hip-hop\"".into())
 }
 
-
 /// What is wrong with each part of a place ("country", "region", "metro"), if anything.
 pub fn location_problems(l: &GeoLocation) -> Vec<(&'static str, &'static str)> {
     let mut problems = Vec::new();
@@ -74,7 +88,10 @@ pub fn location_problems(l: &GeoLocation) -> Vec<(&'static str, &'static str)> {
             // Bytes, not a str slice: byte 3 may fall inside a character (found by fuzzing).
             && l.region.as_bytes()[3..].iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
         if !ok {
-            problems.push(("region", "must be an ISO 3166-2 code of the same country in upper case, e.g. \"DE-BE\""));
+            problems.push((
+                "region",
+                "must be an ISO 3166-2 code of the same country in upper case, e.g. \"DE-BE\"",
+            ));
         }
     }
     if !l.metro.is_empty() {

@@ -45,15 +45,6 @@ fn outcomes_of(response: &pb::RecordEventsResponse) -> Vec<pb::EventOutcome> {
     response.outcomes().collect()
 }
 
-async fn stats(server: &TestServer, campaign: &str) -> pb::GetDeliveryStatsResponse {
-    server
-        .campaigns()
-        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: campaign.into() })
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 /// One jazz ad for `listener`: its token.
 async fn jazz_ad(server: &TestServer, listener: &str) -> pb::DecidedAd {
     let mut request = break_for(listener);
@@ -94,7 +85,7 @@ async fn a_replayed_token_bills_one_impression_whatever_its_event_ids() {
         record(&server, vec![event("replay-1", pb::EventType::Impression, &ad.impression_token)]).await;
     assert_eq!(outcomes_of(&retry), [pb::EventOutcome::Retried]);
 
-    let stats = stats(&server, "jazz-ad").await;
+    let stats = server.stats("jazz-ad").await;
     assert_eq!((stats.impressions, stats.spend_micros), (1, 10_000), "one impression at CPM $10");
     server.stop().await;
 }
@@ -119,7 +110,7 @@ async fn each_event_type_counts_once_per_ad_within_one_batch_too() {
     use pb::EventOutcome::{Accepted, AlreadyCounted};
     assert_eq!(outcomes_of(&response), [Accepted, AlreadyCounted, Accepted, AlreadyCounted, Accepted]);
     assert_eq!((response.accepted, response.duplicates), (3, 2));
-    let stats = stats(&server, "jazz-ad").await;
+    let stats = server.stats("jazz-ad").await;
     assert_eq!((stats.impressions, stats.completes, stats.clicks), (1, 1, 1));
     server.stop().await;
 }
@@ -136,7 +127,7 @@ async fn two_players_may_use_the_same_event_id_for_their_own_ads() {
             record(&server, vec![event("ev-1", pb::EventType::Impression, &ad.impression_token)]).await;
         assert_eq!(outcomes_of(&response), [pb::EventOutcome::Accepted], "{}", ad.ad_id);
     }
-    assert_eq!(stats(&server, "jazz-ad").await.impressions, 2, "two real impressions, both counted");
+    assert_eq!(server.stats("jazz-ad").await.impressions, 2, "two real impressions, both counted");
     server.stop().await;
 }
 
@@ -155,7 +146,7 @@ async fn once_per_ad_holds_across_a_restart() {
     assert_eq!(outcomes_of(&replay), [pb::EventOutcome::AlreadyCounted]);
     let retry = record(&server, vec![event("first", pb::EventType::Impression, &ad.impression_token)]).await;
     assert_eq!(outcomes_of(&retry), [pb::EventOutcome::Retried]);
-    let stats = stats(&server, "jazz-ad").await;
+    let stats = server.stats("jazz-ad").await;
     assert_eq!((stats.impressions, stats.spend_micros), (1, 10_000));
     server.stop().await;
     let _ = std::fs::remove_dir_all(dir);
@@ -262,7 +253,7 @@ async fn an_event_after_an_erasure_bills_but_does_not_bring_the_listener_back() 
     let response =
         record(&server, vec![event("heard", pb::EventType::Impression, &ad.impression_token)]).await;
     assert_eq!(outcomes_of(&response), vec![pb::EventOutcome::Accepted], "the advertiser is billed");
-    assert_eq!(stats(&server, &ad.campaign_id).await.impressions, 1);
+    assert_eq!(server.stats(&ad.campaign_id).await.impressions, 1);
     server.stop().await;
     assert_eq!(occurrences(&dir, unique.as_bytes()), Vec::<String>::new(), "no history came back");
 

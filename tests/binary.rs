@@ -150,7 +150,16 @@ fn data_dir(name: &str) -> std::path::PathBuf {
 /// Runs the binary on `dir` until it exits, returning its status and stderr.
 fn run_on(dir: &std::path::Path) -> (std::process::ExitStatus, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_interlude"))
-        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off", "--admin-token", ADMIN_TOKEN])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "off",
+            "--admin-token",
+            ADMIN_TOKEN,
+        ])
         .arg("--data-dir")
         .arg(dir)
         .output()

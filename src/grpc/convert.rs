@@ -16,17 +16,16 @@ use crate::service::decisions::{EventInput, EventShape};
 use crate::store::{StoreError, Vocabulary};
 
 pub use crate::validation::MAX_ID_LEN;
-use crate::validation::{id_problem, location_problems, slug_problem};
+use crate::validation::{
+    MAX_ADS_PER_BREAK, MAX_BREAK_MS, MAX_RECENT_GENRES, MAX_TRACK_GENRES, MAX_UTC_OFFSET_MINUTES, id_problem,
+    is_vast_error_code, location_problems, slug_problem,
+};
 /// Longest free-text name.
 pub const MAX_NAME_LEN: usize = 200;
 /// Longest URL.
 pub const MAX_URL_LEN: usize = 2048;
 /// Most entries in one targeting list.
 pub const MAX_LIST: usize = 100;
-/// Most ads in one break.
-pub const MAX_ADS_PER_BREAK: u32 = 10;
-/// Longest break.
-pub const MAX_BREAK_MS: i64 = 10 * 60_000;
 /// Longest creative.
 pub const MAX_CREATIVE_MS: i64 = 120_000;
 /// Most creatives per campaign.
@@ -354,14 +353,20 @@ pub fn ad_request(req: &pb::DecideRequest, vocabulary: &Vocabulary) -> Result<Ad
     if ctx.track_id.len() > MAX_ID_LEN {
         c.fail("context.track_id", format!("must be at most {MAX_ID_LEN} bytes"));
     }
-    let track_genres = context_genres(&mut c, "context.track_genres", &ctx.track_genres, 10, vocabulary);
-    let recent_genres =
-        context_genres(&mut c, "context.recent_track_genres", &ctx.recent_track_genres, 20, vocabulary);
+    let track_genres =
+        context_genres(&mut c, "context.track_genres", &ctx.track_genres, MAX_TRACK_GENRES, vocabulary);
+    let recent_genres = context_genres(
+        &mut c,
+        "context.recent_track_genres",
+        &ctx.recent_track_genres,
+        MAX_RECENT_GENRES,
+        vocabulary,
+    );
     let device = c.device("context.device", ctx.device);
     let location = ctx.location.as_ref().map(|l| c.location("context.location", l));
     let consent = c.consent("context.personalized_ads", ctx.personalized_ads);
-    if !(-840..=840).contains(&ctx.utc_offset_minutes) {
-        c.fail("context.utc_offset_minutes", "must be within -840..=840");
+    if !(-MAX_UTC_OFFSET_MINUTES..=MAX_UTC_OFFSET_MINUTES).contains(&ctx.utc_offset_minutes) {
+        c.fail("context.utc_offset_minutes", format!("must be within ±{MAX_UTC_OFFSET_MINUTES}"));
     }
     let (mut max_ads, mut max_duration_ms) = (0, 0);
     match &req.break_constraints {
@@ -385,7 +390,8 @@ pub fn ad_request(req: &pb::DecideRequest, vocabulary: &Vocabulary) -> Result<Ad
         device,
         location,
         consent,
-        utc_offset_minutes: ctx.utc_offset_minutes.clamp(-840, 840) as i16,
+        utc_offset_minutes: ctx.utc_offset_minutes.clamp(-MAX_UTC_OFFSET_MINUTES, MAX_UTC_OFFSET_MINUTES)
+            as i16,
         max_ads,
         max_duration_ms,
         explain: req.explain,
@@ -489,11 +495,6 @@ pub fn events(req: &pb::RecordEventsRequest) -> Result<Vec<EventShape<'_>>, Inva
         });
     }
     Ok(out)
-}
-
-/// Whether `code` is in the range of VAST error codes (IAB VAST 4.2 §2.3.6.3: 100..=999).
-pub fn is_vast_error_code(code: u16) -> bool {
-    (100..=999).contains(&code)
 }
 
 /// Genre slugs of a request's context, at most `max`: the known ones (an unknown slug matches

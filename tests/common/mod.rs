@@ -29,6 +29,8 @@ pub fn admin() -> Bearer {
 /// A running server; `stop()` shuts it down and waits for it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The VAST edge's address.
+    pub http_addr: SocketAddr,
     pub channel: Channel,
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
@@ -57,6 +59,15 @@ pub async fn start_server_with(mut config: Config) -> TestServer {
 pub async fn serve_state(config: Config, state: AppState) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let http_addr = http_listener.local_addr().unwrap();
+    let http = interlude::vast::HttpEdge {
+        listener: http_listener,
+        settings: interlude::vast::Settings {
+            public_url: config.public_url.clone(),
+            currency: config.currency.clone(),
+        },
+    };
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app::serve(
         listener,
@@ -67,11 +78,12 @@ pub async fn serve_state(config: Config, state: AppState) -> TestServer {
         config.shutdown_grace,
         config.limits,
         None,
+        Some(http),
     ));
     // The listener is bound already, so the connection succeeds at once.
     let channel =
         tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    TestServer { addr, channel, state, shutdown: Some(tx), handle: Some(handle) }
+    TestServer { addr, http_addr, channel, state, shutdown: Some(tx), handle: Some(handle) }
 }
 
 impl TestServer {
@@ -157,6 +169,15 @@ impl TestServer {
         }
         let request = tokio_stream::iter(vec![pb::RecordPlaysRequest { plays }]);
         self.listeners().record_plays(request).await.unwrap().into_inner()
+    }
+
+    /// The delivery stats of `campaign`.
+    pub async fn stats(&self, campaign: &str) -> pb::GetDeliveryStatsResponse {
+        self.campaigns()
+            .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: campaign.into() })
+            .await
+            .unwrap()
+            .into_inner()
     }
 
     /// Decides one break for `listener`.
@@ -258,6 +279,8 @@ pub struct Binary {
     pub child: std::process::Child,
     /// The gRPC address it logged.
     pub grpc: String,
+    /// The HTTP (VAST) address it logged ("off" when off).
+    pub http: String,
     /// The metrics address it logged ("off" when off).
     pub metrics: String,
     /// Every later stderr line.
@@ -269,7 +292,7 @@ impl Binary {
     /// line. Pass `--admin-token` to use admin RPCs.
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Binary {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_interlude"));
-        command.args(["--listen", "127.0.0.1:0"]).args(args);
+        command.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]).args(args);
         Binary::run(command)
     }
 
@@ -285,7 +308,7 @@ impl Binary {
                 &format!("ulimit -n {max_files} && exec \"$0\" \"$@\""),
                 env!("CARGO_BIN_EXE_interlude"),
             ])
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .args(args);
         Binary::run(command)
     }
@@ -317,7 +340,13 @@ impl Binary {
             let start = serving.find(&format!("{name}=")).unwrap() + name.len() + 1;
             serving[start..].split_whitespace().next().unwrap().trim_matches('"').to_string()
         };
-        Binary { grpc: field("grpc_addr"), metrics: field("metrics_addr"), child, log: rx }
+        Binary {
+            grpc: field("grpc_addr"),
+            http: field("http_addr"),
+            metrics: field("metrics_addr"),
+            child,
+            log: rx,
+        }
     }
 
     /// The binary in memory only, with no demo, no metrics, and the test admin token.
