@@ -716,6 +716,29 @@ mod tests {
     }
 
     #[test]
+    fn the_vast_edge_settings_are_checked_before_binding() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config.http_listen, Some(DEFAULT_HTTP_LISTEN.parse().unwrap()));
+        assert!(config.http_listen.is_some_and(|a| a.ip().is_loopback()));
+        assert_eq!((config.public_url, config.currency.as_str()), (None, "USD"));
+        assert_eq!(load(&["--http-listen", "off"], &[]).unwrap().http_listen, None);
+        let config = load(&["--public-url", "https://ads.example.com/", "--currency", "EUR"], &[]).unwrap();
+        assert_eq!(config.public_url.as_deref(), Some("https://ads.example.com"), "the slash goes");
+        assert_eq!(config.currency, "EUR");
+        for (flag, value, field) in [
+            ("--http-listen", "8080", "http_listen"),
+            ("--public-url", "ads.example.com", "public_url"),
+            ("--public-url", "ftp://ads.example.com", "public_url"),
+            ("--public-url", "https://ads.example.com/?x=1", "public_url"),
+            ("--currency", "usd", "currency"),
+            ("--currency", "EURO", "currency"),
+        ] {
+            let err = load(&[flag, value], &[]).unwrap_err();
+            assert!(err.to_string().contains(field), "{flag} {value}: {err}");
+        }
+    }
+
+    #[test]
     fn off_loopback_needs_both_tokens_and_tokens_are_never_printed() {
         let err = load(&["--listen", "0.0.0.0:50051"], &[]).unwrap_err();
         assert!(err.to_string().contains("admin_token"), "{err}");

@@ -14,23 +14,32 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     let server = Binary::in_memory("127.0.0.1:0");
     let addr = server.grpc.clone();
     let metrics = format!("http://{}/metrics", server.metrics);
-    let report_path = std::env::temp_dir().join(format!("interlude-load-{}.json", std::process::id()));
-    let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
-        .args(["--target", &format!("http://{addr}"), "--admin-token", ADMIN_TOKEN])
-        .args(["--campaigns", "300", "--listeners", "300", "--concurrency", "4", "--connections", "2"])
-        .args(["--duration", "1.5", "--warmup", "0.2", "--compare", "--strict"])
-        .args(["--server-metrics", &metrics])
-        .arg("--json")
-        .arg(&report_path)
-        .output()
-        .unwrap();
-    drop(server);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let (stdout, report) = run_harness(
+        server,
+        "fresh",
+        &[
+            "--target",
+            &format!("http://{addr}"),
+            "--campaigns",
+            "300",
+            "--listeners",
+            "300",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.2",
+            "--compare",
+            "--strict",
+            "--server-metrics",
+            &metrics,
+        ],
+    );
     assert!(stdout.contains("Decide / health Check throughput"), "{stdout}");
     assert!(stdout.contains("health Check / Decide server CPU per request"), "{stdout}");
-
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     let phases = report["phases"].as_array().unwrap();
     let targets: Vec<&str> = phases.iter().map(|p| p["target"].as_str().unwrap()).collect();
     assert_eq!(targets, vec!["Decide", "HealthCheck", "DecideAndRecord"]);
@@ -69,7 +78,25 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     assert!(report["check_to_decide_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["budgets"]["budgeted_campaigns"].as_u64().unwrap() > 0);
     assert_eq!(report["threads"].as_u64(), Some(1), "one current-thread runtime by default");
+}
+
+/// Runs the harness against `server` with `args` (and the admin token, and a JSON report),
+/// stops the server, and returns the printed table and the report; a failed run fails the test.
+fn run_harness(server: Binary, name: &str, args: &[&str]) -> (String, serde_json::Value) {
+    let report_path = std::env::temp_dir().join(format!("interlude-load-{name}-{}.json", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(args)
+        .arg("--json")
+        .arg(&report_path)
+        .output()
+        .unwrap();
+    drop(server);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
     let _ = std::fs::remove_file(report_path);
+    (stdout, report)
 }
 
 #[test]
@@ -99,4 +126,51 @@ fn the_harness_runs_on_several_threads_when_asked_and_refuses_none() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a share"));
+}
+
+#[test]
+fn the_harness_drives_the_vast_edge_beside_grpc_decide() {
+    let server = Binary::in_memory("off");
+    let (grpc, http) = (format!("http://{}", server.grpc), format!("http://{}", server.http));
+    let (stdout, report) = run_harness(
+        server,
+        "vast",
+        &[
+            "--target",
+            &grpc,
+            "--http-target",
+            &http,
+            "--server-metrics",
+            "off",
+            "--campaigns",
+            "200",
+            "--listeners",
+            "200",
+            "--concurrency",
+            "4",
+            "--connections",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.2",
+            "--workload",
+            "vast",
+            "--compare",
+            "--strict",
+        ],
+    );
+    assert!(stdout.contains("VAST tag + pixels / Decide throughput"), "{stdout}");
+    let phases = report["phases"].as_array().unwrap();
+    let targets: Vec<&str> = phases.iter().map(|p| p["target"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["Decide", "HealthCheck", "DecideAndRecord", "VastTag", "Vast"]);
+    for phase in phases {
+        assert!(phase["requests_ok"].as_u64().unwrap() > 0, "{phase}");
+        assert!(phase["errors"].as_object().unwrap().is_empty(), "{phase}");
+    }
+    // The tags' impression pixels were fired and answered.
+    assert!(phases[4]["quality"]["impressions_recorded"].as_u64().unwrap() > 0, "{}", phases[4]);
+    for ratio in ["vast_to_decide_ratio", "vast_tag_to_decide_ratio", "vast_to_decide_and_record_ratio"] {
+        assert!(report[ratio].as_f64().unwrap() > 0.0, "{ratio}: {report}");
+    }
 }

@@ -27,7 +27,7 @@ struct Answer {
 
 /// GET `path_and_query` on the server's HTTP edge, with `headers`.
 async fn get_with(server: &TestServer, path_and_query: &str, headers: &[(&str, &str)]) -> Answer {
-    request(server, http::Method::GET, path_and_query, headers).await
+    request(server.http_addr, http::Method::GET, path_and_query, headers).await
 }
 
 async fn get(server: &TestServer, path_and_query: &str) -> Answer {
@@ -35,15 +35,14 @@ async fn get(server: &TestServer, path_and_query: &str) -> Answer {
 }
 
 async fn request(
-    server: &TestServer,
+    addr: std::net::SocketAddr,
     method: http::Method,
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Empty<bytes::Bytes>>();
-    let mut request =
-        http::Request::builder().method(method).uri(format!("http://{}{path_and_query}", server.http_addr));
+    let mut request = http::Request::builder().method(method).uri(format!("http://{addr}{path_and_query}"));
     for &(name, value) in headers {
         request = request.header(name, value);
     }
@@ -402,7 +401,7 @@ async fn web_players_on_another_origin_may_fetch_with_credentials() {
     assert_eq!(answer.headers["access-control-allow-credentials"], "true");
     assert!(answer.headers.get_all("vary").iter().any(|v| v.to_str().unwrap().contains("origin")));
     let preflight = request(
-        &server,
+        server.http_addr,
         http::Method::OPTIONS,
         "/vast/4.2",
         &[("origin", origin), ("access-control-request-method", "GET")],
@@ -484,4 +483,42 @@ async fn an_independent_vast_client_parses_the_pod_and_its_trackers_count_once()
     let after = server.stats(campaign).await;
     assert_eq!((after.impressions, after.spend_micros), (before.impressions, before.spend_micros));
     server.stop().await;
+}
+
+/// The issue's own check, on the real binary with its demo catalog: the README's tag for the
+/// opera listener is a 2-ad pod, and its impression fired twice bills once.
+#[tokio::test]
+async fn the_demo_tag_of_the_readme_is_a_two_ad_pod_whose_impression_bills_once() {
+    let binary = Binary::start([
+        "--demo",
+        "true",
+        "--data-dir",
+        "off",
+        "--metrics-listen",
+        "off",
+        "--admin-token",
+        ADMIN_TOKEN,
+    ]);
+    let addr: std::net::SocketAddr = binary.http.parse().unwrap();
+    let tag = "/vast/4.2?listener_id=listener-opera&track_genre=opera&max_ads=2&max_duration=60";
+    let answer = request(addr, http::Method::GET, tag, &[]).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+    check_vast(&answer.body);
+    let doc = roxmltree::Document::parse(&answer.body).unwrap();
+    let ads = elements(&doc, "Ad");
+    assert_eq!(ads.len(), 2, "{}", answer.body);
+    let campaign = ads[0].attribute("id").unwrap().to_string();
+    let impression = tracker(&answer.body, 0, "impression");
+    for _ in 0..2 {
+        assert_eq!(request(addr, http::Method::GET, &impression, &[]).await.status, StatusCode::NO_CONTENT);
+    }
+    let mut campaigns =
+        pb::campaign_service_client::CampaignServiceClient::with_interceptor(binary.channel().await, admin());
+    let stats = campaigns
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: campaign })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stats.impressions, 1);
+    assert!(stats.spend_micros > 0);
 }

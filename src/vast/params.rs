@@ -48,7 +48,8 @@ pub struct Query<'q> {
 impl<'q> Query<'q> {
     /// Parses `query` (the part of the URL after `?`, percent-encoded).
     pub fn parse(query: &'q str) -> Self {
-        let pairs = form_urlencoded::parse(query.as_bytes()).filter(|(_, v)| !is_unset(v)).collect();
+        let mut pairs = Vec::with_capacity(query.bytes().filter(|&b| b == b'&').count() + 1);
+        pairs.extend(form_urlencoded::parse(query.as_bytes()).filter(|(_, v)| !is_unset(v)));
         Self { pairs }
     }
 

@@ -30,6 +30,11 @@ pub(crate) enum Target {
     Decide,
     /// grpc.health.v1 Check: the cost of the gRPC stack itself.
     HealthCheck,
+    /// The same break as an ad tag, `GET /vast/4.2` on the HTTP edge, then each ad's
+    /// impression pixel: what a standard audio player does.
+    Vast,
+    /// The ad tag alone, no pixel: the VAST counterpart of Decide.
+    VastTag,
 }
 
 /// How load is offered.
@@ -200,6 +205,109 @@ pub(crate) struct Shared {
     pub(crate) mix: Mix,
     /// Numbers the never-seen listener ids of this run.
     pub(crate) new_listeners: Arc<AtomicU64>,
+    /// The HTTP (VAST) edge, for the `vast` workload.
+    pub(crate) http: Option<HttpEdge>,
+}
+
+/// An HTTP/1.1 client with a keep-alive pool, and the edge's base URL.
+#[derive(Clone)]
+pub(crate) struct HttpEdge {
+    pub(crate) client: HttpClient,
+    /// e.g. `http://127.0.0.1:8080`, without a trailing slash.
+    pub(crate) base: String,
+}
+
+pub(crate) type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<hyper::body::Bytes>,
+>;
+
+impl HttpEdge {
+    /// A client of `base`: HTTP/1.1 with a connection per worker in flight (as players are),
+    /// or HTTP/2 without upgrade (`h2c`), multiplexed as the gRPC workloads are.
+    pub(crate) fn new(base: &str, http2: bool) -> Self {
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(http2)
+            .build_http();
+        HttpEdge { client, base: base.trim_end_matches('/').to_owned() }
+    }
+
+    /// GETs `path_and_query`: its body on a 2xx, else the status as the error.
+    async fn get(&self, path_and_query: &str) -> Result<hyper::body::Bytes, String> {
+        use http_body_util::BodyExt as _;
+        let uri: http::Uri =
+            format!("{}{path_and_query}", self.base).parse().map_err(|e| format!("bad URL: {e}"))?;
+        let response = self.client.get(uri).await.map_err(|e| format!("HTTP {e}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|e| format!("HTTP body {e}"))?.to_bytes();
+        if status.is_success() { Ok(body) } else { Err(format!("HTTP {}", status.as_u16())) }
+    }
+}
+
+/// The query of the ad tag for `request`, as a player would build it.
+pub(crate) fn vast_query(request: &pb::DecideRequest) -> String {
+    let mut q = form_urlencoded::Serializer::new(String::with_capacity(256));
+    if !request.listener_id.is_empty() {
+        q.append_pair("listener_id", &request.listener_id);
+    }
+    if !request.member_id.is_empty() {
+        q.append_pair("member_id", &request.member_id);
+    }
+    if let Some(c) = &request.context {
+        for g in &c.track_genres {
+            q.append_pair("track_genre", g);
+        }
+        for g in &c.recent_track_genres {
+            q.append_pair("recent_genre", g);
+        }
+        let device = match c.device() {
+            pb::DeviceType::Mobile => Some("mobile"),
+            pb::DeviceType::Desktop => Some("desktop"),
+            pb::DeviceType::SmartSpeaker => Some("smart_speaker"),
+            _ => None,
+        };
+        if let Some(device) = device {
+            q.append_pair("device", device);
+        }
+        if let Some(l) = &c.location {
+            q.append_pair("country", &l.country);
+            if !l.region.is_empty() {
+                q.append_pair("region", &l.region);
+            }
+            if !l.metro.is_empty() {
+                q.append_pair("metro", &l.metro);
+            }
+        }
+        // A refusal in the request is GDPR applying without consent; otherwise the stored
+        // choice stands, as over gRPC.
+        if c.personalized_ads() == pb::ConsentState::Denied {
+            q.append_pair("gdpr", "1");
+        }
+    }
+    if let Some(b) = &request.break_constraints {
+        q.append_pair("max_ads", &b.max_ads.to_string());
+        if let Some(d) = &b.max_duration {
+            q.append_pair("max_duration", &d.seconds.to_string());
+        }
+    }
+    q.finish()
+}
+
+/// The impression URLs of a VAST document, as path and query on the edge, macros filled.
+pub(crate) fn impression_pixels(xml: &str, cache_buster: u64) -> Vec<String> {
+    let mut pixels = Vec::new();
+    let mut rest = xml;
+    while let Some(at) = rest.find("<Impression") {
+        rest = &rest[at..];
+        let Some(start) = rest.find("<![CDATA[") else { break };
+        let Some(len) = rest[start + 9..].find("]]>") else { break };
+        let url = &rest[start + 9..start + 9 + len];
+        if let Some(path) = url.split_once("://").and_then(|(_, r)| r.find('/').map(|i| &r[i..])) {
+            pixels.push(path.replace("[TIMESTAMP]", "").replace("[CACHEBUSTING]", &cache_buster.to_string()));
+        }
+        rest = &rest[start + 9 + len..];
+    }
+    pixels
 }
 
 /// Runs one phase for `duration` (after `warmup`, not measured), reading the server's CPU
@@ -278,6 +386,11 @@ async fn cpu_window(
     let (from, opened) = before.await??;
     let to = cpu.seconds().await?;
     Ok(CpuWindow { cpu_seconds: to - from, wall_seconds: opened.elapsed().as_secs_f64() })
+}
+
+/// The label of a failed call: its gRPC code.
+fn code(status: &tonic::Status) -> String {
+    format!("{:?}", status.code())
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -364,7 +477,38 @@ impl Worker {
             Target::HealthCheck => {
                 let r =
                     self.health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
-                self.account(intended, measured, r.map(|_| ()));
+                self.account(intended, measured, r.map(|_| ()).map_err(|s| code(&s)));
+            }
+            Target::Vast | Target::VastTag => {
+                let class = self.class_of(member);
+                let request = self.request(member, class);
+                let Some(http) = self.shared.http.clone() else {
+                    self.account(intended, measured, Err("no --http-target".into()));
+                    return;
+                };
+                let body = match http.get(&format!("/vast/4.2?{}", vast_query(&request))).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        self.account(intended, measured, Err(e));
+                        return;
+                    }
+                };
+                self.account(intended, measured, Ok(()));
+                if self.target == Target::VastTag {
+                    return;
+                }
+                let xml = String::from_utf8_lossy(&body);
+                let n = self.shared.event_counter.fetch_add(1, Ordering::Relaxed);
+                for pixel in impression_pixels(&xml, n) {
+                    match http.get(&pixel).await {
+                        Ok(_) if measured => self.result.quality.impressions_recorded += 1,
+                        Ok(_) => {}
+                        Err(e) if measured => {
+                            *self.result.errors.entry(format!("impression pixel {e}")).or_default() += 1
+                        }
+                        Err(_) => {}
+                    }
+                }
             }
             Target::Decide | Target::DecideAndRecord => {
                 let class = self.class_of(member);
@@ -373,7 +517,7 @@ impl Worker {
                 let response = match r {
                     Ok(r) => r.into_inner(),
                     Err(status) => {
-                        self.account(intended, measured, Err(status));
+                        self.account(intended, measured, Err(code(&status)));
                         return;
                     }
                 };
@@ -390,7 +534,8 @@ impl Worker {
         }
     }
 
-    fn account(&mut self, intended: Instant, measured: bool, r: Result<(), tonic::Status>) {
+    /// Counts one answered call; an error by its label (a gRPC code, an HTTP status).
+    fn account(&mut self, intended: Instant, measured: bool, r: Result<(), String>) {
         if !measured {
             return;
         }
@@ -400,7 +545,7 @@ impl Worker {
                 let us = intended.elapsed().as_micros().max(1) as u64;
                 let _ = self.result.latency.record(us);
             }
-            Err(status) => *self.result.errors.entry(format!("{:?}", status.code())).or_default() += 1,
+            Err(label) => *self.result.errors.entry(label).or_default() += 1,
         }
     }
 

@@ -42,6 +42,13 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// The server's HTTP (VAST) edge, for `--workload vast`.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http_target: String,
+    /// Speak HTTP/2 (h2c, multiplexed like the gRPC workloads) to the HTTP edge instead of
+    /// HTTP/1.1 (a connection per request in flight, as most players).
+    #[arg(long)]
+    http2: bool,
     /// World seed: the same seed gives the same campaigns, listeners and requests.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -80,7 +87,8 @@ struct Args {
     /// What each request does.
     #[arg(long, value_enum, default_value = "decide-and-record")]
     workload: Target,
-    /// Also run Decide alone and grpc.health.v1 Check with the same load, and print the ratio.
+    /// Also run Decide alone and grpc.health.v1 Check with the same load, and print the ratio
+    /// (with `--workload vast`, also Decide + RecordEvents, the same work over gRPC).
     #[arg(long)]
     compare: bool,
     /// Write the JSON report here.
@@ -181,6 +189,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         run_id: rand::random(),
         mix: drive::Mix { new_share: args.new_listener_share, no_consent_share: args.no_consent_share },
         new_listeners: Arc::new(AtomicU64::new(0)),
+        http: matches!(args.workload, Target::Vast | Target::VastTag)
+            .then(|| drive::HttpEdge::new(&args.http_target, args.http2)),
     };
     let mode = match args.rate {
         Some(rate) => Mode::Open {
@@ -191,6 +201,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // The comparison runs first: Decide alone changes no state, so it sees the fresh world.
     let mut targets = if args.compare { vec![Target::Decide, Target::HealthCheck] } else { Vec::new() };
+    if args.compare && args.workload == Target::Vast {
+        targets.extend([Target::DecideAndRecord, Target::VastTag]);
+    }
     if !targets.contains(&args.workload) {
         targets.push(args.workload);
     }
@@ -227,6 +240,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Some(d), Some(c)) if d > 0.0 => Some(c / d),
         _ => None,
     };
+    let over = |a: Target, b: Target| match (throughput(a), throughput(b)) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let vast_to_decide_ratio = over(Target::Vast, Target::Decide);
+    let vast_to_decide_and_record_ratio = over(Target::Vast, Target::DecideAndRecord);
+    let vast_tag_to_decide_ratio = over(Target::VastTag, Target::Decide);
     let budgets = budget_report(&world, &channels[0], &admin).await?;
     let report = Report {
         seed: args.seed,
@@ -241,6 +261,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         phases,
         decide_to_check_ratio,
         check_to_decide_cost_ratio,
+        vast_to_decide_ratio,
+        vast_to_decide_and_record_ratio,
+        vast_tag_to_decide_ratio,
         server_metrics: cpu.as_ref().map(server_cpu::ServerCpu::url),
         closed_loop: matches!(mode, Mode::Closed { .. }),
         budgets: Some(budgets),

@@ -124,6 +124,16 @@ pub(crate) struct Report {
     /// Server CPU per Check over server CPU per Decide (with --compare and server metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) check_to_decide_cost_ratio: Option<f64>,
+    /// Ad tags (with their impression pixels) over gRPC Decides, per second (`--workload vast
+    /// --compare`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) vast_to_decide_ratio: Option<f64>,
+    /// Ad tags with their pixels over Decide + RecordEvents, per second: the same work each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) vast_to_decide_and_record_ratio: Option<f64>,
+    /// Ad tags alone over gRPC Decides, per second: the same decision each way.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) vast_tag_to_decide_ratio: Option<f64>,
     /// Where the server's CPU seconds were read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) server_metrics: Option<String>,
@@ -164,39 +174,41 @@ impl PhaseReport {
                 Some(Err(e)) => Some(e.clone()),
                 _ => None,
             },
-            quality: (o.target != Target::HealthCheck).then(|| QualityReport {
-                decisions: q.decisions,
-                paid_ads: q.paid_ads,
-                paid_ads_matching_taste: share(q.paid_ads_matching_taste, q.paid_ads),
-                sponsorship_share: share(q.sponsorship_ads, q.paid_ads),
-                paid_ads_without_genre_rule: share(q.paid_ads_without_genre_rule, q.paid_ads),
-                genre_targeted_ads_matching_taste: share(
-                    q.paid_ads_matching_taste,
-                    q.paid_ads.saturating_sub(q.paid_ads_without_genre_rule),
-                ),
-                by_class: Class::ALL
-                    .iter()
-                    .map(|&class| {
-                        let c = &q.by_class[class.index()];
-                        ClassReport {
-                            class,
-                            decisions: c.decisions,
-                            paid_fill: share(c.paid_breaks, c.decisions),
-                            match_share: share(c.paid_ads_matching, c.paid_ads),
-                            house_share: share(c.house_breaks, c.decisions),
-                        }
-                    })
-                    .collect(),
-                misses: MissShares {
-                    place_ads_without_consent: share(q.misses.place_without_consent, q.paid_ads),
-                    place_ads_with_consent: share(q.misses.place_with_consent, q.paid_ads),
-                    affinity_outside_top3: share(q.misses.affinity_outside_top3, q.paid_ads),
-                    sponsorship: share(q.misses.sponsorship, q.paid_ads),
-                },
-                house_break_share: share(q.house_breaks, q.decisions),
-                empty_break_share: share(q.empty_breaks, q.decisions),
-                cap_violations: if closed_loop { q.cap_violations } else { 0 },
-                impressions_recorded: q.impressions_recorded,
+            quality: matches!(o.target, Target::Decide | Target::DecideAndRecord | Target::Vast).then(|| {
+                QualityReport {
+                    decisions: q.decisions,
+                    paid_ads: q.paid_ads,
+                    paid_ads_matching_taste: share(q.paid_ads_matching_taste, q.paid_ads),
+                    sponsorship_share: share(q.sponsorship_ads, q.paid_ads),
+                    paid_ads_without_genre_rule: share(q.paid_ads_without_genre_rule, q.paid_ads),
+                    genre_targeted_ads_matching_taste: share(
+                        q.paid_ads_matching_taste,
+                        q.paid_ads.saturating_sub(q.paid_ads_without_genre_rule),
+                    ),
+                    by_class: Class::ALL
+                        .iter()
+                        .map(|&class| {
+                            let c = &q.by_class[class.index()];
+                            ClassReport {
+                                class,
+                                decisions: c.decisions,
+                                paid_fill: share(c.paid_breaks, c.decisions),
+                                match_share: share(c.paid_ads_matching, c.paid_ads),
+                                house_share: share(c.house_breaks, c.decisions),
+                            }
+                        })
+                        .collect(),
+                    misses: MissShares {
+                        place_ads_without_consent: share(q.misses.place_without_consent, q.paid_ads),
+                        place_ads_with_consent: share(q.misses.place_with_consent, q.paid_ads),
+                        affinity_outside_top3: share(q.misses.affinity_outside_top3, q.paid_ads),
+                        sponsorship: share(q.misses.sponsorship, q.paid_ads),
+                    },
+                    house_break_share: share(q.house_breaks, q.decisions),
+                    empty_break_share: share(q.empty_breaks, q.decisions),
+                    cap_violations: if closed_loop { q.cap_violations } else { 0 },
+                    impressions_recorded: q.impressions_recorded,
+                }
             }),
         }
     }
@@ -290,6 +302,15 @@ impl Report {
         }
         if let Some(r) = self.check_to_decide_cost_ratio {
             out.push_str(&format!("health Check / Decide server CPU per request: {r:.2}\n"));
+        }
+        if let Some(r) = self.vast_to_decide_ratio {
+            out.push_str(&format!("VAST tag + pixels / Decide throughput: {r:.2}\n"));
+        }
+        if let Some(r) = self.vast_tag_to_decide_ratio {
+            out.push_str(&format!("VAST tag alone / Decide throughput: {r:.2}\n"));
+        }
+        if let Some(r) = self.vast_to_decide_and_record_ratio {
+            out.push_str(&format!("VAST tag + pixels / Decide + RecordEvents throughput: {r:.2}\n"));
         }
         let paced: Vec<String> = self
             .phases
