@@ -17,7 +17,7 @@ use interlude::config::Config;
 use interlude::grpc::pb;
 
 /// Set (by `.ci/run`) to make the tests that need xmllint or node fail rather than skip.
-const REQUIRE_TOOLS: &str = "INTERLUDE_REQUIRE_TOOLS";
+const REQUIRE_TOOLS: &str = "REQUIRE_TEST_TOOLS";
 
 struct Answer {
     status: StatusCode,
