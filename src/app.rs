@@ -39,7 +39,7 @@ pub async fn serve(
     grace: Duration,
     limits: Limits,
     tls: Option<&Tls>,
-    http: Option<crate::vast::HttpEdge>,
+    http: Option<crate::http::HttpEdge>,
 ) -> Result<(), ServeError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<AdDecisionServiceServer<DecisionService>>().await;
@@ -85,7 +85,7 @@ pub async fn serve(
         let stopped = async move {
             let _ = http_stop_rx.wait_for(|&stop| stop).await;
         };
-        tokio::spawn(crate::vast::serve(edge, decisions.clone(), admission.permits(), stopped))
+        tokio::spawn(crate::http::serve(edge, decisions.clone(), admission.permits(), stopped))
     });
 
     let max = limits.max_message_bytes;

@@ -3,8 +3,8 @@
 
 use crate::domain::{
     AgeBracket, Budget, Campaign, CampaignStatus, CapScope, Category, ConsentState, Creative, DAY_MS,
-    Daypart, DeviceType, FrequencyCap, GeoLocation, HOUR_MS, MediaFile, Milestone, Signal, SignalRequirement,
-    Targeting, Tier, UnixMillis,
+    Daypart, DeviceType, FrequencyCap, GeoLocation, HOUR_MS, MediaFile, Milestone, PacingMode, Signal,
+    SignalRequirement, Targeting, Tier, UnixMillis,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
@@ -34,6 +34,8 @@ struct Row {
 struct Resolver<'a> {
     state: &'a AppState,
     error: Option<StoreError>,
+    /// When the demo is loaded: flights are set around it.
+    now: UnixMillis,
 }
 
 impl Resolver<'_> {
@@ -355,8 +357,13 @@ const ROWS: &[Row] = &[
         categories: &["596"],
         affinity: &["classical", "jazz", "electronic"],
         track: &[],
-        tune: |c, _| {
-            c.budget = Budget { daily_micros: 500_000_000, ..Budget::default() };
+        // A four-week flight three days in, its budget spread evenly: the console's pacing
+        // chart has a curve to show.
+        tune: |c, r| {
+            c.flight_start = Some(UnixMillis(r.now.0 - 3 * DAY_MS));
+            c.flight_end = Some(UnixMillis(r.now.0 + 25 * DAY_MS));
+            c.budget =
+                Budget { lifetime_micros: 20_000_000_000, pacing: PacingMode::Even, ..Budget::default() };
         },
     },
     Row {
@@ -479,7 +486,7 @@ const ROWS: &[Row] = &[
 
 /// Loads the demo campaigns and listeners into `state`.
 pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, StoreError> {
-    let mut resolver = Resolver { state, error: None };
+    let mut resolver = Resolver { state, error: None, now };
     let mut campaigns = Vec::with_capacity(ROWS.len());
     for row in ROWS {
         let mut campaign = Campaign {

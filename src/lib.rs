@@ -2,18 +2,20 @@
 //!
 //! Crate map (see ARCHITECTURE.md): `domain` plain types; `decision` the pure engine; `store`
 //! in-memory and durable state; `token` impression tokens; `service` the decisions every edge
-//! calls; `grpc` the gRPC edge, the only module that knows wire types; `vast` the VAST edge over
-//! HTTP; `validation` checks both edges share; `app` wiring and serving; `net` accepted
+//! calls; `grpc` the gRPC edge, the only module that knows wire types; `http` the HTTP listener,
+//! serving `vast` (the VAST edge) and `console` (the ad-ops pages); `validation` checks both edges share; `app` wiring and serving; `net` accepted
 //! connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod app;
 pub mod config;
+pub mod console;
 pub mod decision;
 pub mod demo;
 pub mod domain;
 pub mod grpc;
+pub mod http;
 pub mod net;
 pub mod service;
 pub mod signal;

@@ -106,7 +106,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let grpc_addr = listener.local_addr()?;
 
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_addr = match (config.metrics_listen, metrics_handle) {
+    let metrics_addr = match (config.metrics_listen, metrics_handle.clone()) {
         (Some(addr), Some(handle)) => {
             let metrics_listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -120,7 +120,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     let http = match config.http_listen {
-        Some(addr) => Some(interlude::vast::HttpEdge {
+        Some(addr) => Some(interlude::http::HttpEdge {
             listener: tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding HTTP (VAST) address {addr}"))?,
@@ -128,6 +128,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 public_url: config.public_url.clone(),
                 currency: config.currency.clone(),
             },
+            metrics: metrics_handle.clone(),
         }),
         None => None,
     };

@@ -126,6 +126,12 @@ impl Auth {
         self.identify(bearer(metadata)?, false).map(|(role, _)| role)
     }
 
+    /// Whether `token` is the admin token (compared in constant time): the check of the other
+    /// edges that serve admins, such as the ad-ops console.
+    pub fn is_admin_token(&self, token: &[u8]) -> bool {
+        self.identify(Some(token), true).is_ok()
+    }
+
     /// The role and token id of the caller presenting `token` (None: no token), if any.
     fn identify(&self, token: Option<&[u8]>, admin_only: bool) -> Result<(Role, &Arc<str>), AuthError> {
         let inner = &self.inner;

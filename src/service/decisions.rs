@@ -119,9 +119,26 @@ impl Decisions {
         self.decide_now(request)
     }
 
-    fn decide_now(&self, request: &AdRequest) -> Result<Served, ServiceError> {
+    /// What the engine would decide for `request` now, with the trace of every campaign
+    /// (explain), as a dry run: no budget is reserved, no ad held, no token signed and no
+    /// outcome counted — the ad-ops console's explain, which must not change what it explains.
+    pub async fn preview(&self, request: &AdRequest) -> Result<Decision, ServiceError> {
+        if self.state.persists()
+            && let Some(id) = request.listener_id.as_deref()
+        {
+            self.state.warm(id).await?;
+        }
+        let explained = AdRequest { explain: true, ..request.clone() };
+        Ok(self.engine(&explained, super::now())?.0)
+    }
+
+    /// The engine's decision for `request` at `now`, and the history it was decided on.
+    fn engine(
+        &self,
+        request: &AdRequest,
+        now: UnixMillis,
+    ) -> Result<(Decision, Option<HistoryKey>), ServiceError> {
         let state = &self.state;
-        let now = super::now();
         let profile = match request.listener_id.as_deref() {
             Some(id) => state.listeners.get(id)?,
             None => None,
@@ -133,7 +150,7 @@ impl Decisions {
             member: request.member_id.clone(),
         });
         let snapshot = state.catalog.snapshot();
-        let mut decision = state.delivery.with_history(key.as_ref(), |history| {
+        let decision = state.delivery.with_history(key.as_ref(), |history| {
             let listener = Listener {
                 profile: profile.as_deref(),
                 taste: profile.as_deref().and_then(|p| p.member(&request.member_id)),
@@ -142,6 +159,13 @@ impl Decisions {
             let spend = state.delivery.spend_at(now);
             decision::decide(&snapshot, listener, request, &state.policy, &spend, now, &mut rand::rng())
         })?;
+        Ok((decision, key))
+    }
+
+    fn decide_now(&self, request: &AdRequest) -> Result<Served, ServiceError> {
+        let state = &self.state;
+        let now = super::now();
+        let (mut decision, key) = self.engine(request, now)?;
         // The engine saw each budget free; taking its share is checked again, atomically per
         // campaign, so that decisions running at once on several threads cannot all take the
         // last of it. An ad whose budget went meanwhile is not served.
@@ -355,7 +379,8 @@ fn fill_label(f: Fill) -> &'static str {
     }
 }
 
-fn reason_label(r: Reason) -> &'static str {
+/// A decision reason's label in the metrics (and the console's key for its words).
+pub fn reason_label(r: Reason) -> &'static str {
     match r {
         Reason::Served => "served",
         Reason::NoCandidates => "no_candidates",
@@ -369,7 +394,8 @@ fn reason_label(r: Reason) -> &'static str {
     }
 }
 
-fn tier_label(t: Tier) -> &'static str {
+/// A tier's label in the metrics and the console.
+pub fn tier_label(t: Tier) -> &'static str {
     match t {
         Tier::Sponsorship => "sponsorship",
         Tier::Standard => "standard",

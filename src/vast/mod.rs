@@ -12,7 +12,6 @@
 //! `Retry-After`. Ad tags are public URLs by nature (a web player cannot keep a secret), so this
 //! edge asks for no token: the signed ad tokens are what keep its events honest.
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,6 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::routing::get;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri, header};
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer};
@@ -46,26 +44,6 @@ pub struct Settings {
     pub public_url: Option<String>,
     /// ISO 4217 code of prices in documents.
     pub currency: String,
-}
-
-/// The HTTP listener and what it serves.
-#[derive(Debug)]
-pub struct HttpEdge {
-    pub listener: TcpListener,
-    pub settings: Settings,
-}
-
-/// Serves the VAST routes on `edge.listener` until `shutdown` resolves, then stops accepting
-/// and lets requests in flight finish (the caller bounds how long).
-pub async fn serve(
-    edge: HttpEdge,
-    decisions: Decisions,
-    admission: Arc<Semaphore>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let local = edge.listener.local_addr()?;
-    let router = router(decisions, edge.settings, admission, local);
-    axum::serve(edge.listener, router).with_graceful_shutdown(shutdown).await
 }
 
 /// The routes, with CORS: any origin is echoed with credentials allowed, so that a web player

@@ -61,12 +61,13 @@ pub async fn serve_state(config: Config, state: AppState) -> TestServer {
     let addr = listener.local_addr().unwrap();
     let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http_addr = http_listener.local_addr().unwrap();
-    let http = interlude::vast::HttpEdge {
+    let http = interlude::http::HttpEdge {
         listener: http_listener,
         settings: interlude::vast::Settings {
             public_url: config.public_url.clone(),
             currency: config.currency.clone(),
         },
+        metrics: None,
     };
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app::serve(
