@@ -1,6 +1,9 @@
 //! Validation errors shared by every edge: each offending field or parameter, with what is
 //! wrong with it (gRPC turns them into google.rpc.BadRequest, HTTP into a 400 naming them).
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use crate::domain::GeoLocation;
 
 /// Longest id (listener, alias, campaign, creative, advertiser, event).
@@ -101,4 +104,36 @@ pub fn location_problems(l: &GeoLocation) -> Vec<(&'static str, &'static str)> {
         }
     }
     problems
+}
+
+/// The IAB Content Taxonomy 3.1: unique id → name (embedded from `data/`).
+static IAB_CATEGORIES: LazyLock<HashMap<&'static str, &'static str>> = LazyLock::new(|| {
+    include_str!("../data/iab_content_taxonomy_3.1.tsv")
+        .lines()
+        .skip(2)
+        .filter_map(|line| {
+            let mut columns = line.split('\t').map(str::trim);
+            let id = columns.next().filter(|id| !id.is_empty())?;
+            let name = columns.nth(1).unwrap_or_default();
+            Some((id, name))
+        })
+        .collect()
+});
+
+/// The name of IAB Content Taxonomy 3.1 category `id`; None for an id the taxonomy lacks.
+pub fn iab_category_name(id: &str) -> Option<&'static str> {
+    IAB_CATEGORIES.get(id).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_iab_taxonomy_is_embedded_with_its_names() {
+        assert_eq!(iab_category_name("653"), Some("Travel"));
+        assert_eq!(iab_category_name("346"), Some("Classical Music"));
+        assert_eq!(iab_category_name("Unique ID"), None);
+        assert!(IAB_CATEGORIES.len() > 700);
+    }
 }

@@ -174,7 +174,9 @@ async fn require_admin(State(console): State<Console>, request: Request<Body>, n
     response
 }
 
-/// No caching, no framing, no script, no sniffing, no referrer: on every console response.
+/// No caching, no framing, no script, no sniffing, no referrer beyond this origin: on every
+/// console response. (`no-referrer` would make browsers send `Origin: null` with the login
+/// form, which the cross-origin check must refuse.)
 async fn secure_headers(mut response: Response<Body>) -> Response<Body> {
     let h = response.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -186,7 +188,7 @@ async fn secure_headers(mut response: Response<Body>) -> Response<Body> {
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     response
 }
 
@@ -366,7 +368,11 @@ fn describe_targeting(c: &Campaign, genre: impl Fn(GenreId) -> String) -> Vec<(&
         "Not with signals",
         t.exclude_signals.iter().map(|s| format!("{:?}", s.signal)).collect::<Vec<_>>().join(", "),
     );
-    add("Categories", c.categories.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>().join(", "));
+    let category = |c: &crate::domain::Category| match crate::validation::iab_category_name(c.as_str()) {
+        Some(name) => format!("{name} (IAB {})", c.as_str()),
+        None => format!("IAB {}", c.as_str()),
+    };
+    add("Categories", c.categories.iter().map(category).collect::<Vec<_>>().join(", "));
     out
 }
 

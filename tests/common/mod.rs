@@ -271,6 +271,20 @@ pub fn served(response: &pb::DecideResponse) -> Vec<&str> {
     response.ads.iter().map(|a| a.campaign_id.as_str()).collect()
 }
 
+/// Set (by `.ci/run`) to make the tests that need a tool beyond cargo (xmllint, node,
+/// chromium) fail rather than skip when it is missing.
+pub const REQUIRE_TOOLS: &str = "REQUIRE_TEST_TOOLS";
+
+/// Reports that `check` was skipped because `why` — on the process's stderr itself, which
+/// the test harness does not capture, so a plain `cargo test` shows it — or fails when the
+/// tools are required.
+#[allow(dead_code)] // not every test binary skips
+pub fn skipped(check: &str, why: &str) {
+    use std::io::Write as _;
+    assert!(std::env::var_os(REQUIRE_TOOLS).is_none(), "{REQUIRE_TOOLS} is set but {why}");
+    let _ = writeln!(std::io::stderr().lock(), "skipped: {check}, because {why}; .ci/run installs it");
+}
+
 /// Waits at most this long for anything in a test (a hang is a failure, not a pass).
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
