@@ -9,11 +9,46 @@ use std::process::Command;
 
 use common::{ADMIN_TOKEN, Binary};
 
+/// The bare reference server (`interlude-bare`) on ephemeral ports; killed when dropped.
+struct Bare {
+    child: std::process::Child,
+    grpc: String,
+    metrics: String,
+}
+
+impl Bare {
+    fn start() -> Bare {
+        use std::io::BufRead as _;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_interlude-bare"))
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut after = |prefix: &str| {
+            let line = lines.next().expect("the bare server logs its addresses").unwrap();
+            line.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?} after {prefix:?}")).to_owned()
+        };
+        let metrics = after("interlude-bare: metrics on ");
+        let grpc = after("interlude-bare: serving grpc.health.v1 on ");
+        Bare { child, grpc, metrics }
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     let server = Binary::in_memory("127.0.0.1:0");
+    let bare = Bare::start();
     let addr = server.grpc.clone();
     let metrics = format!("http://{}/metrics", server.metrics);
+    let bare_target = format!("http://{}", bare.grpc);
     let (stdout, report) = run_harness(
         server,
         "fresh",
@@ -36,13 +71,19 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
             "--strict",
             "--server-metrics",
             &metrics,
+            "--bare-target",
+            &bare_target,
+            "--bare-metrics",
+            &bare.metrics,
         ],
     );
+    drop(bare);
     assert!(stdout.contains("Decide / health Check throughput"), "{stdout}");
+    assert!(stdout.contains("Interlude Check / bare tonic Check throughput"), "{stdout}");
     assert!(stdout.contains("health Check / Decide server CPU per request"), "{stdout}");
     let phases = report["phases"].as_array().unwrap();
     let targets: Vec<&str> = phases.iter().map(|p| p["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, vec!["Decide", "HealthCheck", "DecideAndRecord"]);
+    assert_eq!(targets, vec!["Decide", "HealthCheck", "BareCheck", "DecideAndRecord"]);
     for phase in phases {
         assert!(phase["requests_ok"].as_u64().unwrap() > 0, "{phase}");
         // The server's own CPU was read from its /metrics around the measured window.
@@ -71,11 +112,14 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
         let fill = c["paid_fill"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&fill), "{c}");
     }
-    let recorded = &phases[2]["quality"];
+    let recorded = &phases[3]["quality"];
     assert_eq!(recorded["cap_violations"].as_u64(), Some(0), "{recorded}");
     assert!(recorded["impressions_recorded"].as_u64().unwrap() > 0, "{recorded}");
     assert!(report["decide_to_check_ratio"].as_f64().unwrap() > 0.0);
     assert!(report["check_to_decide_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["check_to_bare_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["bare_to_check_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["record_to_decide_cost_ratio"].as_f64().unwrap().is_finite(), "{report}");
     assert!(report["budgets"]["budgeted_campaigns"].as_u64().unwrap() > 0);
     assert_eq!(report["threads"].as_u64(), Some(1), "one current-thread runtime by default");
 }

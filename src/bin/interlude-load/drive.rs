@@ -30,6 +30,9 @@ pub(crate) enum Target {
     Decide,
     /// grpc.health.v1 Check: the cost of the gRPC stack itself.
     HealthCheck,
+    /// The same Check on the bare reference server (`interlude-bare`, `--bare-target`): the
+    /// cost of tonic itself, without Interlude's layers.
+    BareCheck,
     /// The same break as an ad tag, `GET /vast/4.2` on the HTTP edge, then each ad's
     /// impression pixel: what a standard audio player does.
     Vast,
@@ -207,6 +210,8 @@ pub(crate) struct Shared {
     pub(crate) new_listeners: Arc<AtomicU64>,
     /// The HTTP (VAST) edge, for the `vast` workload.
     pub(crate) http: Option<HttpEdge>,
+    /// Connections to the bare reference server, for `BareCheck`.
+    pub(crate) bare: Vec<Channel>,
 }
 
 /// An HTTP/1.1 client with a keep-alive pool, and the edge's base URL.
@@ -424,7 +429,12 @@ struct Worker {
 
 impl Worker {
     fn new(shared: &Shared, target: Target, index: usize, stride: usize) -> Self {
-        let channel = shared.channels[index % shared.channels.len()].clone();
+        let channels = if target == Target::BareCheck && !shared.bare.is_empty() {
+            &shared.bare
+        } else {
+            &shared.channels
+        };
+        let channel = channels[index % channels.len()].clone();
         Worker {
             shared: shared.clone(),
             target,
@@ -474,7 +484,7 @@ impl Worker {
     /// Sends one request for `member`; latency counts from `intended`.
     async fn one(&mut self, member: usize, intended: Instant, measured: bool) {
         match self.target {
-            Target::HealthCheck => {
+            Target::HealthCheck | Target::BareCheck => {
                 let r =
                     self.health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await;
                 self.account(intended, measured, r.map(|_| ()).map_err(|s| code(&s)));

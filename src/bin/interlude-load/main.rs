@@ -91,6 +91,13 @@ struct Args {
     /// (with `--workload vast`, also Decide + RecordEvents, the same work over gRPC).
     #[arg(long)]
     compare: bool,
+    /// A bare tonic health server (`interlude-bare`): with --compare, its Check runs beside
+    /// Interlude's, and the report gives Check / bare Check.
+    #[arg(long)]
+    bare_target: Option<String>,
+    /// The bare server's Prometheus endpoint, for its CPU per request ("off": don't).
+    #[arg(long, default_value = "http://127.0.0.1:9465/metrics")]
+    bare_metrics: String,
     /// Write the JSON report here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -191,6 +198,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         new_listeners: Arc::new(AtomicU64::new(0)),
         http: matches!(args.workload, Target::Vast | Target::VastTag)
             .then(|| drive::HttpEdge::new(&args.http_target, args.http2)),
+        bare: match &args.bare_target {
+            Some(target) => {
+                let mut bare = Vec::with_capacity(args.connections.max(1));
+                for _ in 0..args.connections.max(1) {
+                    bare.push(
+                        Endpoint::from_shared(target.clone())?
+                            .connect()
+                            .await
+                            .with_context(|| format!("connecting to the bare server {target}"))?,
+                    );
+                }
+                bare
+            }
+            None => Vec::new(),
+        },
     };
     let mode = match args.rate {
         Some(rate) => Mode::Open {
@@ -201,6 +223,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // The comparison runs first: Decide alone changes no state, so it sees the fresh world.
     let mut targets = if args.compare { vec![Target::Decide, Target::HealthCheck] } else { Vec::new() };
+    if args.compare && args.bare_target.is_some() {
+        targets.push(Target::BareCheck);
+    }
     if args.compare && args.workload == Target::Vast {
         targets.extend([Target::DecideAndRecord, Target::VastTag]);
     }
@@ -211,15 +236,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "off" => None,
         url => Some(server_cpu::ServerCpu::new(url).context("--server-metrics")?),
     };
+    let bare_cpu = match (&args.bare_target, args.bare_metrics.as_str()) {
+        (Some(_), url) if url != "off" => Some(server_cpu::ServerCpu::new(url).context("--bare-metrics")?),
+        _ => None,
+    };
     let mut phases = Vec::new();
     for target in targets {
+        let cpu = if target == Target::BareCheck { bare_cpu.as_ref() } else { cpu.as_ref() };
         let progress = progress_bar(target, args.duration);
         let outcome = drive::run(
             &shared,
             target,
             mode,
             (Duration::from_secs_f64(args.warmup), Duration::from_secs_f64(args.duration)),
-            cpu.as_ref(),
+            cpu,
             &progress,
         )
         .await;
@@ -244,6 +274,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
+    let check_to_bare_ratio = over(Target::HealthCheck, Target::BareCheck);
+    // Bare Check's CPU over Interlude's: Interlude's Check costs 1 / this of a bare one.
+    let bare_to_check_cost_ratio = match (cost(Target::HealthCheck), cost(Target::BareCheck)) {
+        (Some(c), Some(b)) if c > 0.0 => Some(b / c),
+        _ => None,
+    };
+    // What RecordEvents (one impression per decided ad) costs over what the Decide costs.
+    let record_to_decide_cost_ratio = match (cost(Target::DecideAndRecord), cost(Target::Decide)) {
+        (Some(both), Some(d)) if d > 0.0 => Some((both - d) / d),
+        _ => None,
+    };
     let vast_to_decide_ratio = over(Target::Vast, Target::Decide);
     let vast_to_decide_and_record_ratio = over(Target::Vast, Target::DecideAndRecord);
     let vast_tag_to_decide_ratio = over(Target::VastTag, Target::Decide);
@@ -261,6 +302,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         phases,
         decide_to_check_ratio,
         check_to_decide_cost_ratio,
+        check_to_bare_ratio,
+        bare_to_check_cost_ratio,
+        record_to_decide_cost_ratio,
         vast_to_decide_ratio,
         vast_to_decide_and_record_ratio,
         vast_tag_to_decide_ratio,

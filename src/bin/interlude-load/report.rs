@@ -124,6 +124,15 @@ pub(crate) struct Report {
     /// Server CPU per Check over server CPU per Decide (with --compare and server metrics).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) check_to_decide_cost_ratio: Option<f64>,
+    /// Interlude's health Check throughput over the bare tonic server's (`--bare-target`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) check_to_bare_ratio: Option<f64>,
+    /// Server CPU per bare Check over server CPU per Interlude Check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) bare_to_check_cost_ratio: Option<f64>,
+    /// Server CPU of the RecordEvents in a Decide + RecordEvents over that of the Decide alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) record_to_decide_cost_ratio: Option<f64>,
     /// Ad tags (with their impression pixels) over gRPC Decides, per second (`--workload vast
     /// --compare`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -302,6 +311,15 @@ impl Report {
         }
         if let Some(r) = self.check_to_decide_cost_ratio {
             out.push_str(&format!("health Check / Decide server CPU per request: {r:.2}\n"));
+        }
+        if let Some(r) = self.check_to_bare_ratio {
+            out.push_str(&format!("Interlude Check / bare tonic Check throughput: {r:.2}\n"));
+        }
+        if let Some(r) = self.bare_to_check_cost_ratio {
+            out.push_str(&format!("bare tonic Check / Interlude Check server CPU per request: {r:.2}\n"));
+        }
+        if let Some(r) = self.record_to_decide_cost_ratio {
+            out.push_str(&format!("RecordEvents / Decide server CPU per request: {r:.2}\n"));
         }
         if let Some(r) = self.vast_to_decide_ratio {
             out.push_str(&format!("VAST tag + pixels / Decide throughput: {r:.2}\n"));
