@@ -1,5 +1,7 @@
 //! The HTTP listener (`http_listen`): the VAST edge for audio players (`vast/`) and the ad-ops
-//! console (`console/`), each its own router over the same decision service, served together.
+//! console (`console/`), each its own router over the same decision service, served together,
+//! behind the same connection edge as the gRPC listener (`net.rs`: a connection cap, a
+//! first-request and an idle deadline, accept backoff).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use crate::service::Decisions;
 pub struct HttpEdge {
     pub listener: TcpListener,
     pub settings: crate::vast::Settings,
+    /// Connection cap, first-request and idle deadlines (the gRPC listener's, counted apart).
+    pub limits: crate::net::EdgeLimits,
     /// The server's own metrics, for the console's server page (None: metrics are off).
     pub metrics: Option<PrometheusHandle>,
 }
@@ -39,7 +43,10 @@ pub async fn serve(
     let sampler = tokio::spawn(console.sample(async {
         let _ = sampling_stopped.await;
     }));
-    let served = axum::serve(edge.listener, router).with_graceful_shutdown(shutdown).await;
+    let listener = crate::net::HttpListener::new(edge.listener, edge.limits)?;
+    let app =
+        router.layer(crate::net::ActivityLayer).into_make_service_with_connect_info::<crate::net::ConnInfo>();
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     let _ = stop_sampling.send(());
     let _ = sampler.await;
     served

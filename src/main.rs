@@ -128,6 +128,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
                 public_url: config.public_url.clone(),
                 currency: config.currency.clone(),
             },
+            limits: config.limits.edge(),
             metrics: metrics_handle.clone(),
         }),
         None => None,

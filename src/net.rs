@@ -115,6 +115,48 @@ impl tokio_stream::Stream for Incoming {
     }
 }
 
+/// The HTTP listener's connections for `axum::serve` (the VAST edge and the console): the same
+/// [`incoming`] with the same limits as the gRPC listener, counted on their own. Its requests
+/// carry `axum::extract::ConnectInfo<ConnInfo>`, where [`ActivityLayer`] finds the connection.
+#[derive(Debug)]
+pub struct HttpListener {
+    incoming: Incoming,
+    local: std::net::SocketAddr,
+}
+
+impl HttpListener {
+    pub fn new(listener: TcpListener, limits: EdgeLimits) -> io::Result<Self> {
+        let local = listener.local_addr()?;
+        Ok(Self { incoming: incoming(listener, limits), local })
+    }
+}
+
+impl axum::serve::Listener for HttpListener {
+    type Io = Connection;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Connection, std::net::SocketAddr) {
+        use tokio_stream::StreamExt as _;
+        loop {
+            // `Incoming` retries failed accepts itself and never ends.
+            if let Some(Ok(connection)) = self.incoming.next().await {
+                let remote = connection.stream.peer_addr().unwrap_or(self.local);
+                return (connection, remote);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>> for ConnInfo {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Self {
+        stream.io().connect_info()
+    }
+}
+
 /// Accept errors that say the process or the system is out of something: retrying at once
 /// would spin.
 fn out_of_resources(error: &io::Error) -> bool {
@@ -308,6 +350,7 @@ where
                     .get::<tonic::transport::server::TlsConnectInfo<ConnInfo>>()
                     .map(|tls| tls.get_ref())
             })
+            .or_else(|| extensions.get::<axum::extract::ConnectInfo<ConnInfo>>().map(|info| &info.0))
             .map(|info| info.activity.clone());
         if let Some(activity) = &activity {
             activity.started();

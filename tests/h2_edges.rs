@@ -416,3 +416,53 @@ fn the_frame_helpers_write_what_rfc_7541_says() {
     assert_eq!(out, [31, 154, 10]);
     assert_eq!(frame(PING, 0, 0, &[1; 8])[..9], [0, 0, 8, PING, 0, 0, 0, 0, 0]);
 }
+
+/// Reads `tcp` until the server closes it (EOF or reset); returns what it sent first.
+async fn until_http_closed(mut tcp: TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the server closes the connection");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test]
+async fn the_http_edge_closes_silent_slow_and_idle_connections_and_serves_tags_after() {
+    let server = start_server_with(config(|l| {
+        l.max_connections = 50;
+        l.handshake_timeout = Duration::from_secs(1);
+        l.idle_timeout = Duration::from_secs(1);
+    }))
+    .await;
+    let addr = server.http_addr;
+    // 200 silent sockets (150 over the cap) and a slowloris that never ends its headers.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /vast/4.2?listener_id=slow HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+    held.push(slow);
+    for tcp in held {
+        until_http_closed(tcp).await;
+    }
+    // A keep-alive connection answered once, then idle: closed after the idle timeout.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /vast/4.2 HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let answered = until_http_closed(idle).await;
+    assert!(answered.starts_with("HTTP/1.1 200"), "answered before it went idle: {answered:.80}");
+    // Once they are gone, a newcomer is served.
+    let mut newcomer = TcpStream::connect(addr).await.unwrap();
+    newcomer.write_all(b"GET /vast/4.2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let served = until_http_closed(newcomer).await;
+    assert!(served.starts_with("HTTP/1.1 200") && served.contains("<VAST"), "{served:.200}");
+    server.stop().await;
+}

@@ -67,6 +67,7 @@ pub async fn serve_state(config: Config, state: AppState) -> TestServer {
             public_url: config.public_url.clone(),
             currency: config.currency.clone(),
         },
+        limits: config.limits.edge(),
         metrics: None,
     };
     let (tx, rx) = oneshot::channel::<()>();
