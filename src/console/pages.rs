@@ -295,10 +295,21 @@ pub fn explain(query: &super::ExplainForm, outcome: Option<Result<&Decision, &st
                                 (format!("{:.2}", ad.relevance)) ")" }
                         } }
                     }
-                    h2 { "Every campaign, and the rule that stopped it" }
+                    h2 { "Every campaign, by the rule that stopped it" }
+                    table #rules {
+                        thead { tr { th { "Outcome" } th { "Campaigns" } } }
+                        tbody { @for (outcome, n) in outcomes(&decision.trace) {
+                            tr { td { (outcome) } td.num { (n) } }
+                        } }
+                    }
+                    @let shown = furthest(&decision.trace);
+                    h2 { "The campaigns that got furthest" }
+                    @if shown.len() < decision.trace.len() {
+                        p.hint { "The " (shown.len()) " of " (decision.trace.len()) " campaigns that got furthest: served first, then by relevance and score." }
+                    }
                     table #trace {
                         thead { tr { th { "Campaign" } th { "Tier" } th { "Outcome" } th { "Why" } th { "Relevance" } th { "Score" } } }
-                        tbody { @for t in &decision.trace {
+                        tbody { @for t in shown {
                             tr data-campaign=(t.campaign_id.as_str()) class=(if t.rejected_by.is_none() { "served" } else { "stopped" }) {
                                 td { a href={ "/console/campaigns/" (urlencode(t.campaign_id.as_str())) } { (t.campaign_id.as_str()) } }
                                 td { (tier_label(t.tier)) }
@@ -313,6 +324,39 @@ pub fn explain(query: &super::ExplainForm, outcome: Option<Result<&Decision, &st
             }
         }
     }
+}
+
+/// Rows of the explain trace shown: at 10,000 campaigns the whole trace is megabytes of HTML,
+/// and the campaigns stopped by targeting are summed up by `outcomes` anyway.
+pub const TRACE_ROWS: usize = 200;
+
+/// How many campaigns each outcome (served, or the rule in words) has, most first.
+fn outcomes(trace: &[crate::decision::TraceEntry]) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for t in trace {
+        let outcome = t.rejected_by.map_or("served", rule_words);
+        match counts.iter_mut().find(|(o, _)| *o == outcome) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((outcome, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts
+}
+
+/// The `TRACE_ROWS` entries that got furthest: served first, then by relevance and score.
+fn furthest(trace: &[crate::decision::TraceEntry]) -> Vec<&crate::decision::TraceEntry> {
+    let mut entries: Vec<_> = trace.iter().collect();
+    entries.sort_by(|a, b| {
+        b.rejected_by
+            .is_none()
+            .cmp(&a.rejected_by.is_none())
+            .then(b.relevance.total_cmp(&a.relevance))
+            .then(b.score.total_cmp(&a.score))
+            .then(a.campaign_id.as_str().cmp(b.campaign_id.as_str()))
+    });
+    entries.truncate(TRACE_ROWS);
+    entries
 }
 
 /// The console's stylesheet.
