@@ -234,8 +234,23 @@ async fn campaigns(State(console): State<Console>, uri: Uri) -> Response<Body> {
         Ok(q) => q,
         Err(message) => return html(StatusCode::BAD_REQUEST, pages::bad_request(&message)),
     };
-    let page = table::page(console.0.decisions.state(), &query, now());
-    html(StatusCode::OK, pages::layout("Campaigns", pages::campaigns(&page, &query, &console.0.currency)))
+    // A pass over every campaign (~3 ms at 10,000): on tokio's blocking pool, so that a page
+    // view does not hold decisions back on the runtime's thread.
+    let rendered = tokio::task::spawn_blocking(move || {
+        let page = table::page(console.0.decisions.state(), &query, now());
+        pages::layout("Campaigns", pages::campaigns(&page, &query, &console.0.currency))
+    })
+    .await;
+    match rendered {
+        Ok(markup) => html(StatusCode::OK, markup),
+        Err(error) => {
+            tracing::error!(%error, "the campaigns page failed");
+            html(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                pages::bad_request("the campaigns page failed; see the server's log"),
+            )
+        }
+    }
 }
 
 async fn campaign(State(console): State<Console>, Path(id): Path<String>) -> Response<Body> {

@@ -78,6 +78,11 @@ pub fn bad_request(message: &str) -> Markup {
     layout("Bad request", html! { p.error { (message) } })
 }
 
+/// A page the server could not make.
+pub fn failed(message: &str) -> Markup {
+    layout("Server error", html! { p.error { (message) } })
+}
+
 pub fn not_found(what: &str) -> Markup {
     layout("Not found", html! { p.error { (what) } })
 }
