@@ -97,7 +97,8 @@ impl Console {
 
     /// Samples the server's decision counters every `SERVER_INTERVAL` and each campaign's
     /// delivery every `DELIVERY_INTERVAL`, from now until `stop` resolves. A pass over 10,000
-    /// campaigns reads memory only (counters, no store) and takes a few milliseconds.
+    /// campaigns reads memory only (counters, no store) and takes a few milliseconds, on tokio's
+    /// blocking pool.
     pub async fn sample(self, stop: impl Future<Output = ()>) {
         let mut server = tokio::time::interval(samples::SERVER_INTERVAL);
         let mut delivery = tokio::time::interval(samples::DELIVERY_INTERVAL);
@@ -108,7 +109,11 @@ impl Console {
             tokio::select! {
                 () = &mut stop => return,
                 _ = server.tick() => self.sample_server(now()),
-                _ = delivery.tick() => self.sample_delivery(now()),
+                _ = delivery.tick() => {
+                    // A pass over every campaign: off the runtime's thread, as the table is.
+                    let console = self.clone();
+                    let _ = tokio::task::spawn_blocking(move || console.sample_delivery(now())).await;
+                }
             }
         }
     }
