@@ -29,6 +29,17 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
+/// The runtime every server of this crate runs on: one current thread when `worker_threads` is
+/// 0 (the default: measured best on one pinned core, docs/PERFORMANCE.md), else a multi-thread
+/// runtime of that many workers. `interlude-bare` builds the same, so that its comparison holds.
+pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
+    }
+}
+
 /// Serves every gRPC service on `listener` with `limits`, and the VAST edge on `http` when
 /// given, until `shutdown` resolves; then reports NOT_SERVING on health, stops accepting on
 /// both, and drains in-flight requests for at most `grace`.

@@ -44,14 +44,7 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let runtime = if config.worker_threads == 0 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.worker_threads)
-            .enable_all()
-            .build()?
-    };
+    let runtime = app::runtime(config.worker_threads)?;
     runtime.block_on(serve(config))
 }
 

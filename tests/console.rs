@@ -8,16 +8,9 @@
 mod common;
 
 use common::*;
-use http::{HeaderMap, Method, StatusCode};
-use http_body_util::{BodyExt as _, Full};
+use http::{Method, StatusCode};
 use interlude::config::Config;
 use interlude::grpc::pb;
-
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
 
 async fn send(
     server: &TestServer,
@@ -25,22 +18,8 @@ async fn send(
     path: &str,
     headers: &[(&str, &str)],
     body: &str,
-) -> Answer {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Full<bytes::Bytes>>();
-    let mut request =
-        http::Request::builder().method(method).uri(format!("http://{}{path}", server.http_addr));
-    for &(name, value) in headers {
-        request = request.header(name, value);
-    }
-    let request = request.body(Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
-    let response = tokio::time::timeout(TEST_TIMEOUT, client.request(request))
-        .await
-        .expect("the console answers")
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8(body.to_vec()).unwrap() }
+) -> HttpAnswer {
+    http_request(server.http_addr, method, path, headers, body).await
 }
 
 const BEARER: &str = "Bearer test-admin-token-0123456789";

@@ -11,16 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use http::{HeaderMap, StatusCode};
-use http_body_util::{BodyExt as _, Empty};
+use http::StatusCode;
 use interlude::config::Config;
 use interlude::grpc::pb;
 
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
+type Answer = HttpAnswer;
 
 /// GET `path_and_query` on the server's HTTP edge, with `headers`.
 async fn get_with(server: &TestServer, path_and_query: &str, headers: &[(&str, &str)]) -> Answer {
@@ -37,19 +32,7 @@ async fn request(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let mut request = http::Request::builder().method(method).uri(format!("http://{addr}{path_and_query}"));
-    for &(name, value) in headers {
-        request = request.header(name, value);
-    }
-    let response = tokio::time::timeout(TEST_TIMEOUT, client.request(request.body(Empty::new()).unwrap()))
-        .await
-        .expect("the HTTP edge answers")
-        .unwrap();
-    let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
-    Answer { status: parts.status, headers: parts.headers, body: String::from_utf8(body.to_vec()).unwrap() }
+    http_request(addr, method, path_and_query, headers, "").await
 }
 
 /// GET a tag, asserting a 200 VAST answer that every available checker accepts.

@@ -272,6 +272,44 @@ pub fn served(response: &pb::DecideResponse) -> Vec<&str> {
     response.ads.iter().map(|a| a.campaign_id.as_str()).collect()
 }
 
+/// What an HTTP request to the server's HTTP listener (VAST, console) got back.
+#[allow(dead_code)] // not every test binary speaks HTTP
+pub struct HttpAnswer {
+    pub status: http::StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+/// Sends `method path_and_query` with `headers` and `body` to `addr` over HTTP/1.1.
+#[allow(dead_code)] // not every test binary speaks HTTP
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: http::Method,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpAnswer {
+    use http_body_util::BodyExt as _;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let mut request = http::Request::builder().method(method).uri(format!("http://{addr}{path_and_query}"));
+    for &(name, value) in headers {
+        request = request.header(name, value);
+    }
+    let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body.to_owned()))).unwrap();
+    let response = tokio::time::timeout(TEST_TIMEOUT, client.request(request))
+        .await
+        .expect("the HTTP listener answers")
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    HttpAnswer {
+        status: parts.status,
+        headers: parts.headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
 /// Set (by `.ci/run`) to make the tests that need a tool beyond cargo (xmllint, node,
 /// chromium) fail rather than skip when it is missing.
 pub const REQUIRE_TOOLS: &str = "REQUIRE_TEST_TOOLS";
