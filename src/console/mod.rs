@@ -120,10 +120,15 @@ impl Console {
 
     /// One sample of the decision counters in the server's metrics.
     pub fn sample_server(&self, at: UnixMillis) {
-        if let Some(metrics) = &self.0.metrics {
-            let decisions = samples::decision_counters(&metrics.render());
-            self.0.samples.record_server(ServerPoint { at, decisions });
+        if let Some(point) = self.server_point(at) {
+            self.0.samples.record_server(point);
         }
+    }
+
+    /// The decision counters in the server's metrics at `at` (None: metrics are off).
+    fn server_point(&self, at: UnixMillis) -> Option<ServerPoint> {
+        let metrics = self.0.metrics.as_ref()?;
+        Some(ServerPoint { at, decisions: samples::decision_counters(&metrics.render()) })
     }
 
     /// One sample of every campaign's delivery.
@@ -276,9 +281,10 @@ async fn campaign(State(console): State<Console>, Path(id): Path<String>) -> Res
 }
 
 async fn server(State(console): State<Console>) -> Response<Body> {
-    // The page always shows up to now, not up to the last tick.
-    console.sample_server(now());
-    let points = console.0.samples.server();
+    // The page shows up to now, not up to the last tick (without keeping the view's point:
+    // a page refreshed often must not crowd the window's samples out).
+    let mut points = console.0.samples.server();
+    points.extend(console.server_point(now()));
     html(StatusCode::OK, pages::layout("Server", pages::server(&points, console.0.metrics.is_some())))
 }
 
