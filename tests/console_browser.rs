@@ -215,6 +215,13 @@ async fn the_console_in_chromium_logs_in_shows_campaigns_a_pacing_chart_the_serv
     );
     screenshot(&page, "explain").await;
 
+    // Log out: the cookie is gone, and the pages are closed again.
+    page.find_element("form.logout button").await.unwrap().click().await.unwrap();
+    until(&page, "location.pathname === '/console/login' && document.readyState === 'complete'").await;
+    open(&page, &format!("{base}/console/campaigns")).await;
+    let html = page.content().await.unwrap();
+    assert!(html.contains("name=\"token\"") && !html.contains("hifi"), "logged out: {html}");
+
     browser.close().await.unwrap();
     let _ = browser.wait().await;
     cdp.abort();
