@@ -90,11 +90,6 @@ impl Console {
         Self(Arc::new(Inner { decisions, sessions, samples: Samples::default(), metrics, currency }))
     }
 
-    /// The samples the pages draw (tests add their own).
-    pub fn samples(&self) -> &Samples {
-        &self.0.samples
-    }
-
     /// Samples the server's decision counters every `SERVER_INTERVAL` and each campaign's
     /// delivery every `DELIVERY_INTERVAL`, from now until `stop` resolves. A pass over 10,000
     /// campaigns reads memory only (counters, no store) and takes a few milliseconds, on tokio's
@@ -136,20 +131,11 @@ impl Console {
         let state = self.0.decisions.state();
         let (campaigns, _) = state.catalog.list(None, usize::MAX, None);
         for c in &campaigns {
-            self.0.samples.record_delivery(&c.id, self.delivery_now(c, at));
+            let counters = state.delivery.counters(&c.id, at);
+            self.0.samples.record_delivery(&c.id, DeliveryPoint::of(&counters, at));
         }
         let ids: std::collections::HashSet<_> = campaigns.iter().map(|c| c.id.clone()).collect();
         self.0.samples.retain_campaigns(|id| ids.contains(id));
-    }
-
-    fn delivery_now(&self, c: &Campaign, at: UnixMillis) -> DeliveryPoint {
-        let counters = self.0.decisions.state().delivery.counters(&c.id, at);
-        DeliveryPoint {
-            at,
-            spend_micros: counters.spend_micros,
-            impressions: counters.impressions,
-            spend_today_micros: counters.spend_today_micros,
-        }
     }
 }
 
@@ -257,7 +243,7 @@ async fn campaigns(State(console): State<Console>, uri: Uri) -> Response<Body> {
             tracing::error!(%error, "the campaigns page failed");
             html(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                pages::bad_request("the campaigns page failed; see the server's log"),
+                pages::failed("the campaigns page failed; see the server's log"),
             )
         }
     }
@@ -274,7 +260,7 @@ async fn campaign(State(console): State<Console>, Path(id): Path<String>) -> Res
     let pace = pacing::status(&c, &state.delivery.spend_at(at).spend(&c.id), at);
     let since = UnixMillis(c.flight_start.map_or(0, |s| s.0).min(at.0 - crate::domain::DAY_MS));
     let points = console.0.samples.delivery_since(&c.id, since);
-    let charts = chart::pacing_charts(&c, &points, console.delivery_now(&c, at));
+    let charts = chart::pacing_charts(&c, &points, DeliveryPoint::of(&counters, at));
     let targeting = describe_targeting(&c, |g| state.vocabulary.name(g).to_string());
     let body = pages::campaign(&c, &counters, pace, &charts, &targeting, &console.0.currency);
     html(StatusCode::OK, pages::layout(&format!("{} — {}", c.id.as_str(), c.name), body))

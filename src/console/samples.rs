@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::domain::{CampaignId, UnixMillis};
+use crate::store::delivery::CampaignCounters;
 
 /// How often each campaign's delivery is sampled.
 pub const DELIVERY_INTERVAL: Duration = Duration::from_secs(300);
@@ -27,6 +28,18 @@ pub struct DeliveryPoint {
     pub impressions: u64,
     /// Spend of the campaign's local day at `at`.
     pub spend_today_micros: i64,
+}
+
+impl DeliveryPoint {
+    /// The delivery `counters` (read at `at`) say.
+    pub fn of(counters: &CampaignCounters, at: UnixMillis) -> Self {
+        Self {
+            at,
+            spend_micros: counters.spend_micros,
+            impressions: counters.impressions,
+            spend_today_micros: counters.spend_today_micros,
+        }
+    }
 }
 
 /// The decision counters (`interlude_decisions_total{fill, reason}`) at an instant.
