@@ -163,14 +163,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.write_h2load_body {
         return write_h2load_body(&world, path);
     }
-    let mut channels = Vec::with_capacity(args.connections.max(1));
-    for _ in 0..args.connections.max(1) {
-        let channel = Endpoint::from_shared(args.target.clone())?
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {}", args.target))?;
-        channels.push(channel);
-    }
+    let channels = connect(&args.target, args.connections).await?;
 
     // A server started without an admin token generates one and keeps it in its data
     // directory (by default ./interlude-data, beside a `cargo run`).
@@ -199,18 +192,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         http: matches!(args.workload, Target::Vast | Target::VastTag)
             .then(|| drive::HttpEdge::new(&args.http_target, args.http2)),
         bare: match &args.bare_target {
-            Some(target) => {
-                let mut bare = Vec::with_capacity(args.connections.max(1));
-                for _ in 0..args.connections.max(1) {
-                    bare.push(
-                        Endpoint::from_shared(target.clone())?
-                            .connect()
-                            .await
-                            .with_context(|| format!("connecting to the bare server {target}"))?,
-                    );
-                }
-                bare
-            }
+            Some(target) => connect(target, args.connections).await?,
             None => Vec::new(),
         },
     };
@@ -327,6 +309,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(served > 0, "no request succeeded");
     }
     Ok(())
+}
+
+/// `connections` HTTP/2 connections (at least one) to the gRPC server at `target`.
+async fn connect(target: &str, connections: usize) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        let channel = Endpoint::from_shared(target.to_owned())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {target}"))?;
+        channels.push(channel);
+    }
+    Ok(channels)
 }
 
 fn progress_bar(target: Target, seconds: f64) -> ProgressBar {
