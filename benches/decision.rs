@@ -10,8 +10,7 @@ use std::sync::Arc;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use interlude::decision::{self, CatalogSnapshot, Listener, NoSpend, Policy, Spend, SpendView};
 use interlude::domain::{
-    AdRequest, CampaignId, ConsentState, DAY_MS, DeliveryHistory, DeviceType, ImpressionRecord, MINUTE_MS,
-    Tier, UnixMillis,
+    AdRequest, CampaignId, DAY_MS, DeliveryHistory, ImpressionRecord, MINUTE_MS, Tier, UnixMillis,
 };
 use interlude::store::Vocabulary;
 use interlude::synth::{self, WorldSpec};
@@ -34,26 +33,8 @@ fn bench_decide(c: &mut Criterion) {
         let listeners: Vec<_> = (0..LISTENERS)
             .map(|i| synth::listener_with_taste(&spec, i, &vocabulary, NOW, 30 * DAY_MS).expect("listener"))
             .collect();
-        let requests: Vec<AdRequest> = listeners
-            .iter()
-            .map(|l| {
-                let top = synth::top_genres(l, 0, 1);
-                AdRequest {
-                    listener_id: Some(l.profile.id.as_str().into()),
-                    member_id: "".into(),
-                    track_id: "t".into(),
-                    track_genres: top.iter().filter_map(|g| vocabulary.lookup(g)).collect(),
-                    recent_genres: Vec::new(),
-                    device: Some(DeviceType::Mobile),
-                    location: l.profile.details().home.clone(),
-                    consent: ConsentState::Unspecified,
-                    utc_offset_minutes: 60,
-                    max_ads: 2,
-                    max_duration_ms: 60_000,
-                    explain: false,
-                }
-            })
-            .collect();
+        let requests: Vec<AdRequest> =
+            listeners.iter().map(|l| synth::engine_request(l, &vocabulary)).collect();
         let empty = DeliveryHistory::default();
         let mut rng = SmallRng::seed_from_u64(1);
         let warm = Policy { max_ads_per_hour: 100, ..Policy::default() };

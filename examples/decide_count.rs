@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use interlude::decision::{self, CatalogSnapshot, Listener, NoSpend, Policy};
-use interlude::domain::{AdRequest, ConsentState, DAY_MS, DeliveryHistory, DeviceType, UnixMillis};
+use interlude::domain::{AdRequest, DAY_MS, DeliveryHistory, UnixMillis};
 use interlude::store::Vocabulary;
 use interlude::synth::{self, WorldSpec};
 use rand::SeedableRng;
@@ -33,23 +33,7 @@ fn main() {
     let listeners: Vec<_> = (0..LISTENERS)
         .map(|i| synth::listener_with_taste(&spec, i, &vocabulary, NOW, 30 * DAY_MS).expect("listener"))
         .collect();
-    let requests: Vec<AdRequest> = listeners
-        .iter()
-        .map(|l| AdRequest {
-            listener_id: Some(l.profile.id.as_str().into()),
-            member_id: "".into(),
-            track_id: "t".into(),
-            track_genres: synth::top_genres(l, 0, 1).iter().filter_map(|g| vocabulary.lookup(g)).collect(),
-            recent_genres: Vec::new(),
-            device: Some(DeviceType::Mobile),
-            location: l.profile.details().home.clone(),
-            consent: ConsentState::Unspecified,
-            utc_offset_minutes: 60,
-            max_ads: 2,
-            max_duration_ms: 60_000,
-            explain: false,
-        })
-        .collect();
+    let requests: Vec<AdRequest> = listeners.iter().map(|l| synth::engine_request(l, &vocabulary)).collect();
     let empty = DeliveryHistory::default();
     let policy = Policy::default();
     let mut rng = SmallRng::seed_from_u64(1);

@@ -311,6 +311,25 @@ pub fn listener_with_taste(
     Ok(l)
 }
 
+/// The engine benchmarks' break for `l`: two ads in 60 s, the track of their favourite genre, on
+/// a phone at home (`benches/decision.rs`, `examples/decide_count.rs`: one request, one count).
+pub fn engine_request(l: &SyntheticListener, vocabulary: &Vocabulary) -> crate::domain::AdRequest {
+    crate::domain::AdRequest {
+        listener_id: Some(l.profile.id.as_str().into()),
+        member_id: "".into(),
+        track_id: "t".into(),
+        track_genres: top_genres(l, 0, 1).iter().filter_map(|g| vocabulary.lookup(g)).collect(),
+        recent_genres: Vec::new(),
+        device: Some(DeviceType::Mobile),
+        location: l.profile.details().home.clone(),
+        consent: ConsentState::Unspecified,
+        utc_offset_minutes: 60,
+        max_ads: 2,
+        max_duration_ms: 60_000,
+        explain: false,
+    }
+}
+
 /// The favourite genres of a member, strongest first (the quality measure of the load harness).
 pub fn top_genres(l: &SyntheticListener, member: usize, n: usize) -> Vec<&'static str> {
     let mut plays = l.members[member].1.clone();
