@@ -24,9 +24,14 @@ async fn send(
 
 const BEARER: &str = "Bearer test-admin-token-0123456789";
 
-/// GET `path` as an admin.
+/// GET `path` as an admin, whatever it answers.
+async fn admin_get(server: &TestServer, path: &str) -> HttpAnswer {
+    send(server, Method::GET, path, &[("authorization", BEARER)], "").await
+}
+
+/// GET `path` as an admin: a 200 HTML page, its body.
 async fn page(server: &TestServer, path: &str) -> String {
-    let answer = send(server, Method::GET, path, &[("authorization", BEARER)], "").await;
+    let answer = admin_get(server, path).await;
     assert_eq!(answer.status, StatusCode::OK, "{path}: {}", answer.body);
     assert_eq!(answer.headers["content-type"], "text/html; charset=utf-8");
     answer.body
@@ -151,8 +156,7 @@ async fn the_campaigns_table_searches_sorts_and_pages_ten_thousand_campaigns() {
     let first_row = by_name_desc.split("<tr data-campaign=\"").nth(1).unwrap();
     assert!(first_row.starts_with("camp-09007"), "Zebra sale 9007 sorts last by name: {first_row:.80}");
 
-    let bad =
-        send(&server, Method::GET, "/console/campaigns?sort=colour", &[("authorization", BEARER)], "").await;
+    let bad = admin_get(&server, "/console/campaigns?sort=colour").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("sort: unknown column"), "{}", bad.body);
     server.stop().await;
@@ -179,8 +183,7 @@ async fn a_campaign_page_charts_its_delivery_against_its_curve_with_the_points_d
         page(&server, "/console/campaigns").await.contains("100.0 %"),
         "the only paid impression: its fill share"
     );
-    let missing =
-        send(&server, Method::GET, "/console/campaigns/no-such", &[("authorization", BEARER)], "").await;
+    let missing = admin_get(&server, "/console/campaigns/no-such").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     server.stop().await;
 }
@@ -207,8 +210,7 @@ async fn explain_traces_every_campaign_in_words_and_changes_nothing() {
     assert_eq!(response.ads.len(), 1, "explain held nothing: {response:?}");
     assert_eq!(server.stats("hifi-headphones").await.impressions, 0);
 
-    let bad =
-        send(&server, Method::GET, "/console/explain?max_ads=99", &[("authorization", BEARER)], "").await;
+    let bad = admin_get(&server, "/console/explain?max_ads=99").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert!(bad.body.contains("max_ads"), "names the field: {}", bad.body);
     server.stop().await;
