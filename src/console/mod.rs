@@ -28,7 +28,6 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, Uri, header};
 use maud::Markup;
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::decision::SpendView as _;
 use crate::decision::pacing;
 use crate::domain::{Campaign, GenreId, UnixMillis};
 use crate::service::{Decisions, ServiceError, now};
@@ -257,7 +256,7 @@ async fn campaign(State(console): State<Console>, Path(id): Path<String>) -> Res
     };
     let at = now();
     let counters = state.delivery.counters(&c.id, at);
-    let pace = pacing::status(&c, &state.delivery.spend_at(at).spend(&c.id), at);
+    let pace = pacing::status(&c, &counters.recorded_spend(), at);
     let since = UnixMillis(c.flight_start.map_or(0, |s| s.0).min(at.0 - crate::domain::DAY_MS));
     let points = console.0.samples.delivery_since(&c.id, since);
     let charts = chart::pacing_charts(&c, &points, DeliveryPoint::of(&counters, at));

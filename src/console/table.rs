@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::decision::SpendView as _;
 use crate::decision::pacing::{self, PaceStatus};
 use crate::domain::{Campaign, UnixMillis};
 use crate::state::AppState;
@@ -156,7 +155,6 @@ pub fn page(state: &AppState, query: &TableQuery, now: UnixMillis) -> Page {
     let (campaigns, _) = state.catalog.list(None, usize::MAX, None);
     let total = campaigns.len();
     let needle = query.search.to_lowercase();
-    let spend = state.delivery.spend_at(now);
     let mut rows: Vec<Row> = campaigns
         .into_iter()
         .filter(|c| {
@@ -167,7 +165,7 @@ pub fn page(state: &AppState, query: &TableQuery, now: UnixMillis) -> Page {
         })
         .map(|campaign| {
             let counters = state.delivery.counters(&campaign.id, now);
-            let pacing = pacing::status(&campaign, &spend.spend(&campaign.id), now);
+            let pacing = pacing::status(&campaign, &counters.recorded_spend(), now);
             Row {
                 impressions: counters.impressions,
                 spend_micros: counters.spend_micros,

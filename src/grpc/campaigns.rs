@@ -5,7 +5,6 @@ use tonic::{Request, Response, Status};
 use super::auth::{self, AUDIT, Caller};
 use super::pb::campaign_service_server::CampaignService;
 use super::{convert, now, observe, pb, rpc_metrics};
-use crate::decision::SpendView as _;
 use crate::decision::pacing::{self, PaceStatus};
 use crate::domain::CampaignStatus;
 use crate::state::AppState;
@@ -160,8 +159,7 @@ impl CampaignService for CampaignAdmin {
             let campaign = self.state.catalog.get(id)?;
             let now = now();
             let c = self.state.delivery.counters(&campaign.id, now);
-            let spend = self.state.delivery.spend_at(now).spend(&campaign.id);
-            let pacing_status = match pacing::status(&campaign, &spend, now) {
+            let pacing_status = match pacing::status(&campaign, &c.recorded_spend(), now) {
                 PaceStatus::NotPaced => pb::PacingStatus::NotPaced,
                 PaceStatus::OnTrack => pb::PacingStatus::OnTrack,
                 PaceStatus::Behind => pb::PacingStatus::Behind,

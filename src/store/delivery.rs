@@ -47,6 +47,18 @@ pub struct CampaignCounters {
 }
 
 impl CampaignCounters {
+    /// What these counters recorded, as the engine's `Spend` without reservations: what
+    /// `pacing::status` reports on (it leaves reservations out), read from counters already at
+    /// hand rather than from the store again.
+    pub fn recorded_spend(&self) -> Spend {
+        Spend {
+            lifetime_micros: self.spend_micros,
+            today_micros: self.spend_today_micros,
+            impressions: self.impressions,
+            ..Spend::default()
+        }
+    }
+
     /// Whether the day the `*_today` figures belong to has ended at `now`.
     fn day_is_over(&self, now: UnixMillis) -> bool {
         let day_ends_at = if self.day_ends_at > 0 { self.day_ends_at } else { (self.day + 1) * DAY_MS };
