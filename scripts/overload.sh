@@ -64,19 +64,14 @@ phase() { # phase NAME PROBE_RATE [h2load args...]
     --duration "$secs" --warmup 1 --json "$out/$name.json" >"$out/$name.txt"
   ok1=$(ok); shed1=$(shed_total); t1=$(date +%s.%N)
   [ $# -gt 0 ] && wait $h2 || true
-  python3 - "$out/$name.json" "$name" "$ok0" "$ok1" "$shed0" "$shed1" "$t0" "$t1" "$capacity" "$out/$name.h2load.txt" <<'PY'
-import json, re, sys
-report, name, ok0, ok1, shed0, shed1, t0, t1, capacity, h2 = sys.argv[1:]
+  python3 - "$out/$name.json" "$name" "$ok0" "$ok1" "$shed0" "$shed1" "$t0" "$t1" "$capacity" <<'PY'
+import json, sys
+report, name, ok0, ok1, shed0, shed1, t0, t1, capacity = sys.argv[1:]
 p = json.load(open(report))["phases"][0]
 secs = float(t1) - float(t0)
 goodput = (float(ok1) - float(ok0)) / secs
 shed = (float(shed1) - float(shed0)) / secs
 offered = goodput + shed
-try:
-    m = re.search(r"finished in [\d.]+s, ([\d.]+) req/s", open(h2).read())
-    h2rate = float(m.group(1)) if m else 0.0
-except FileNotFoundError:
-    h2rate = 0.0
 lat = p["latency_us"]
 print(f"| {name} | {offered:,.0f}/s ({offered / float(capacity):.1f}×) | {goodput:,.0f}/s ({goodput / float(capacity):.2f}×) "
       f"| {shed:,.0f}/s | {lat['p50'] / 1000:.2f} / {lat['p99'] / 1000:.2f} / {lat['max'] / 1000:.1f} ms "
@@ -91,8 +86,8 @@ echo "| phase | offered (server's count) | goodput (Decides OK) | shed | probe p
 echo "|---|---:|---:|---:|---:|---:|"
 probe=$((capacity / 20))
 for x in 1 5 10; do
-  # 64 connections at a fixed rate each (open loop: h2load sends whatever the answers), up to
-  # 16 streams in flight per connection.
+  # 64 connections at a fixed rate each (open loop: h2load keeps its rate however the server
+  # answers), up to 16 streams in flight per connection; h2load's own report is in $out.
   phase "${x}x" "$probe" -c 64 -m 16 -t 1 --rps $(( (capacity * x - probe) / 64 )) -D $((secs + 2)) -d "$body" \
     -H 'content-type: application/grpc' -H 'te: trailers' "http://$grpc/interlude.v1.AdDecisionService/Decide"
 done
