@@ -76,6 +76,8 @@ pub const DEFAULT_DATA_DIR: &str = "interlude-data";
 pub const DEFAULT_PROFILE_CACHE_MIB: u64 = 256;
 /// Default memory budget of the delivery-history cache over the store, MiB.
 pub const DEFAULT_HISTORY_CACHE_MIB: u64 = 256;
+/// Default longest Redis call in cluster mode, milliseconds.
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
 /// Default log filter (tracing-subscriber `EnvFilter` syntax).
 pub const DEFAULT_LOG: &str = "info";
 /// Environment variables with this prefix override the file: `INTERLUDE_RELEVANCE_FLOOR=0.4`.
@@ -120,6 +122,16 @@ pub struct Config {
     pub decision_token: Option<Secret>,
     /// TLS (and mTLS) for the gRPC port; None = plaintext.
     pub tls: Option<Tls>,
+    /// Cluster mode (shared state on Redis Cluster); None = single-node mode.
+    pub redis: Option<RedisSettings>,
+}
+
+/// Where the shared state of cluster mode lives, and how long a call to it may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Seed nodes, "host:port" each; the client learns the rest of the cluster from them.
+    pub nodes: Vec<String>,
+    pub timeout: Duration,
 }
 
 /// The server's certificate and key, and the CA its clients' certificates must chain to (mTLS),
@@ -347,6 +359,11 @@ settings! {
     tls_key: PathBuf,
     /// PEM CA certificate that clients' certificates must chain to (mTLS) [default: none].
     tls_client_ca: PathBuf,
+    /// Cluster mode: seed nodes of the Redis Cluster that holds the shared state, as
+    /// "host:port,host:port" [default: none: single-node mode on data_dir].
+    redis_nodes: String,
+    /// Longest any one Redis call may take, milliseconds [default: 250].
+    redis_timeout_ms: u64,
 }
 
 impl Config {
@@ -526,7 +543,28 @@ impl Settings {
         if !(1..=10_000).contains(&limits.max_pending_reset_streams) {
             return Err(invalid("max_pending_reset_streams", "must be within [1, 10000]"));
         }
-        let data_dir = match self.data_dir.as_deref().unwrap_or(DEFAULT_DATA_DIR) {
+        let redis = match self.redis_nodes.as_deref() {
+            None => None,
+            Some(nodes) => Some(RedisSettings {
+                nodes: redis_nodes(nodes).map_err(|reason| invalid("redis_nodes", reason))?,
+                timeout: Duration::from_millis(self.redis_timeout_ms.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS)),
+            }),
+        };
+        if let Some(r) = &redis
+            && !(1..=10_000).contains(&r.timeout.as_millis())
+        {
+            return Err(invalid("redis_timeout_ms", "must be within [1, 10000]"));
+        }
+        // Cluster mode keeps its state in Redis: a data directory as well would be a second
+        // truth, so only an explicit one is refused and the default is simply not used.
+        let data_dir = match (self.data_dir.as_deref(), &redis) {
+            (Some(dir), Some(_)) if dir != "off" => {
+                return Err(invalid("data_dir", "must be \"off\" (or unset) with redis_nodes"));
+            }
+            (_, Some(_)) => Some("off"),
+            (dir, None) => dir,
+        };
+        let data_dir = match data_dir.unwrap_or(DEFAULT_DATA_DIR) {
             "off" => None,
             "" => return Err(invalid("data_dir", "must be a path or \"off\"")),
             dir => Some(PathBuf::from(dir)),
@@ -621,8 +659,28 @@ impl Settings {
             admin_token,
             decision_token,
             tls,
+            redis,
         })
     }
+}
+
+/// Splits and checks the seed nodes of `redis_nodes`: "host:port" each, comma-separated.
+fn redis_nodes(nodes: &str) -> Result<Vec<String>, &'static str> {
+    let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    if nodes.is_empty() {
+        return Err("must name at least one node as host:port");
+    }
+    for node in &nodes {
+        let well_formed = node.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(['/', '@', ' '])
+                && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !well_formed {
+            return Err("each node must be host:port, e.g. 10.0.0.5:6379");
+        }
+    }
+    Ok(nodes)
 }
 
 /// Checks a public base URL: http(s), a host, no query or fragment; drops a trailing slash.

@@ -8,6 +8,7 @@ pub mod delivery;
 pub mod durable;
 pub mod histories;
 pub mod listeners;
+pub mod shared;
 pub mod vocabulary;
 
 pub use catalog::Catalog;

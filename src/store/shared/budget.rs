@@ -1,0 +1,204 @@
+//! Campaign counters and budgets in each campaign's slot: an event counted once (with the
+//! dedupe of its ad in the same script), and a limited budget's share held atomically per
+//! decided ad.
+
+use crate::domain::{AdId, Campaign, CampaignId, EventKind, UnixMillis};
+use crate::store::delivery::{CampaignCounters, EventOutcome, PlaybackErrors, RESERVATION_HOLD_MS};
+
+use super::{Shared, SharedError, scripts};
+
+/// One event to count against its campaign.
+#[derive(Clone, Copy, Debug)]
+pub struct EventCount<'a> {
+    pub campaign: &'a Campaign,
+    pub ad: AdId,
+    pub kind: EventKind,
+    pub event_id: &'a str,
+    pub error_code: u16,
+    pub creative_index: usize,
+    pub price_micros: i64,
+    pub at: UnixMillis,
+}
+
+fn counters_key(campaign: &str) -> String {
+    format!("{{c:{campaign}}}:n")
+}
+
+fn holds_key(campaign: &str) -> String {
+    format!("{{c:{campaign}}}:r")
+}
+
+fn seen_key(campaign: &str, ad: AdId) -> String {
+    format!("{{c:{campaign}}}:e:{ad}")
+}
+
+/// The counters-hash field an event kind adds to (and its dedupe field).
+fn field(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Impression => "impressions",
+        EventKind::Click => "clicks",
+        EventKind::Complete => "completes",
+        EventKind::Skip => "skips",
+        EventKind::NotForMe => "not_for_me",
+        EventKind::Start => "starts",
+        EventKind::FirstQuartile => "first_quartiles",
+        EventKind::Midpoint => "midpoints",
+        EventKind::ThirdQuartile => "third_quartiles",
+        EventKind::Mute => "mutes",
+        EventKind::Unmute => "unmutes",
+        EventKind::Pause => "pauses",
+        EventKind::Resume => "resumes",
+        EventKind::NotUsed => "not_used",
+        EventKind::Error => "error",
+    }
+}
+
+/// Error counts live beside the totals, one field per (creative, VAST code).
+const ERROR_PREFIX: &str = "err:";
+
+impl Shared {
+    /// Counts `event` once, and waits until a replica of its master holds it: "accepted" is
+    /// only answered for what survives the loss of that master. `dedupe_ms` is how long the
+    /// ad's event ids are remembered (past every token's life).
+    pub async fn count_event(&self, event: &EventCount<'_>, dedupe_ms: i64) -> Result<EventOutcome, SharedError> {
+        let c = event.campaign;
+        let id = c.id.as_str();
+        let (day, _) = c.time_zone.day_of(event.at);
+        let error_field = if event.kind == EventKind::Error {
+            format!("{ERROR_PREFIX}{}:{}", event.error_code, c.creatives[event.creative_index].id.as_str())
+        } else {
+            String::new()
+        };
+        let mut invocation = scripts::COUNT_EVENT.prepare_invoke();
+        invocation
+            .key(counters_key(id))
+            .key(seen_key(id, event.ad))
+            .key(holds_key(id))
+            .arg(field(event.kind))
+            .arg(event.event_id)
+            .arg(dedupe_ms)
+            .arg(day)
+            .arg(c.time_zone.day_end(event.at).0)
+            .arg(event.price_micros)
+            .arg(event.ad.to_string())
+            .arg(error_field);
+        let outcome: String = self.invoke(invocation).await?;
+        self.replicated(&counters_key(id)).await?;
+        match outcome.as_str() {
+            "accepted" => Ok(EventOutcome::Accepted),
+            "retried" => Ok(EventOutcome::Retried),
+            "already" => Ok(EventOutcome::AlreadyCounted),
+            other => Err(SharedError::Corrupt(format!("the event script answered {other:?}"))),
+        }
+    }
+
+    /// Holds one impression's price of `campaign`'s budget for `ad`, decided at `now`, if it
+    /// fits under every hard limit across the cluster. False: the ad must not be served.
+    pub async fn reserve(&self, campaign: &Campaign, ad: AdId, now: UnixMillis) -> Result<bool, SharedError> {
+        let id = campaign.id.as_str();
+        let b = &campaign.budget;
+        let mut invocation = scripts::RESERVE.prepare_invoke();
+        invocation
+            .key(counters_key(id))
+            .key(holds_key(id))
+            .arg(now.0)
+            .arg(campaign.time_zone.day_of(now).0)
+            .arg(campaign.price_micros())
+            .arg(b.lifetime_micros)
+            .arg(b.daily_micros)
+            .arg(b.impression_goal)
+            .arg(RESERVATION_HOLD_MS)
+            .arg(ad.to_string());
+        let held: i64 = self.invoke(invocation).await?;
+        Ok(held == 1)
+    }
+
+    /// The counters of `campaign` across the cluster, and what it holds in reservations at
+    /// `now` (micros, impressions), at the campaign's current price.
+    pub async fn counters(
+        &self,
+        campaign: &Campaign,
+        now: UnixMillis,
+    ) -> Result<(CampaignCounters, (i64, u64)), SharedError> {
+        let id = campaign.id.as_str();
+        let fields: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(counters_key(id))).await?;
+        let holds: u64 =
+            self.query(redis::cmd("ZCOUNT").arg(holds_key(id)).arg(now.0 + 1).arg("+inf")).await?;
+        Ok((parse_counters(&campaign.id, fields)?, (holds as i64 * campaign.price_micros(), holds)))
+    }
+}
+
+/// Counters from the fields of a counters hash.
+fn parse_counters(campaign: &CampaignId, fields: Vec<(String, String)>) -> Result<CampaignCounters, SharedError> {
+    let mut c = CampaignCounters::default();
+    for (name, value) in fields {
+        let bad = || SharedError::Corrupt(format!("counter {name:?} of campaign {campaign} is {value:?}"));
+        let n: i64 = value.parse().map_err(|_| bad())?;
+        let count = u64::try_from(n).map_err(|_| bad())?;
+        let p = &mut c.progress;
+        match name.as_str() {
+            "impressions" => c.impressions = count,
+            "spend_micros" => c.spend_micros = n,
+            "clicks" => c.clicks = count,
+            "completes" => c.completes = count,
+            "skips" => c.skips = count,
+            "not_for_me" => c.not_for_me = count,
+            "day" => c.day = n,
+            "day_ends_at" => c.day_ends_at = n,
+            "impressions_today" => c.impressions_today = count,
+            "spend_today_micros" => c.spend_today_micros = n,
+            "starts" => p.starts = count,
+            "first_quartiles" => p.first_quartiles = count,
+            "midpoints" => p.midpoints = count,
+            "third_quartiles" => p.third_quartiles = count,
+            "mutes" => p.mutes = count,
+            "unmutes" => p.unmutes = count,
+            "pauses" => p.pauses = count,
+            "resumes" => p.resumes = count,
+            "not_used" => p.not_used = count,
+            other => {
+                let (code, creative) = other
+                    .strip_prefix(ERROR_PREFIX)
+                    .and_then(|rest| rest.split_once(':'))
+                    .ok_or_else(bad)?;
+                c.errors.push(PlaybackErrors {
+                    creative: creative.into(),
+                    code: code.parse().map_err(|_| bad())?,
+                    count,
+                });
+            }
+        }
+    }
+    c.errors.sort_by(|a, b| (&a.creative, a.code).cmp(&(&b.creative, b.code)));
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_read_back_every_field_the_event_script_writes() {
+        let fields = [
+            ("impressions", "3"),
+            ("spend_micros", "90000"),
+            ("day", "20000"),
+            ("day_ends_at", "1728000000000"),
+            ("impressions_today", "2"),
+            ("spend_today_micros", "60000"),
+            ("not_used", "1"),
+            ("midpoints", "2"),
+            ("err:402:cr-1", "4"),
+        ];
+        let c = parse_counters(
+            &CampaignId::from("c"),
+            fields.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        )
+        .unwrap();
+        assert_eq!((c.impressions, c.spend_micros, c.impressions_today, c.spend_today_micros), (3, 90000, 2, 60000));
+        assert_eq!((c.progress.not_used, c.progress.midpoints, c.day), (1, 2, 20000));
+        assert_eq!(c.errors, vec![PlaybackErrors { creative: "cr-1".into(), code: 402, count: 4 }]);
+        assert!(parse_counters(&CampaignId::from("c"), vec![("impressions".into(), "-1".into())]).is_err());
+        assert!(parse_counters(&CampaignId::from("c"), vec![("nonsense".into(), "1".into())]).is_err());
+    }
+}

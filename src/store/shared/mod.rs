@@ -1,0 +1,171 @@
+//! Cluster mode's shared state on Redis Cluster: the one truth several replicas decide on.
+//!
+//! Each replica keeps the same in-memory stores as in single-node mode (the engine reads them
+//! unchanged); this module is where they are loaded from and written to instead of SQLite.
+//! Every call has the configured timeout; every multi-key change is one script in one hash
+//! slot. The key layout, consistency and failure behaviour per kind of state are in
+//! docs/SCALING.md.
+
+mod budget;
+mod directory;
+mod listener;
+mod scripts;
+
+use std::time::Duration;
+
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+
+pub use budget::EventCount;
+pub use directory::{ALIASES, ARTISTS, CAMPAIGNS, Directory, GENRES, Terms};
+pub use listener::{ListenerState, SharedHistories};
+
+use crate::config::RedisSettings;
+
+/// Why a call to the shared store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    #[error("the shared store did not answer: {0}")]
+    Unavailable(String),
+    #[error("the shared store holds data this replica cannot read: {0}")]
+    Corrupt(String),
+    #[error("listener {0:?} changed on other replicas at every attempt; retry")]
+    Contended(String),
+}
+
+impl From<redis::RedisError> for SharedError {
+    fn from(e: redis::RedisError) -> Self {
+        SharedError::Unavailable(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for SharedError {
+    fn from(e: serde_json::Error) -> Self {
+        SharedError::Corrupt(e.to_string())
+    }
+}
+
+impl From<SharedError> for super::StoreError {
+    fn from(e: SharedError) -> Self {
+        match e {
+            SharedError::Corrupt(m) => super::StoreError::Corrupt(m),
+            e => super::StoreError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// A handle on the cluster. Cheap to clone: clones share one multiplexed connection per node.
+#[derive(Clone)]
+pub struct Shared {
+    conn: ClusterConnection,
+    /// A blocking connection, for the few callers that cannot await (interning a new genre
+    /// inside a request's conversion): held for one short call at a time.
+    blocking: std::sync::Arc<std::sync::Mutex<redis::cluster::ClusterConnection>>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").field("timeout", &self.timeout).finish_non_exhaustive()
+    }
+}
+
+/// How many replicas must hold a write before it is acknowledged (`WAIT`): one, so an
+/// acknowledged event survives the loss of its master.
+const REPLICAS_TO_ACK: usize = 1;
+
+impl Shared {
+    /// Connects to the cluster `settings` names, within a few of its timeouts.
+    pub async fn connect(settings: &RedisSettings) -> Result<Self, SharedError> {
+        let client = redis::cluster::ClusterClientBuilder::new(
+            settings.nodes.iter().map(|n| format!("redis://{n}")).collect::<Vec<_>>(),
+        )
+        .connection_timeout(settings.timeout)
+        .response_timeout(settings.timeout)
+        // A failover moves slots: the client follows MOVED and retries a little, within the
+        // caller's own deadline; past that the caller answers UNAVAILABLE.
+        .retries(2)
+        .build()?;
+        let startup = settings.timeout * 8;
+        let conn = tokio::time::timeout(startup, client.get_async_connection())
+            .await
+            .map_err(|_| SharedError::Unavailable(format!("no cluster answered within {startup:?}")))??;
+        let blocking = tokio::task::spawn_blocking(move || client.get_connection())
+            .await
+            .map_err(|e| SharedError::Unavailable(e.to_string()))??;
+        let shared = Self {
+            conn,
+            blocking: std::sync::Arc::new(std::sync::Mutex::new(blocking)),
+            timeout: settings.timeout,
+        };
+        let pong: String = shared.query(&mut redis::cmd("PING").clone()).await?;
+        if pong != "PONG" {
+            return Err(SharedError::Unavailable(format!("PING answered {pong:?}")));
+        }
+        Ok(shared)
+    }
+
+    /// Runs `cmd` within the timeout.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, SharedError> {
+        let mut conn = self.conn.clone();
+        self.within(async move { cmd.query_async(&mut conn).await }).await
+    }
+
+    /// Runs `script` within the timeout (EVALSHA, loading it again after a failover's NOSCRIPT).
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, SharedError> {
+        let mut conn = self.conn.clone();
+        self.within(async move { invocation.invoke_async(&mut conn).await }).await
+    }
+
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SharedError> {
+        // The client's own response timeout covers one attempt; this bounds its retries too.
+        let bound = self.timeout * 4;
+        match tokio::time::timeout(bound, call).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(SharedError::Unavailable(format!("no answer within {bound:?}"))),
+        }
+    }
+
+    /// Waits until a replica of the master holding `key` has every write sent to it so far on
+    /// this handle's connection: what an acknowledged event's durability rests on.
+    async fn replicated(&self, key: &str) -> Result<(), SharedError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(REPLICAS_TO_ACK).arg(self.timeout.as_millis() as u64);
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+            key,
+            SlotAddr::Master,
+        )));
+        let mut conn = self.conn.clone();
+        let value = self.within(async move { conn.route_command(wait, route).await }).await?;
+        let acked: usize =
+            redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("WAIT answered {e}")))?;
+        if acked < REPLICAS_TO_ACK {
+            return Err(SharedError::Unavailable(format!(
+                "the write to {key:?} reached {acked} replicas of its master, not {REPLICAS_TO_ACK}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether the cluster answers now (health).
+    pub async fn ping(&self) -> Result<(), SharedError> {
+        let _: String = self.query(&mut redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// The impression-token key every replica signs with: the first replica to start sets it
+    /// (`SET NX`), the others read it, so any replica verifies any replica's tokens.
+    pub async fn token_key(&self, generate: impl FnOnce() -> Vec<u8>) -> Result<Vec<u8>, SharedError> {
+        const KEY: &str = "{cfg}:token_key";
+        let _: Option<String> =
+            self.query(redis::cmd("SET").arg(KEY).arg(hex::encode(generate())).arg("NX")).await?;
+        let stored: String = self.query(redis::cmd("GET").arg(KEY)).await?;
+        hex::decode(&stored).map_err(|e| SharedError::Corrupt(format!("{KEY}: {e}")))
+    }
+}
