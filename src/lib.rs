@@ -9,6 +9,7 @@
 
 pub mod admission;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod console;
 pub mod decision;

@@ -67,19 +67,32 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         config.admin_token = Some(Secret(token));
     }
     let started = tokio::time::Instant::now();
-    let (state, first_start) =
-        app::AppState::open(&config, grpc::now()).context("opening the data directory")?;
-    match &config.data_dir {
-        Some(dir) => tracing::info!(
+    let (state, first_start) = match &config.redis {
+        Some(redis) => {
+            let store = interlude::store::shared::Shared::connect(redis)
+                .await
+                .with_context(|| format!("connecting to the Redis Cluster at {}", redis.nodes.join(",")))?;
+            app::AppState::open_shared(&config, store).await.context("reading the shared state")?
+        }
+        None => app::AppState::open(&config, grpc::now()).context("opening the data directory")?,
+    };
+    match (&config.data_dir, &config.redis) {
+        (_, Some(redis)) => tracing::info!(
+            redis_nodes = %redis.nodes.join(","),
+            campaigns = state.catalog.snapshot().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "cluster mode: shared state read"
+        ),
+        (Some(dir), None) => tracing::info!(
             data_dir = %dir.display(),
             campaigns = state.catalog.snapshot().len(),
             listeners = state.listeners.len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "state recovered"
         ),
-        None => tracing::warn!("data_dir is off: nothing survives a restart"),
+        (None, None) => tracing::warn!("data_dir is off: nothing survives a restart"),
     }
-    if config.token_key.is_none() && config.data_dir.is_none() {
+    if config.token_key.is_none() && config.data_dir.is_none() && config.redis.is_none() {
         tracing::warn!(
             "no token_key configured: impression tokens use a random key and die with the process"
         );

@@ -11,6 +11,7 @@ use crate::grpc::auth::{self, Auth};
 use crate::store::delivery::SuppressionPolicy;
 use crate::store::durable::{self, Change, Durable, DurableError};
 use crate::store::histories::{Histories, Pins};
+use crate::store::shared::{self, Shared, SharedError};
 use crate::store::{Catalog, Delivery, Listeners, StoreError, Vocabulary, catalog};
 use crate::token::TokenSigner;
 
@@ -26,8 +27,13 @@ pub struct AppState {
     pub policy: Arc<Policy>,
     pub suppression: SuppressionPolicy,
     pub taste_half_life_ms: i64,
-    /// The embedded store; None = memory only.
+    /// The embedded store; None = memory only (or cluster mode).
     pub durable: Option<Durable>,
+    /// Cluster mode: the shared store every replica reads and writes; None = single node.
+    pub shared: Option<Shared>,
+    /// Cluster mode: held from a write's apply until the shared store has it, so this
+    /// replica's writes reach it in the order they were applied.
+    shared_order: Arc<tokio::sync::Mutex<()>>,
     /// Who may call what.
     pub auth: Auth,
     /// How long applied event ids are remembered.
@@ -59,6 +65,8 @@ impl AppState {
             suppression: config.suppression,
             taste_half_life_ms: config.taste_half_life.as_millis() as i64,
             durable: None,
+            shared: None,
+            shared_order: Arc::default(),
             // Without a configured admin token (tests that never call admin RPCs), a random one
             // nobody knows: admin RPCs are closed, never open.
             auth: Auth::new(
@@ -118,10 +126,81 @@ impl AppState {
         Ok((state, empty))
     }
 
+    /// Cluster mode: state configured by `config` over the shared store, with the token key,
+    /// the vocabularies, the campaigns and the aliases read from it (profiles, histories and
+    /// counters are read as they are needed). Also returns whether the store held no campaign.
+    pub async fn open_shared(config: &Config, store: Shared) -> Result<(Self, bool), SharedError> {
+        let key = match &config.token_key {
+            Some(key) => key.clone(),
+            None => store.token_key(random_token_key).await?,
+        };
+        let mut state = Self::with_key(config, &key);
+        let corrupt = |e: StoreError| SharedError::Corrupt(e.to_string());
+        let genres = store.terms_from(shared::GENRES, 0).await?;
+        state.vocabulary.share(store.clone(), shared::GENRES, genres).map_err(corrupt)?;
+        let artists = store.terms_from(shared::ARTISTS, 0).await?;
+        state.artists.share(store.clone(), shared::ARTISTS, artists).map_err(corrupt)?;
+        let campaigns: Vec<crate::domain::Campaign> = store
+            .entries(shared::CAMPAIGNS)
+            .await?
+            .values()
+            .map(|doc| serde_json::from_str(doc))
+            .collect::<Result<_, _>>()?;
+        let empty = campaigns.is_empty();
+        state.catalog.restore(campaigns);
+        state.listeners = Listeners::cached(Arc::new(store.clone()), config.profile_cache_bytes, 0);
+        state.delivery = Delivery::with_histories(
+            state.dedupe_window,
+            Histories::cached(Arc::new(store.clone()), config.history_cache_bytes),
+        );
+        for (alias, id) in store.entries(shared::ALIASES).await? {
+            state.listeners.restore_alias(&alias, ListenerId::from(id.as_str()));
+        }
+        state.shared = Some(store);
+        Ok((state, empty))
+    }
+
+    /// Cluster mode: replaces this replica's copy of listener `id` (profile and histories)
+    /// with the shared store's. Holds this replica placed stay, unless the store says their
+    /// impression was heard or given back meanwhile.
+    pub async fn refresh_listener(&self, store: &Shared, id: &ListenerId) -> Result<(), SharedError> {
+        let fresh = store.load_listener(id.as_str()).await?;
+        self.listeners.install(id.as_str(), fresh.profile);
+        let histories = &fresh.histories;
+        self.delivery.install(id, histories.account(), |ad| {
+            histories.applied(ad, shared::IMPRESSION) || histories.applied(ad, shared::NOT_USED)
+        });
+        Ok(())
+    }
+
+    /// The counters of `campaign` as of `now`: in cluster mode the shared store's, across
+    /// every replica (exact, where the replica's copy trails by up to a few polls).
+    pub async fn counters(
+        &self,
+        campaign: &crate::domain::Campaign,
+        now: UnixMillis,
+    ) -> Result<crate::store::delivery::CampaignCounters, StoreError> {
+        let Some(store) = &self.shared else { return Ok(self.delivery.counters(&campaign.id, now)) };
+        let (counters, _held) = store.counters(campaign, now).await?;
+        self.delivery.set_counters(campaign.id.clone(), counters);
+        Ok(self.delivery.counters(&campaign.id, now))
+    }
+
     /// Brings the profile and the histories of the listener `alias` names into memory, reading
     /// the store on a blocking thread for what is not: a miss must not stall the runtime's
     /// thread, which serves every other RPC (health included) meanwhile.
     pub async fn warm(&self, alias: &str) -> Result<(), StoreError> {
+        if let Some(store) = &self.shared {
+            if !alias.is_empty() {
+                // The shared store is the truth; without it, decide on this replica's copy.
+                let id = self.listeners.canonical(alias);
+                if let Err(error) = self.refresh_listener(store, &id).await {
+                    crate::telemetry::record_shared_fallback();
+                    tracing::warn!(%error, listener_id = %id, "deciding on this replica's copy of the listener");
+                }
+            }
+            return Ok(());
+        }
         if !self.persists() || alias.is_empty() {
             return Ok(());
         }
@@ -142,6 +221,14 @@ impl AppState {
         &self,
         aliases: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), StoreError> {
+        if let Some(store) = &self.shared {
+            // A write starts from the shared store's copy, never from a stale local one.
+            let ids: Vec<ListenerId> = aliases.into_iter().map(|a| self.listeners.canonical(a)).collect();
+            for id in &ids {
+                self.refresh_listener(store, id).await?;
+            }
+            return Ok(());
+        }
         if !self.persists() {
             return Ok(());
         }
@@ -173,6 +260,11 @@ impl AppState {
         let mut ids: Vec<ListenerId> = listeners.into_iter().collect();
         ids.sort();
         ids.dedup();
+        if let Some(store) = &self.shared {
+            for id in &ids {
+                self.refresh_listener(store, id).await?;
+            }
+        }
         if ids.iter().all(|id| self.delivery.is_resident(id)) {
             return self.delivery.pin(ids);
         }
@@ -195,10 +287,10 @@ impl AppState {
     /// Periodic upkeep at `now`: purges event ids and erasure marks older than every token
     /// from the store, and drops histories that can no longer matter. Returns once the purge
     /// is committed.
-    pub async fn upkeep(&self, now: UnixMillis) -> Result<Upkept, DurableError> {
+    pub async fn upkeep(&self, now: UnixMillis) -> Result<Upkept, StoreError> {
         let histories = self.delivery.sweep(now);
         if let Some(durable) = &self.durable {
-            durable.submit(vec![self.purge(now)])?.wait().await?;
+            durable.submit(vec![self.purge(now)]).map_err(StoreError::from)?.wait().await.map_err(StoreError::from)?;
         }
         Ok(Upkept { histories_dropped: histories })
     }
@@ -212,7 +304,7 @@ impl AppState {
     /// Whether writes are made durable: without a store, `write` drops the changes it is
     /// given, so a hot write path can skip taking its snapshots.
     pub fn persists(&self) -> bool {
-        self.durable.is_some()
+        self.durable.is_some() || self.shared.is_some()
     }
 
     /// Applies a write to memory and makes it durable: `apply` runs under the write-order lock
@@ -220,10 +312,13 @@ impl AppState {
     /// are queued before the lock is released — so the store receives snapshots in the order
     /// they were taken, and a newer one is never overwritten by an older one. Returns once the
     /// changes are committed. Without a store, only applies.
-    pub async fn write<T, E: From<DurableError>>(
+    pub async fn write<T, E: From<DurableError> + From<StoreError>>(
         &self,
         apply: impl FnOnce() -> Result<(T, Vec<Change>), E>,
     ) -> Result<T, E> {
+        if let Some(store) = &self.shared {
+            return self.write_shared(store, apply).await;
+        }
         let (value, commit, persisted) = {
             // A poisoned lock guards no data; the order it gives still holds.
             let _order = self.write_order.lock().unwrap_or_else(|e| e.into_inner());
@@ -260,8 +355,39 @@ impl AppState {
         Ok(value)
     }
 
+    /// `write` in cluster mode: applies, then stores the changes in the shared store in the
+    /// order applied, and answers once a replica of each master holds them. A change the
+    /// shared store refused is undone here by reading the store's copy again.
+    async fn write_shared<T, E: From<StoreError>>(
+        &self,
+        store: &Shared,
+        apply: impl FnOnce() -> Result<(T, Vec<Change>), E>,
+    ) -> Result<T, E> {
+        let _order = self.shared_order.lock().await;
+        let (value, changes) = {
+            let _order = self.write_order.lock().unwrap_or_else(|e| e.into_inner());
+            apply()?
+        };
+        let stored = crate::cluster::store_changes(store, &changes).await;
+        for change in &changes {
+            match change {
+                Change::Listener(p) => {
+                    self.listeners.committed(p);
+                    if stored.is_err() {
+                        // Back to the truth: what was applied here never reached it.
+                        drop(self.refresh_listener(store, &p.id).await);
+                    }
+                }
+                Change::ForgetListener(id) => self.listeners.erasure_committed(id),
+                _ => {}
+            }
+        }
+        stored.map_err(|e| E::from(StoreError::from(e)))?;
+        Ok(value)
+    }
+
     /// Persists everything held in memory (after loading the demo catalog into a fresh store).
-    pub async fn persist_all(&self) -> Result<(), DurableError> {
+    pub async fn persist_all(&self) -> Result<(), StoreError> {
         let mut changes: Vec<Change> =
             self.catalog.snapshot().campaigns().iter().map(|c| Change::Campaign(c.clone())).collect();
         changes.extend(self.listeners.unsaved().into_iter().map(Change::Listener));
@@ -271,7 +397,7 @@ impl AppState {
                 .into_iter()
                 .map(|(alias, listener)| Change::Alias { alias, listener }),
         );
-        self.write(|| Ok::<_, DurableError>(((), changes))).await
+        self.write(|| Ok::<_, StoreError>(((), changes))).await
     }
 }
 

@@ -55,6 +55,14 @@ pub const STORE_COMMITS: &str = "interlude_store_commits_total";
 pub const STORE_BATCHES_PER_COMMIT: &str = "interlude_store_batches_per_commit";
 /// Time of one commit, fsync included.
 pub const STORE_COMMIT_DURATION: &str = "interlude_store_commit_duration_seconds";
+/// Cluster mode: 1 while the shared store answers this replica, 0 while it does not.
+pub const SHARED_STORE_UP: &str = "interlude_shared_store_up";
+/// Cluster mode: decisions made on this replica's copy of a listener, the shared store not
+/// answering.
+pub const SHARED_FALLBACKS: &str = "interlude_shared_fallbacks_total";
+/// Cluster mode: ads not served because their budget share could not be held in the shared
+/// store (budgets fail closed).
+pub const SHARED_RESERVE_FAILURES: &str = "interlude_shared_reserve_failures_total";
 
 /// Latency buckets (seconds): decisions take microseconds, so the low end is fine-grained.
 const LATENCY_BUCKETS: &[f64] =
@@ -267,6 +275,21 @@ pub fn record_commit(ok: bool, batches: usize, elapsed: Duration) {
     metrics::counter!(STORE_COMMITS, "result" => if ok { "ok" } else { "failed" }).increment(1);
     metrics::histogram!(STORE_BATCHES_PER_COMMIT).record(batches as f64);
     metrics::histogram!(STORE_COMMIT_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Records whether the shared store answers (cluster mode).
+pub fn record_shared_store_up(up: bool) {
+    metrics::gauge!(SHARED_STORE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records a decision made on this replica's copy of a listener (cluster mode).
+pub fn record_shared_fallback() {
+    metrics::counter!(SHARED_FALLBACKS).increment(1);
+}
+
+/// Records an ad not served because its budget share could not be held (cluster mode).
+pub fn record_shared_reserve_failure() {
+    metrics::counter!(SHARED_RESERVE_FAILURES).increment(1);
 }
 
 /// Records the catalog size.

@@ -112,6 +112,13 @@ impl DeliveryHistory {
         self.pending.push(PendingAd { ad, record });
     }
 
+    /// Takes over the holds of `from` (this replica's copy of a history read afresh from the
+    /// shared store, which keeps no holds), except those `released` says were heard or given
+    /// back meanwhile.
+    pub fn carry_holds(&mut self, from: &DeliveryHistory, released: impl Fn(AdId) -> bool) {
+        self.pending = from.pending.iter().filter(|p| !released(p.ad)).cloned().collect();
+    }
+
     /// Records the impression of `ad` (releasing its hold) at `record.at`.
     pub fn record_impression_of(&mut self, ad: AdId, record: ImpressionRecord) {
         self.pending.retain(|p| p.ad != ad);
@@ -294,6 +301,11 @@ impl DeliveryHistory {
     /// Whether nothing is recorded or held: no rule of delivery can stop an ad.
     pub fn is_blank(&self) -> bool {
         self.is_empty() && self.pending.is_empty()
+    }
+
+    /// Whether any ad is held (expired holds included).
+    pub fn holds_any(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Whether nothing is recorded and nothing is still held at `now`.

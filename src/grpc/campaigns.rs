@@ -158,7 +158,7 @@ impl CampaignService for CampaignAdmin {
             convert::campaign_id("campaign_id", id)?;
             let campaign = self.state.catalog.get(id)?;
             let now = now();
-            let c = self.state.delivery.counters(&campaign.id, now);
+            let c = self.state.counters(&campaign, now).await?;
             let pacing_status = match pacing::status(&campaign, &c.recorded_spend(), now) {
                 PaceStatus::NotPaced => pb::PacingStatus::NotPaced,
                 PaceStatus::OnTrack => pb::PacingStatus::OnTrack,

@@ -4,7 +4,12 @@
 use std::sync::Arc;
 
 use crate::decision::{self, Decision, Fill, Listener, Reason};
-use crate::domain::{AdId, AdRequest, CampaignId, EventKind, ImpressionRecord, ListenerId, Tier, UnixMillis};
+use crate::domain::{
+    AdId, AdRequest, Campaign, CampaignId, EventKind, ImpressionRecord, ListenerId, Tier, UnixMillis,
+};
+use crate::store::StoreError;
+use crate::store::delivery::{changes_history, remember};
+use crate::store::shared::{self, EventCount, Shared, SharedError, event_field};
 use crate::state::AppState;
 use crate::store::delivery::{Applied, CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
 use crate::store::durable::Change;
@@ -111,6 +116,9 @@ impl Decisions {
     /// Decides one break for `request`. With a store, a listener not in memory is read off
     /// the runtime's thread first.
     pub async fn decide(&self, request: &AdRequest) -> Result<Served, ServiceError> {
+        if let Some(store) = &self.state.shared {
+            return self.decide_shared(store, request).await;
+        }
         if self.state.persists()
             && let Some(id) = request.listener_id.as_deref()
         {
@@ -169,16 +177,58 @@ impl Decisions {
         // The engine saw each budget free; taking its share is checked again, atomically per
         // campaign, so that decisions running at once on several threads cannot all take the
         // last of it. An ad whose budget went meanwhile is not served.
-        decision.ads.retain(|ad| {
+        decision.ads.retain(|ad| !holds_budget(&ad.campaign) || state.delivery.reserve_within_limits(&ad.campaign, now));
+        let mut rng = rand::rng();
+        let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();
+        self.serve(decision, key, ad_ids, now)
+    }
+
+    /// `decide` in cluster mode: the listener is read from the shared store first (this
+    /// replica's copy when it does not answer), and each limited budget's share is held there,
+    /// across every replica; an ad whose share cannot be held is not served (fail closed).
+    async fn decide_shared(&self, store: &Shared, request: &AdRequest) -> Result<Served, ServiceError> {
+        if let Some(id) = request.listener_id.as_deref() {
+            self.state.warm(id).await?;
+        }
+        let now = super::now();
+        let (mut decision, key) = self.engine(request, now)?;
+        let mut ad_ids: Vec<AdId> = {
+            let mut rng = rand::rng();
+            decision.ads.iter().map(|_| AdId::random(&mut rng)).collect()
+        };
+        let mut keep = Vec::with_capacity(ad_ids.len());
+        for (ad, &id) in decision.ads.iter().zip(&ad_ids) {
             let c = &ad.campaign;
-            !(c.tier.is_paid() && c.budget.is_limited()) || state.delivery.reserve_within_limits(c, now)
-        });
+            keep.push(!holds_budget(c) || match store.reserve(c, id, now).await {
+                Ok(held) => held,
+                Err(error) => {
+                    telemetry::record_shared_reserve_failure();
+                    tracing::warn!(%error, campaign_id = %c.id, "budget share not held: ad not served");
+                    false
+                }
+            });
+        }
+        let mut kept = keep.iter();
+        decision.ads.retain(|_| kept.next().copied().unwrap_or(false));
+        let mut kept = keep.iter();
+        ad_ids.retain(|_| kept.next().copied().unwrap_or(false));
+        self.serve(decision, key, ad_ids, now)
+    }
+
+    /// Finishes a decided break whose budgets are held: holds its ads in the listener's
+    /// history, counts the outcome and signs each ad's token.
+    fn serve(
+        &self,
+        mut decision: Decision,
+        key: Option<HistoryKey>,
+        ad_ids: Vec<AdId>,
+        now: UnixMillis,
+    ) -> Result<Served, ServiceError> {
+        let state = &self.state;
         if decision.ads.is_empty() && decision.fill == Fill::Paid {
             decision.fill = Fill::Empty;
             decision.reason = Reason::BudgetExhausted;
         }
-        let mut rng = rand::rng();
-        let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();
         if let Some(key) = &key
             && !decision.ads.is_empty()
         {
@@ -309,22 +359,28 @@ impl Decisions {
         if verified.is_empty() {
             errors.into_result()?;
         }
-        // The histories these events change stay in memory until their commit (read from the
-        // store off the runtime's thread when they are not there).
-        let pins = state
-            .pin_histories(verified.iter().filter_map(|e| e.history.as_ref().map(|k| k.listener.clone())))
-            .await?;
-        let applied = state
-            .write(|| {
-                let applied = state.delivery.apply(&verified, state.suppression);
-                if !state.persists() {
-                    return Ok((applied, Vec::new()));
-                }
-                let changes = self.changes_of(&verified, &applied);
-                Ok::<_, ServiceError>((applied, changes))
-            })
-            .await?;
-        drop(pins);
+        let applied = match &state.shared {
+            Some(store) => self.record_shared(store, &verified).await?,
+            None => {
+                // The histories these events change stay in memory until their commit (read
+                // from the store off the runtime's thread when they are not there).
+                let pins = state
+                    .pin_histories(verified.iter().filter_map(|e| e.history.as_ref().map(|k| k.listener.clone())))
+                    .await?;
+                let applied = state
+                    .write(|| {
+                        let applied = state.delivery.apply(&verified, state.suppression);
+                        if !state.persists() {
+                            return Ok((applied, Vec::new()));
+                        }
+                        let changes = self.changes_of(&verified, &applied);
+                        Ok::<_, ServiceError>((applied, changes))
+                    })
+                    .await?;
+                drop(pins);
+                applied
+            }
+        };
         let replays = applied.outcomes.iter().filter(|&&o| o == EventOutcome::AlreadyCounted).count() as u32;
         telemetry::record_events(applied.accepted, applied.duplicates - replays, replays);
         for e in verified.iter().zip(&applied.outcomes).filter(|(_, o)| **o == EventOutcome::Accepted) {
@@ -337,6 +393,70 @@ impl Decisions {
             outcomes[i] = Some(outcome);
         }
         Ok(Recorded { accepted: applied.accepted, duplicates: applied.duplicates, outcomes, rejections })
+    }
+
+    /// Applies verified events in cluster mode: each is counted once against its campaign in
+    /// the shared store (its dedupe in the same script), then applied once to its listener's
+    /// histories there; answers once a replica of every master involved holds it. Any failure
+    /// fails the batch (UNAVAILABLE): nothing unacknowledged is claimed, and the caller's
+    /// retry, with the same event ids, completes what was done without doing anything twice.
+    async fn record_shared(&self, store: &Shared, verified: &[VerifiedEvent]) -> Result<Applied, ServiceError> {
+        let dedupe_ms = self.state.dedupe_window.as_millis() as i64;
+        let counted = futures_util::future::try_join_all(verified.iter().map(|e| {
+            let count = EventCount {
+                campaign: &e.campaign,
+                ad: e.ad,
+                kind: e.kind,
+                event_id: &e.event_id,
+                error_code: e.error_code,
+                creative_index: e.creative_index,
+                price_micros: e.price_micros,
+                at: e.at,
+            };
+            async move { store.count_event(&count, dedupe_ms).await }
+        }))
+        .await
+        .map_err(StoreError::from)?;
+        let mut applied = Applied { outcomes: counted, ..Applied::default() };
+        applied.accepted = applied.outcomes.iter().filter(|&&o| o == EventOutcome::Accepted).count() as u32;
+        applied.duplicates = applied.outcomes.len() as u32 - applied.accepted;
+        // A retry (same event id) applies what its first try may not have reached.
+        let mut by_listener: std::collections::BTreeMap<&ListenerId, Vec<&VerifiedEvent>> = Default::default();
+        for (e, outcome) in verified.iter().zip(&applied.outcomes) {
+            if let Some(key) = &e.history
+                && changes_history(e.kind)
+                && *outcome != EventOutcome::AlreadyCounted
+            {
+                by_listener.entry(&key.listener).or_default().push(e);
+            }
+        }
+        let suppression = self.state.suppression;
+        let stored = futures_util::future::try_join_all(by_listener.into_iter().map(|(listener, events)| async move {
+            let histories = store
+                .update_histories(listener.as_str(), |h| {
+                    let mut changed = false;
+                    for e in &events {
+                        let label = event_field(e.kind);
+                        let Some(key) = &e.history else { continue };
+                        if h.erased_since(e.decided_at) || h.applied(e.ad, label) {
+                            continue;
+                        }
+                        h.apply(e.ad, label, e.at, dedupe_ms, |account| remember(account, &key.member, e, suppression));
+                        changed = true;
+                    }
+                    changed
+                })
+                .await?;
+            Ok::<_, SharedError>((listener, histories))
+        }))
+        .await
+        .map_err(StoreError::from)?;
+        for (listener, histories) in stored {
+            self.state.delivery.install(listener, histories.account(), |ad| {
+                histories.applied(ad, shared::IMPRESSION) || histories.applied(ad, shared::NOT_USED)
+            });
+        }
+        Ok(applied)
     }
 
     /// What an applied batch changed, to make durable: the events that counted, the histories
@@ -369,6 +489,11 @@ impl Decisions {
             .extend(campaigns.into_iter().map(|id| Change::Counters(id.clone(), delivery.raw_counters(id))));
         changes
     }
+}
+
+/// Whether serving `campaign` takes a share of a budget (paid, with a limit).
+fn holds_budget(campaign: &Campaign) -> bool {
+    campaign.tier.is_paid() && campaign.budget.is_limited()
 }
 
 fn fill_label(f: Fill) -> &'static str {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::histories::{Histories, Pins};
+use super::histories::{AccountHistories, Histories, Pins};
 use super::{FastMap, StoreError};
 
 use crate::decision::{Spend, SpendView};
@@ -229,6 +229,46 @@ pub struct Applied {
     pub outcomes: Vec<EventOutcome>,
 }
 
+/// Whether an event of `kind` changes its listener's history (the rest only count).
+pub fn changes_history(kind: EventKind) -> bool {
+    matches!(kind, EventKind::Impression | EventKind::NotForMe | EventKind::NotUsed)
+}
+
+/// What `event` changes in `member`'s history of an account: an impression heard, "not for
+/// me" suppressions, a hold given back.
+pub fn remember(account: &mut AccountHistories, member: &str, event: &VerifiedEvent, suppression: SuppressionPolicy) {
+    let c = &event.campaign;
+    let history = account.get_mut(member);
+    match event.kind {
+        EventKind::Impression => {
+            history.record_impression_of(event.ad, ImpressionRecord::of(c, event.creative_index, event.at));
+        }
+        EventKind::NotForMe => {
+            let until = UnixMillis(event.at.0 + suppression.advertiser_ms);
+            history.suppress(SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id)), until);
+            if suppression.category_ms > 0 {
+                let until = UnixMillis(event.at.0 + suppression.category_ms);
+                for category in c.categories.iter() {
+                    history.suppress(SuppressionTarget::Category(category.clone()), until);
+                }
+            }
+        }
+        EventKind::NotUsed => history.release_hold(event.ad),
+        EventKind::Click
+        | EventKind::Complete
+        | EventKind::Skip
+        | EventKind::Start
+        | EventKind::FirstQuartile
+        | EventKind::Midpoint
+        | EventKind::ThirdQuartile
+        | EventKind::Mute
+        | EventKind::Unmute
+        | EventKind::Pause
+        | EventKind::Resume
+        | EventKind::Error => {}
+    }
+}
+
 /// One counted event as stored: restored at start so that it never counts twice.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CountedEvent {
@@ -404,41 +444,20 @@ impl Delivery {
     }
 
     fn remember(&self, key: &HistoryKey, event: &VerifiedEvent, suppression: SuppressionPolicy) {
-        let c = &event.campaign;
-        match event.kind {
-            EventKind::Impression => {
-                let record = ImpressionRecord::of(c, event.creative_index, event.at);
-                self.inner.histories.update(&key.listener, |h| {
-                    h.get_mut(&key.member).record_impression_of(event.ad, record);
-                });
-            }
-            EventKind::NotForMe => self.inner.histories.update(&key.listener, |h| {
-                let history = h.get_mut(&key.member);
-                let until = UnixMillis(event.at.0 + suppression.advertiser_ms);
-                history.suppress(SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id)), until);
-                if suppression.category_ms > 0 {
-                    let until = UnixMillis(event.at.0 + suppression.category_ms);
-                    for category in c.categories.iter() {
-                        history.suppress(SuppressionTarget::Category(category.clone()), until);
-                    }
-                }
-            }),
-            EventKind::NotUsed => self.inner.histories.update(&key.listener, |h| {
-                h.get_mut(&key.member).release_hold(event.ad);
-            }),
-            EventKind::Click
-            | EventKind::Complete
-            | EventKind::Skip
-            | EventKind::Start
-            | EventKind::FirstQuartile
-            | EventKind::Midpoint
-            | EventKind::ThirdQuartile
-            | EventKind::Mute
-            | EventKind::Unmute
-            | EventKind::Pause
-            | EventKind::Resume
-            | EventKind::Error => {}
+        if changes_history(event.kind) {
+            self.inner.histories.update(&key.listener, |h| remember(h, &key.member, event, suppression));
         }
+    }
+
+    /// Replaces the histories of `listener` with `fresh` as read from the shared store (cluster
+    /// mode), keeping this replica's holds except those `released` names.
+    pub fn install(&self, listener: &ListenerId, fresh: AccountHistories, released: impl Fn(AdId) -> bool) {
+        self.inner.histories.install(listener, fresh, released);
+    }
+
+    /// Replaces the counters of `campaign` with the cluster's (cluster mode).
+    pub fn set_counters(&self, campaign: CampaignId, counters: CampaignCounters) {
+        self.inner.campaigns.insert(campaign, counters);
     }
 
     /// Holds a place in `key`'s history for each ad decided for it at `now`, until the ad's

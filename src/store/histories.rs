@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{FastHash, FastMap, StoreError, Stripes};
-use crate::domain::{DeliveryHistory, ListenerId, UnixMillis};
+use crate::domain::{AdId, DeliveryHistory, ListenerId, UnixMillis};
 
 /// Where histories that are not in memory are read from: the durable store.
 pub trait HistorySource: Send + Sync + std::fmt::Debug {
@@ -58,6 +58,15 @@ impl AccountHistories {
     /// Whether no member's history can stop an ad at `now` (nothing recorded, nothing held).
     pub fn is_idle_at(&self, now: UnixMillis) -> bool {
         self.members.iter().all(|(_, h)| h.is_idle_at(now))
+    }
+
+    /// Takes over the holds of `from` (see `DeliveryHistory::carry_holds`).
+    pub fn carry_holds(&mut self, from: &AccountHistories, released: impl Fn(AdId) -> bool) {
+        for (member, history) in from.iter() {
+            if history.holds_any() {
+                self.get_mut(member).carry_holds(history, &released);
+            }
+        }
     }
 
     fn approx_bytes(&self) -> usize {
@@ -235,6 +244,30 @@ impl Histories {
                 // Re-inserted so that the cache weighs it again (and has it, if evicted).
                 cached.cache.insert(id.clone(), entry);
                 r
+            }
+        }
+    }
+
+    /// Replaces the histories of `id` with `fresh` (cluster mode: as just read from the shared
+    /// store), keeping the ads this replica holds for it unless `released` says they were
+    /// heard or given back meanwhile.
+    pub fn install(&self, id: &ListenerId, mut fresh: AccountHistories, released: impl Fn(AdId) -> bool) {
+        match &*self.inner {
+            Mode::Resident(map) => {
+                let mut entry = map.entry(id.clone()).or_default();
+                fresh.carry_holds(&entry, released);
+                *entry = fresh;
+            }
+            Mode::Cached(cached) => {
+                let _stripe = cached.stripes.lock(id.as_str());
+                let entry = cached.resident(id).unwrap_or_default();
+                {
+                    let mut histories = entry.lock();
+                    fresh.carry_holds(&histories, released);
+                    *histories = fresh;
+                }
+                entry.weigh();
+                cached.cache.insert(id.clone(), entry);
             }
         }
     }

@@ -382,6 +382,17 @@ impl Listeners {
         Ok((profile, from_id))
     }
 
+    /// Replaces what is cached of canonical `id` with `profile` as just read from the shared
+    /// store (cluster mode), unless this replica has a write of it on its way there.
+    pub fn install(&self, id: &str, profile: Option<ListenerProfile>) {
+        if let Profiles::Cached(cached) = &self.inner.profiles {
+            let _stripe = cached.stripes.lock(id);
+            if !cached.pending.contains_key(id) {
+                cached.cache.insert(ListenerId::from(id), profile.map(Arc::new));
+            }
+        }
+    }
+
     /// Records that `profile` is committed to the store: it need no longer be kept aside.
     pub fn committed(&self, profile: &Arc<ListenerProfile>) {
         if let Profiles::Cached(cached) = &self.inner.profiles {
@@ -393,6 +404,15 @@ impl Listeners {
     pub fn erasure_committed(&self, id: &ListenerId) {
         if let Profiles::Cached(cached) = &self.inner.profiles {
             cached.pending.remove_if(id, |_, p| p.is_none());
+        }
+    }
+
+    /// Drops `alias` (cluster mode: another replica erased its listener).
+    pub fn drop_alias(&self, alias: &str) {
+        if let Some((_, listener)) = self.inner.aliases.remove(alias)
+            && let Some(mut list) = self.inner.aliases_by_listener.get_mut(&listener)
+        {
+            list.retain(|a| &**a != alias);
         }
     }
 

@@ -61,3 +61,12 @@ pub enum StoreError {
     #[error("the durable store cannot be read: {0}")]
     Unavailable(String),
 }
+
+impl From<durable::DurableError> for StoreError {
+    fn from(e: durable::DurableError) -> Self {
+        match e {
+            durable::DurableError::Corrupt(m) => StoreError::Corrupt(m),
+            e => StoreError::Unavailable(format!("the write could not be made durable: {e}")),
+        }
+    }
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use dashmap::DashMap;
 
 use super::StoreError;
+use super::shared::{Shared, Terms};
 use crate::domain::{ArtistId, GenreId};
 
 /// An id a vocabulary hands out: the index of the name, in order of first use.
@@ -62,6 +63,7 @@ impl<Id> Default for Vocabulary<Id> {
                 ids: DashMap::default(),
                 names: RwLock::default(),
                 persisted: Default::default(),
+                shared: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -73,6 +75,16 @@ struct Inner<Id> {
     names: RwLock<Vec<Arc<str>>>,
     /// How many of `names` are known to be in the durable store.
     persisted: std::sync::atomic::AtomicUsize,
+    /// Cluster mode: ids are handed out by the shared store, so that every replica gives a
+    /// name the same id (profiles and campaigns store ids).
+    shared: std::sync::OnceLock<SharedTerms>,
+}
+
+/// The shared store and which of its vocabularies this is.
+#[derive(Clone, Debug)]
+struct SharedTerms {
+    store: Shared,
+    terms: Terms,
 }
 
 impl<Id: TermId> Vocabulary<Id> {
@@ -87,6 +99,9 @@ impl<Id: TermId> Vocabulary<Id> {
         if let Some(id) = self.inner.ids.get(slug) {
             return Ok(*id);
         }
+        if let Some(shared) = self.inner.shared.get() {
+            return self.intern_shared(shared, &mut names, slug);
+        }
         if names.len() >= Id::LIMIT {
             return Err(StoreError::VocabularyFull(Id::LIMIT));
         }
@@ -95,6 +110,73 @@ impl<Id: TermId> Vocabulary<Id> {
         names.push(name.clone());
         self.inner.ids.insert(name, id);
         Ok(id)
+    }
+
+    /// Interns `slug` through the shared store (the caller holds the names' write lock), and
+    /// takes up every name other replicas added before it, so the local table stays a prefix
+    /// of the cluster's.
+    fn intern_shared(
+        &self,
+        shared: &SharedTerms,
+        names: &mut Vec<Arc<str>>,
+        slug: &str,
+    ) -> Result<Id, StoreError> {
+        let index = shared
+            .store
+            .intern_blocking(shared.terms, slug, Id::LIMIT)?
+            .ok_or(StoreError::VocabularyFull(Id::LIMIT))? as usize;
+        if names.len() < index {
+            let missing = shared.store.terms_blocking(shared.terms, names.len(), index)?;
+            self.push_all(names, missing);
+        }
+        if names.len() == index {
+            self.push_all(names, [slug.to_owned()]);
+        }
+        match self.inner.ids.get(slug) {
+            Some(id) if id.index() as usize == index => Ok(*id),
+            _ => Err(StoreError::Corrupt(format!("{slug:?} is {index} in the shared vocabulary, not here"))),
+        }
+    }
+
+    fn push_all(&self, names: &mut Vec<Arc<str>>, more: impl IntoIterator<Item = String>) {
+        for name in more {
+            let name: Arc<str> = Arc::from(name);
+            self.inner.ids.insert(name.clone(), Id::from_index(names.len() as u32));
+            names.push(name);
+        }
+    }
+
+    /// Cluster mode: from now on ids come from `store`'s `terms`, beginning with `names` (all
+    /// of them, in id order, as read from it at start).
+    pub fn share(&self, store: Shared, terms: Terms, names: Vec<String>) -> Result<(), StoreError> {
+        let mut local = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
+        if !local.is_empty() {
+            return Err(StoreError::Corrupt("a vocabulary is shared before it is used".into()));
+        }
+        self.push_all(&mut local, names);
+        self.inner
+            .shared
+            .set(SharedTerms { store, terms })
+            .map_err(|_| StoreError::Corrupt("a vocabulary is shared twice".into()))
+    }
+
+    /// How many names are known here (cluster mode polls for the rest: `catch_up`).
+    pub fn len(&self) -> usize {
+        self.inner.names.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Whether no name is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds the names other replicas interned: `more` are the cluster's names from id `from`.
+    pub fn catch_up(&self, from: usize, more: Vec<String>) {
+        let mut names = self.inner.names.write().unwrap_or_else(|e| e.into_inner());
+        let skip = names.len().saturating_sub(from);
+        if from <= names.len() {
+            self.push_all(&mut names, more.into_iter().skip(skip));
+        }
     }
 
     /// The id of `slug`, if any campaign or play ever used it.

@@ -32,8 +32,9 @@ fn seen_key(campaign: &str, ad: AdId) -> String {
     format!("{{c:{campaign}}}:e:{ad}")
 }
 
-/// The counters-hash field an event kind adds to (and its dedupe field).
-fn field(kind: EventKind) -> &'static str {
+/// The counters-hash field an event kind adds to (and its dedupe field, and its label among a
+/// history's applied changes).
+pub fn event_field(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Impression => "impressions",
         EventKind::Click => "clicks",
@@ -74,7 +75,7 @@ impl Shared {
             .key(counters_key(id))
             .key(seen_key(id, event.ad))
             .key(holds_key(id))
-            .arg(field(event.kind))
+            .arg(event_field(event.kind))
             .arg(event.event_id)
             .arg(dedupe_ms)
             .arg(day)

@@ -44,6 +44,15 @@ impl Shared {
         self.replicated(directory.entries).await
     }
 
+    /// Deletes every alias naming listener `id` (erasure; admin calls, so a walk of the
+    /// aliases is affordable).
+    pub async fn drop_aliases_of(&self, id: &str) -> Result<(), SharedError> {
+        let mut invocation = scripts::DROP_ALIASES_OF.prepare_invoke();
+        invocation.key(ALIASES.entries).key(ALIASES.version).arg(id);
+        let _dropped: u64 = self.invoke(invocation).await?;
+        self.replicated(ALIASES.entries).await
+    }
+
     /// Stores `campaign` for every replica.
     pub async fn put_campaign(&self, campaign: &Campaign) -> Result<(), SharedError> {
         self.put_entry(CAMPAIGNS, campaign.id.as_str(), Some(&serde_json::to_string(campaign)?)).await

@@ -44,12 +44,25 @@ pub struct SharedHistories {
     members: Vec<(Box<str>, DeliveryHistory)>,
     /// (ad, kind label, when applied).
     applied: Vec<(u128, Box<str>, i64)>,
+    /// When the listener was erased: an event of an ad decided before then keeps nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    erased_at: Option<i64>,
 }
 
 impl SharedHistories {
     /// The histories as the in-memory store keeps them.
     pub fn account(&self) -> AccountHistories {
         self.members.iter().cloned().collect()
+    }
+
+    /// Histories replaced whole by `members` (a merge's result), keeping what was applied.
+    pub fn replace(&mut self, members: Vec<(Box<str>, DeliveryHistory)>) {
+        self.members = members;
+    }
+
+    /// Whether the listener was erased after an ad decided at `decided_at`.
+    pub fn erased_since(&self, decided_at: UnixMillis) -> bool {
+        self.erased_at.is_some_and(|at| at >= decided_at.0)
     }
 
     /// Whether the change named (`ad`, `kind`) was applied.
@@ -127,10 +140,24 @@ impl Shared {
         self.replicated(&key).await
     }
 
-    /// Erases everything stored of listener `id` (its profile and histories).
-    pub async fn forget_listener(&self, id: &str) -> Result<(), SharedError> {
-        let _: u64 =
-            self.query(redis::cmd("DEL").arg(profile_key(id)).arg(histories_key(id)).arg(version_key(id))).await?;
+    /// Erases everything stored of listener `id`: its profile, its histories and every alias
+    /// naming it. With `erased_at` (an erasure, not a merge), its histories keep only that
+    /// mark, so that events of ads decided before it keep nothing of the listener.
+    pub async fn forget_listener(&self, id: &str, erased_at: Option<UnixMillis>) -> Result<(), SharedError> {
+        let _: u64 = self.query(redis::cmd("DEL").arg(profile_key(id))).await?;
+        match erased_at {
+            Some(at) => {
+                self.update_histories(id, |h| {
+                    *h = SharedHistories { erased_at: Some(at.0), ..SharedHistories::default() };
+                    true
+                })
+                .await?;
+            }
+            None => {
+                let _: u64 = self.query(redis::cmd("DEL").arg(histories_key(id)).arg(version_key(id))).await?;
+            }
+        }
+        self.drop_aliases_of(id).await?;
         self.replicated(&profile_key(id)).await
     }
 
@@ -139,5 +166,22 @@ impl Shared {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
         let doc: Option<String> = redis::cmd("GET").arg(profile_key(id)).query(&mut *conn)?;
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+}
+
+impl crate::store::listeners::ProfileSource for Shared {
+    fn load(&self, id: &str) -> Result<Option<ListenerProfile>, crate::store::StoreError> {
+        Ok(self.load_profile_blocking(id)?)
+    }
+}
+
+impl crate::store::histories::HistorySource for Shared {
+    fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, crate::store::StoreError> {
+        let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
+        let doc: Option<String> =
+            redis::cmd("GET").arg(histories_key(id)).query(&mut *conn).map_err(SharedError::from)?;
+        let histories: SharedHistories =
+            doc.map(|d| serde_json::from_str(&d)).transpose().map_err(SharedError::from)?.unwrap_or_default();
+        Ok(histories.members)
     }
 }

@@ -139,3 +139,23 @@ return n
 "#,
     )
 });
+
+/// Deletes every alias naming a listener, bumping the aliases' version if any went.
+///
+/// KEYS: 1 aliases hash, 2 its version. ARGV: 1 the listener. Returns how many went.
+pub(super) static DROP_ALIASES_OF: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local all = redis.call('HGETALL', KEYS[1])
+local dropped = 0
+for i = 1, #all, 2 do
+  if all[i + 1] == ARGV[1] then
+    redis.call('HDEL', KEYS[1], all[i])
+    dropped = dropped + 1
+  end
+end
+if dropped > 0 then redis.call('INCR', KEYS[2]) end
+return dropped
+"#,
+    )
+});
