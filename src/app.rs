@@ -75,7 +75,10 @@ pub async fn serve(
 
     let upkeep = tokio::spawn(upkeep(state.clone()));
     // Cluster mode: what other replicas change reaches this one by polling.
-    let follow = state.shared.clone().map(|store| tokio::spawn(crate::cluster::follow(state.clone(), store, reporter.clone())));
+    let follow = state
+        .shared
+        .clone()
+        .map(|store| tokio::spawn(crate::cluster::follow(state.clone(), store, reporter.clone())));
     // One decision service for every edge: a break decided over VAST obeys the same rules
     // and its events are counted by the same code as over gRPC.
     let decisions = crate::service::Decisions::new(state.clone());

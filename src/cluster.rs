@@ -88,13 +88,18 @@ pub async fn follow(state: AppState, store: Shared, health: tonic_health::server
         let result = follow_once(&state, &store, &mut seen).await;
         let now_up = result.is_ok();
         if up != Some(now_up) {
-            let status =
-                if now_up { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            let status = if now_up {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
             health.set_service_status(HEALTH_SERVICE, status).await;
             crate::telemetry::record_shared_store_up(now_up);
             match &result {
                 Ok(()) => tracing::info!("shared store answers"),
-                Err(error) => tracing::warn!(%error, "shared store does not answer: decisions on local copies, writes refused"),
+                Err(error) => {
+                    tracing::warn!(%error, "shared store does not answer: decisions on local copies, writes refused")
+                }
             }
             up = Some(now_up);
         }

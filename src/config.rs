@@ -666,15 +666,14 @@ impl Settings {
 
 /// Splits and checks the seed nodes of `redis_nodes`: "host:port" each, comma-separated.
 fn redis_nodes(nodes: &str) -> Result<Vec<String>, &'static str> {
-    let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
+    let nodes: Vec<String> =
+        nodes.split(',').map(|n| n.trim().to_owned()).filter(|n| !n.is_empty()).collect();
     if nodes.is_empty() {
         return Err("must name at least one node as host:port");
     }
     for node in &nodes {
         let well_formed = node.rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty()
-                && !host.contains(['/', '@', ' '])
-                && port.parse::<u16>().is_ok_and(|p| p > 0)
+            !host.is_empty() && !host.contains(['/', '@', ' ']) && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
         if !well_formed {
             return Err("each node must be host:port, e.g. 10.0.0.5:6379");

@@ -290,7 +290,12 @@ impl AppState {
     pub async fn upkeep(&self, now: UnixMillis) -> Result<Upkept, StoreError> {
         let histories = self.delivery.sweep(now);
         if let Some(durable) = &self.durable {
-            durable.submit(vec![self.purge(now)]).map_err(StoreError::from)?.wait().await.map_err(StoreError::from)?;
+            durable
+                .submit(vec![self.purge(now)])
+                .map_err(StoreError::from)?
+                .wait()
+                .await
+                .map_err(StoreError::from)?;
         }
         Ok(Upkept { histories_dropped: histories })
     }

@@ -7,12 +7,12 @@ use crate::decision::{self, Decision, Fill, Listener, Reason};
 use crate::domain::{
     AdId, AdRequest, Campaign, CampaignId, EventKind, ImpressionRecord, ListenerId, Tier, UnixMillis,
 };
-use crate::store::StoreError;
-use crate::store::delivery::{changes_history, remember};
-use crate::store::shared::{self, EventCount, Shared, SharedError, event_field};
 use crate::state::AppState;
+use crate::store::StoreError;
 use crate::store::delivery::{Applied, CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
+use crate::store::delivery::{changes_history, remember};
 use crate::store::durable::Change;
+use crate::store::shared::{self, EventCount, Shared, SharedError, event_field};
 use crate::telemetry;
 use crate::token::ImpressionClaims;
 use crate::validation::InvalidRequest;
@@ -177,7 +177,9 @@ impl Decisions {
         // The engine saw each budget free; taking its share is checked again, atomically per
         // campaign, so that decisions running at once on several threads cannot all take the
         // last of it. An ad whose budget went meanwhile is not served.
-        decision.ads.retain(|ad| !holds_budget(&ad.campaign) || state.delivery.reserve_within_limits(&ad.campaign, now));
+        decision.ads.retain(|ad| {
+            !holds_budget(&ad.campaign) || state.delivery.reserve_within_limits(&ad.campaign, now)
+        });
         let mut rng = rand::rng();
         let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();
         self.serve(decision, key, ad_ids, now)
@@ -365,7 +367,9 @@ impl Decisions {
                 // The histories these events change stay in memory until their commit (read
                 // from the store off the runtime's thread when they are not there).
                 let pins = state
-                    .pin_histories(verified.iter().filter_map(|e| e.history.as_ref().map(|k| k.listener.clone())))
+                    .pin_histories(
+                        verified.iter().filter_map(|e| e.history.as_ref().map(|k| k.listener.clone())),
+                    )
                     .await?;
                 let applied = state
                     .write(|| {
@@ -400,7 +404,11 @@ impl Decisions {
     /// histories there; answers once a replica of every master involved holds it. Any failure
     /// fails the batch (UNAVAILABLE): nothing unacknowledged is claimed, and the caller's
     /// retry, with the same event ids, completes what was done without doing anything twice.
-    async fn record_shared(&self, store: &Shared, verified: &[VerifiedEvent]) -> Result<Applied, ServiceError> {
+    async fn record_shared(
+        &self,
+        store: &Shared,
+        verified: &[VerifiedEvent],
+    ) -> Result<Applied, ServiceError> {
         let dedupe_ms = self.state.dedupe_window.as_millis() as i64;
         let counted = futures_util::future::try_join_all(verified.iter().map(|e| {
             let count = EventCount {
@@ -421,7 +429,8 @@ impl Decisions {
         applied.accepted = applied.outcomes.iter().filter(|&&o| o == EventOutcome::Accepted).count() as u32;
         applied.duplicates = applied.outcomes.len() as u32 - applied.accepted;
         // A retry (same event id) applies what its first try may not have reached.
-        let mut by_listener: std::collections::BTreeMap<&ListenerId, Vec<&VerifiedEvent>> = Default::default();
+        let mut by_listener: std::collections::BTreeMap<&ListenerId, Vec<&VerifiedEvent>> =
+            Default::default();
         for (e, outcome) in verified.iter().zip(&applied.outcomes) {
             if let Some(key) = &e.history
                 && changes_history(e.kind)
@@ -431,24 +440,28 @@ impl Decisions {
             }
         }
         let suppression = self.state.suppression;
-        let stored = futures_util::future::try_join_all(by_listener.into_iter().map(|(listener, events)| async move {
-            let histories = store
-                .update_histories(listener.as_str(), |h| {
-                    let mut changed = false;
-                    for e in &events {
-                        let label = event_field(e.kind);
-                        let Some(key) = &e.history else { continue };
-                        if h.erased_since(e.decided_at) || h.applied(e.ad, label) {
-                            continue;
+        let stored = futures_util::future::try_join_all(by_listener.into_iter().map(
+            |(listener, events)| async move {
+                let histories = store
+                    .update_histories(listener.as_str(), |h| {
+                        let mut changed = false;
+                        for e in &events {
+                            let label = event_field(e.kind);
+                            let Some(key) = &e.history else { continue };
+                            if h.erased_since(e.decided_at) || h.applied(e.ad, label) {
+                                continue;
+                            }
+                            h.apply(e.ad, label, e.at, dedupe_ms, |account| {
+                                remember(account, &key.member, e, suppression)
+                            });
+                            changed = true;
                         }
-                        h.apply(e.ad, label, e.at, dedupe_ms, |account| remember(account, &key.member, e, suppression));
-                        changed = true;
-                    }
-                    changed
-                })
-                .await?;
-            Ok::<_, SharedError>((listener, histories))
-        }))
+                        changed
+                    })
+                    .await?;
+                Ok::<_, SharedError>((listener, histories))
+            },
+        ))
         .await
         .map_err(StoreError::from)?;
         for (listener, histories) in stored {

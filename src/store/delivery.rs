@@ -236,7 +236,12 @@ pub fn changes_history(kind: EventKind) -> bool {
 
 /// What `event` changes in `member`'s history of an account: an impression heard, "not for
 /// me" suppressions, a hold given back.
-pub fn remember(account: &mut AccountHistories, member: &str, event: &VerifiedEvent, suppression: SuppressionPolicy) {
+pub fn remember(
+    account: &mut AccountHistories,
+    member: &str,
+    event: &VerifiedEvent,
+    suppression: SuppressionPolicy,
+) {
     let c = &event.campaign;
     let history = account.get_mut(member);
     match event.kind {

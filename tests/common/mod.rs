@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: a real server on 127.0.0.1:0, clients, fixtures.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod redis_cluster;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

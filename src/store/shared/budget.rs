@@ -61,7 +61,11 @@ impl Shared {
     /// Counts `event` once, and waits until a replica of its master holds it: "accepted" is
     /// only answered for what survives the loss of that master. `dedupe_ms` is how long the
     /// ad's event ids are remembered (past every token's life).
-    pub async fn count_event(&self, event: &EventCount<'_>, dedupe_ms: i64) -> Result<EventOutcome, SharedError> {
+    pub async fn count_event(
+        &self,
+        event: &EventCount<'_>,
+        dedupe_ms: i64,
+    ) -> Result<EventOutcome, SharedError> {
         let c = event.campaign;
         let id = c.id.as_str();
         let (day, _) = c.time_zone.day_of(event.at);
@@ -130,7 +134,10 @@ impl Shared {
 }
 
 /// Counters from the fields of a counters hash.
-fn parse_counters(campaign: &CampaignId, fields: Vec<(String, String)>) -> Result<CampaignCounters, SharedError> {
+fn parse_counters(
+    campaign: &CampaignId,
+    fields: Vec<(String, String)>,
+) -> Result<CampaignCounters, SharedError> {
     let mut c = CampaignCounters::default();
     for (name, value) in fields {
         let bad = || SharedError::Corrupt(format!("counter {name:?} of campaign {campaign} is {value:?}"));
@@ -158,10 +165,8 @@ fn parse_counters(campaign: &CampaignId, fields: Vec<(String, String)>) -> Resul
             "resumes" => p.resumes = count,
             "not_used" => p.not_used = count,
             other => {
-                let (code, creative) = other
-                    .strip_prefix(ERROR_PREFIX)
-                    .and_then(|rest| rest.split_once(':'))
-                    .ok_or_else(bad)?;
+                let (code, creative) =
+                    other.strip_prefix(ERROR_PREFIX).and_then(|rest| rest.split_once(':')).ok_or_else(bad)?;
                 c.errors.push(PlaybackErrors {
                     creative: creative.into(),
                     code: code.parse().map_err(|_| bad())?,
@@ -196,7 +201,10 @@ mod tests {
             fields.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
         )
         .unwrap();
-        assert_eq!((c.impressions, c.spend_micros, c.impressions_today, c.spend_today_micros), (3, 90000, 2, 60000));
+        assert_eq!(
+            (c.impressions, c.spend_micros, c.impressions_today, c.spend_today_micros),
+            (3, 90000, 2, 60000)
+        );
         assert_eq!((c.progress.not_used, c.progress.midpoints, c.day), (1, 2, 20000));
         assert_eq!(c.errors, vec![PlaybackErrors { creative: "cr-1".into(), code: 402, count: 4 }]);
         assert!(parse_counters(&CampaignId::from("c"), vec![("impressions".into(), "-1".into())]).is_err());

@@ -76,9 +76,15 @@ impl Shared {
 
     /// The id of `name` in `terms`, interning it cluster-wide when new (blocking: called
     /// inside a request's conversion, once per new name in the whole cluster's life).
-    pub fn intern_blocking(&self, terms: Terms, name: &str, limit: usize) -> Result<Option<u32>, SharedError> {
+    pub fn intern_blocking(
+        &self,
+        terms: Terms,
+        name: &str,
+        limit: usize,
+    ) -> Result<Option<u32>, SharedError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
-        let id: i64 = scripts::INTERN.key(terms.ids).key(terms.names).arg(name).arg(limit).invoke(&mut *conn)?;
+        let id: i64 =
+            scripts::INTERN.key(terms.ids).key(terms.names).arg(name).arg(limit).invoke(&mut *conn)?;
         Ok(u32::try_from(id).ok())
     }
 

@@ -154,7 +154,8 @@ impl Shared {
                 .await?;
             }
             None => {
-                let _: u64 = self.query(redis::cmd("DEL").arg(histories_key(id)).arg(version_key(id))).await?;
+                let _: u64 =
+                    self.query(redis::cmd("DEL").arg(histories_key(id)).arg(version_key(id))).await?;
             }
         }
         self.drop_aliases_of(id).await?;

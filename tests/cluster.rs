@@ -1,0 +1,173 @@
+//! Cluster mode on a real Redis Cluster (6 `redis-server` nodes the tests start themselves):
+//! several Interlude replicas behave as one ad server — a cap, a budget, an event, a profile,
+//! a campaign and a token are the same on every replica — and the failures the shared store
+//! can have are survived as docs/SCALING.md says.
+
+#![allow(clippy::unwrap_used)] // in tests a panic is the failure report
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::redis_cluster::{self, RedisCluster};
+use common::*;
+use interlude::app::AppState;
+use interlude::config::{Config, RedisSettings};
+use interlude::grpc::pb;
+use interlude::store::shared::Shared;
+
+/// Starts a cluster, or says why this test is skipped (and fails under `REQUIRE_TEST_TOOLS`).
+fn cluster(test: &str) -> Option<RedisCluster> {
+    if !redis_cluster::available() {
+        skipped(test, "redis-server (Debian redis-server, with redis-cli) is not installed");
+        return None;
+    }
+    Some(tokio::task::block_in_place(RedisCluster::start))
+}
+
+fn replica_config(cluster: &RedisCluster) -> Config {
+    Config {
+        demo: false,
+        data_dir: None,
+        redis: Some(RedisSettings {
+            nodes: vec![cluster.nodes_setting()],
+            timeout: Duration::from_millis(500),
+        }),
+        ..Config::default()
+    }
+}
+
+/// One Interlude replica in this process, in cluster mode on `cluster`.
+async fn replica(cluster: &RedisCluster) -> TestServer {
+    let mut config = replica_config(cluster);
+    config.redis.as_mut().unwrap().nodes = cluster.nodes_setting().split(',').map(String::from).collect();
+    config.admin_token = Some(interlude::config::Secret(ADMIN_TOKEN.into()));
+    let store = Shared::connect(config.redis.as_ref().unwrap()).await.unwrap();
+    let (state, _) = AppState::open_shared(&config, store).await.unwrap();
+    serve_state(config, state).await
+}
+
+fn impression(id: &str, token: &str) -> pb::AdEvent {
+    pb::AdEvent {
+        event_id: id.into(),
+        r#type: pb::EventType::Impression as i32,
+        impression_token: token.into(),
+        ..Default::default()
+    }
+}
+
+async fn record(
+    server: &TestServer,
+    events: Vec<pb::AdEvent>,
+) -> Result<pb::RecordEventsResponse, tonic::Status> {
+    server.decisions().record_events(pb::RecordEventsRequest { events }).await.map(|r| r.into_inner())
+}
+
+/// Polls `check` on every replica until it holds on all (a change reaches the others by their
+/// poll of the shared store), failing after `TEST_TIMEOUT`; returns how long it took.
+async fn on_every_replica(replicas: &[&TestServer], check: impl Fn(&TestServer) -> bool) -> Duration {
+    let start = Instant::now();
+    while !replicas.iter().all(|r| check(r)) {
+        assert!(start.elapsed() < TEST_TIMEOUT, "not seen on every replica within {TEST_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behave_as_one_ad_server() {
+    let Some(cluster) = cluster("cluster::three_replicas_behave_as_one_ad_server") else { return };
+    let (a, b, c) = (replica(&cluster).await, replica(&cluster).await, replica(&cluster).await);
+    let all = [&a, &b, &c];
+
+    // A campaign created on one replica is served by all; a genre interned on one has the
+    // same id on every replica (profiles and campaigns store ids).
+    let mut capped = genre_campaign("opera-tickets", "opera-house", 20, &["opera"]);
+    capped.frequency_caps =
+        vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: 2, window: None }];
+    a.upsert([capped, house_ad("house")]).await;
+    let took = on_every_replica(&all, |r| r.state.catalog.snapshot().find("opera-tickets").is_some()).await;
+    eprintln!("a campaign upserted on one replica was on all three after {took:?}");
+    let ids: Vec<_> = all.iter().map(|r| r.state.vocabulary.lookup("opera")).collect();
+    assert!(ids[0].is_some() && ids.iter().all(|id| *id == ids[0]), "opera's id differs: {ids:?}");
+
+    // A profile written on one replica decides on another at once (read on every decision).
+    b.listener("ana", |_| {}).await;
+    b.plays("ana", "", &[("opera", 20)]).await;
+
+    // The cap (2 per listener) holds whichever replica decides and whichever records.
+    let mut served_opera = 0;
+    for i in 0..6 {
+        let decided = all[i % 3].decide(break_for("ana")).await;
+        if served(&decided) == ["opera-tickets"] {
+            served_opera += 1;
+        }
+        all[(i + 1) % 3].record_impressions(&decided, &format!("ana-{i}")).await;
+    }
+    assert_eq!(served_opera, 2, "a cap of 2 across three replicas");
+
+    // The same impression reported to every replica counts once; another event id for the same
+    // ad is already counted; the token of one replica verifies on the others.
+    c.listener("ben", |_| {}).await;
+    c.plays("ben", "", &[("opera", 20)]).await;
+    let decided = a.decide(break_for("ben")).await;
+    assert_eq!(served(&decided), ["opera-tickets"]);
+    let token = &decided.ads[0].impression_token;
+    let before = a.stats("opera-tickets").await.impressions;
+    let first = record(&b, vec![impression("ben-1", token)]).await.unwrap();
+    let retry = record(&c, vec![impression("ben-1", token)]).await.unwrap();
+    let replay = record(&a, vec![impression("ben-2", token)]).await.unwrap();
+    assert_eq!(first.outcomes().collect::<Vec<_>>(), [pb::EventOutcome::Accepted]);
+    assert_eq!(retry.outcomes().collect::<Vec<_>>(), [pb::EventOutcome::Retried]);
+    assert_eq!(replay.outcomes().collect::<Vec<_>>(), [pb::EventOutcome::AlreadyCounted]);
+    for r in all {
+        assert_eq!(
+            r.stats("opera-tickets").await.impressions,
+            before + 1,
+            "counted once, seen by every replica"
+        );
+    }
+
+    // Consent withdrawn on one replica: the next decision on another is not personalised.
+    a.listener("ben", |l| l.personalized_ads = pb::ConsentState::Denied as i32).await;
+    let decided = c.decide(break_for("ben")).await;
+    assert_ne!(served(&decided), ["opera-tickets"], "consent withdrawn on another replica: {decided:?}");
+
+    // A budget of 5 impressions, spent from three replicas at once, is spent exactly.
+    let mut limited = campaign("five-ads", "shoes", 30);
+    limited.targeting = Some(pb::Targeting { track_genres: vec!["jazz".into()], ..Default::default() });
+    limited.budget = Some(pb::Budget { lifetime_budget_micros: 5 * 30_000, ..Default::default() });
+    b.upsert([limited]).await;
+    on_every_replica(&all, |r| r.state.catalog.snapshot().find("five-ads").is_some()).await;
+    let mut tasks = Vec::new();
+    for (n, r) in all.iter().enumerate() {
+        let (decisions, replay_to) = (r.decisions(), all[(n + 1) % 3].decisions());
+        tasks.push(tokio::spawn(async move {
+            let (mut decisions, mut replay_to) = (decisions, replay_to);
+            let mut served = 0;
+            for i in 0..10 {
+                let mut request = break_for(&format!("shopper-{n}-{i}"));
+                request.context =
+                    Some(pb::PlaybackContext { track_genres: vec!["jazz".into()], ..Default::default() });
+                let decided = decisions.decide(request).await.unwrap().into_inner();
+                let events: Vec<_> = decided
+                    .ads
+                    .iter()
+                    .filter(|ad| ad.campaign_id == "five-ads")
+                    .map(|ad| impression(&format!("s-{n}-{i}"), &ad.impression_token))
+                    .collect();
+                served += events.len();
+                if !events.is_empty() {
+                    replay_to.record_events(pb::RecordEventsRequest { events }).await.unwrap();
+                }
+            }
+            served
+        }));
+    }
+    let mut served_total = 0;
+    for t in tasks {
+        served_total += t.await.unwrap();
+    }
+    let stats = c.stats("five-ads").await;
+    assert_eq!((served_total, stats.impressions, stats.spend_micros), (5, 5, 150_000), "no overspend");
+}
