@@ -63,6 +63,9 @@ pub const SHARED_FALLBACKS: &str = "interlude_shared_fallbacks_total";
 /// Cluster mode: ads not served because their budget share could not be held in the shared
 /// store (budgets fail closed).
 pub const SHARED_RESERVE_FAILURES: &str = "interlude_shared_reserve_failures_total";
+/// Cluster mode: writes acknowledged on a master that had no replica at the time (after a
+/// failover, until the failed node comes back as a replica).
+pub const SHARED_UNREPLICATED_WRITES: &str = "interlude_shared_unreplicated_writes_total";
 
 /// Latency buckets (seconds): decisions take microseconds, so the low end is fine-grained.
 const LATENCY_BUCKETS: &[f64] =
@@ -290,6 +293,11 @@ pub fn record_shared_fallback() {
 /// Records an ad not served because its budget share could not be held (cluster mode).
 pub fn record_shared_reserve_failure() {
     metrics::counter!(SHARED_RESERVE_FAILURES).increment(1);
+}
+
+/// Records a write acknowledged without a replica (cluster mode).
+pub fn record_unreplicated_write() {
+    metrics::counter!(SHARED_UNREPLICATED_WRITES).increment(1);
 }
 
 /// Records the catalog size.

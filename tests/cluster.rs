@@ -171,3 +171,78 @@ async fn three_replicas_behave_as_one_ad_server() {
     let stats = c.stats("five-ads").await;
     assert_eq!((served_total, stats.impressions, stats.spend_micros), (5, 5, 150_000), "no overspend");
 }
+
+/// What the load of the failover test did.
+#[derive(Default)]
+struct Acked {
+    /// (event id, token) of every impression acknowledged.
+    events: Vec<(String, String)>,
+    /// Refusals answered UNAVAILABLE, each retried until acknowledged.
+    unavailable: usize,
+}
+
+/// Decides on one replica and reports the impression to the other, `n` times, for listeners
+/// `worker-*`; retries each report until it is acknowledged, as a player does.
+async fn report_impressions(replicas: [TestServer; 2], worker: usize, n: usize) -> (Acked, [TestServer; 2]) {
+    let mut acked = Acked::default();
+    for i in 0..n {
+        let (decide_on, record_on) = (&replicas[i % 2], &replicas[(i + 1) % 2]);
+        let mut request = break_for(&format!("listener-{worker}-{}", i % 10));
+        request.context = Some(pb::PlaybackContext { track_genres: vec!["jazz".into()], ..Default::default() });
+        let decided = match decide_on.decisions().decide(request).await {
+            Ok(d) => d.into_inner(),
+            Err(status) => panic!("Decide must keep answering through a failover: {status:?}"),
+        };
+        let Some(ad) = decided.ads.iter().find(|ad| ad.campaign_id == "jazz-ad") else { continue };
+        let event = impression(&format!("e-{worker}-{i}"), &ad.impression_token);
+        let start = Instant::now();
+        loop {
+            match record(record_on, vec![event.clone()]).await {
+                Ok(_) => break,
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    assert!(start.elapsed() < TEST_TIMEOUT, "not acknowledged within {TEST_TIMEOUT:?}");
+                    acked.unavailable += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        acked.events.push((event.event_id.clone(), event.impression_token.clone()));
+    }
+    (acked, replicas)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_survives_the_kill_of_its_master() {
+    let Some(mut cluster) = cluster("cluster::an_acknowledged_event_survives_the_kill_of_its_master") else {
+        return;
+    };
+    let (a, b) = (replica(&cluster).await, replica(&cluster).await);
+    let mut jazz = campaign("jazz-ad", "label", 10);
+    jazz.targeting = Some(pb::Targeting { track_genres: vec!["jazz".into()], ..Default::default() });
+    a.upsert([jazz]).await;
+    on_every_replica(&[&a, &b], |r| r.state.catalog.snapshot().find("jazz-ad").is_some()).await;
+
+    let (before, replicas) = report_impressions([a, b], 0, 40).await;
+    // The master holding the campaign's counters and event dedupe: every event goes there.
+    let master = cluster.master_of("{c:jazz-ad}:n");
+    tokio::task::block_in_place(|| cluster.kill_9(master));
+    let (during, replicas) = report_impressions(replicas, 1, 60).await;
+    tokio::task::block_in_place(|| cluster.await_ok());
+    let (after, [a, b]) = report_impressions(replicas, 2, 20).await;
+    assert!(
+        during.unavailable > 0,
+        "the kill was felt (else this test proves nothing): {} refusals",
+        during.unavailable
+    );
+
+    // Every acknowledged impression is counted, once: the total is exact, and a replay of
+    // each is a retry (one lost with its master would count now as new).
+    let acked: Vec<_> = [before, during, after].into_iter().flat_map(|r| r.events).collect();
+    let stats = b.stats("jazz-ad").await;
+    assert_eq!(stats.impressions, acked.len() as u64, "every acknowledged event counted once");
+    for (id, token) in &acked {
+        let replay = record(&a, vec![impression(id, token)]).await.unwrap();
+        assert_eq!(replay.outcomes().collect::<Vec<_>>(), [pb::EventOutcome::Retried], "event {id}");
+    }
+}

@@ -14,7 +14,8 @@ mod scripts;
 use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+use tokio::time::Instant;
 
 pub use budget::{EventCount, event_field};
 pub use directory::{ALIASES, ARTISTS, CAMPAIGNS, Directory, GENRES, Terms};
@@ -62,6 +63,8 @@ pub struct Shared {
     /// inside a request's conversion): held for one short call at a time.
     blocking: std::sync::Arc<std::sync::Mutex<redis::cluster::ClusterConnection>>,
     timeout: Duration,
+    /// Replicas each slot's master had when last asked (`replicas_of`).
+    replicas: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Slot, (usize, Instant)>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -102,6 +105,7 @@ impl Shared {
             conn,
             blocking: std::sync::Arc::new(std::sync::Mutex::new(blocking)),
             timeout: settings.timeout,
+            replicas: Default::default(),
         };
         let pong: String = shared.query(&mut redis::cmd("PING").clone()).await?;
         if pong != "PONG" {
@@ -139,23 +143,62 @@ impl Shared {
 
     /// Waits until a replica of the master holding `key` has every write sent to it so far on
     /// this handle's connection: what an acknowledged event's durability rests on.
+    ///
+    /// A master left without any replica (its replica took over from it, and the failed node
+    /// has not come back as the new replica yet) cannot meet that: rather than refusing every
+    /// write until an operator brings a node back, its writes are acknowledged on the master
+    /// alone and counted (`interlude_shared_unreplicated_writes_total`); docs/SCALING.md.
     async fn replicated(&self, key: &str) -> Result<(), SharedError> {
+        let slot = Slot::for_key(key);
+        let route = || {
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)))
+        };
+        if self.replicas_of(slot, route()).await? == 0 {
+            crate::telemetry::record_unreplicated_write();
+            return Ok(());
+        }
         let mut wait = redis::cmd("WAIT");
         wait.arg(REPLICAS_TO_ACK).arg(self.timeout.as_millis() as u64);
-        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-            key,
-            SlotAddr::Master,
-        )));
         let mut conn = self.conn.clone();
-        let value = self.within(async move { conn.route_command(wait, route).await }).await?;
+        let value = self.within(async move { conn.route_command(wait, route()).await }).await?;
         let acked: usize =
             redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("WAIT answered {e}")))?;
         if acked < REPLICAS_TO_ACK {
+            // Ask again next time: the replica may have gone.
+            self.forget_replicas(slot);
             return Err(SharedError::Unavailable(format!(
                 "the write to {key:?} reached {acked} replicas of its master, not {REPLICAS_TO_ACK}"
             )));
         }
         Ok(())
+    }
+
+    /// How many replicas are connected to the master of `slot` (asked at most once a second).
+    async fn replicas_of(&self, slot: Slot, route: RoutingInfo) -> Result<usize, SharedError> {
+        const FRESH: Duration = Duration::from_secs(1);
+        let now = Instant::now();
+        if let Some(&(n, at)) = self.replicas.lock().unwrap_or_else(|e| e.into_inner()).get(&slot)
+            && now.duration_since(at) < FRESH
+        {
+            return Ok(n);
+        }
+        let mut info = redis::cmd("INFO");
+        info.arg("replication");
+        let mut conn = self.conn.clone();
+        let value = self.within(async move { conn.route_command(info, route).await }).await?;
+        let text: String =
+            redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("INFO answered {e}")))?;
+        let n = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| SharedError::Corrupt("INFO replication has no connected_slaves".into()))?;
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).insert(slot, (n, now));
+        Ok(n)
+    }
+
+    fn forget_replicas(&self, slot: Slot) {
+        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot);
     }
 
     /// Whether the cluster answers now (health).
