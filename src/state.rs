@@ -160,6 +160,23 @@ impl AppState {
         Ok((state, empty))
     }
 
+    /// Cluster mode: reads campaigns `ids` from the shared store into this replica's catalog now,
+    /// ahead of its next poll (events of a campaign created on another replica a moment ago).
+    pub async fn take_up_campaigns(&self, store: &Shared, mut ids: Vec<String>) -> Result<(), StoreError> {
+        ids.sort();
+        ids.dedup();
+        let found = store.campaigns(&ids).await?;
+        if !found.is_empty() {
+            let catalog = self.catalog.clone();
+            off_runtime(move || {
+                catalog.restore(found);
+                Ok(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Cluster mode: replaces this replica's copy of listener `id` (profile and histories)
     /// with the shared store's. Holds this replica placed stay, unless the store says their
     /// impression was heard or given back meanwhile.

@@ -30,7 +30,7 @@ fn replica_config(cluster: &RedisCluster) -> Config {
         demo: false,
         data_dir: None,
         redis: Some(RedisSettings {
-            nodes: vec![cluster.nodes_setting()],
+            nodes: cluster.nodes_setting().split(',').map(String::from).collect(),
             timeout: Duration::from_millis(500),
         }),
         ..Config::default()
@@ -40,7 +40,6 @@ fn replica_config(cluster: &RedisCluster) -> Config {
 /// One Interlude replica in this process, in cluster mode on `cluster`.
 async fn replica(cluster: &RedisCluster) -> TestServer {
     let mut config = replica_config(cluster);
-    config.redis.as_mut().unwrap().nodes = cluster.nodes_setting().split(',').map(String::from).collect();
     config.admin_token = Some(interlude::config::Secret(ADMIN_TOKEN.into()));
     let store = Shared::connect(config.redis.as_ref().unwrap()).await.unwrap();
     let (state, _) = AppState::open_shared(&config, store).await.unwrap();
@@ -188,7 +187,8 @@ async fn report_impressions(replicas: [TestServer; 2], worker: usize, n: usize) 
     for i in 0..n {
         let (decide_on, record_on) = (&replicas[i % 2], &replicas[(i + 1) % 2]);
         let mut request = break_for(&format!("listener-{worker}-{}", i % 10));
-        request.context = Some(pb::PlaybackContext { track_genres: vec!["jazz".into()], ..Default::default() });
+        request.context =
+            Some(pb::PlaybackContext { track_genres: vec!["jazz".into()], ..Default::default() });
         let decided = match decide_on.decisions().decide(request).await {
             Ok(d) => d.into_inner(),
             Err(status) => panic!("Decide must keep answering through a failover: {status:?}"),
@@ -245,4 +245,150 @@ async fn an_acknowledged_event_survives_the_kill_of_its_master() {
         let replay = record(&a, vec![impression(id, token)]).await.unwrap();
         assert_eq!(replay.outcomes().collect::<Vec<_>>(), [pb::EventOutcome::Retried], "event {id}");
     }
+}
+
+async fn shared_state_health(server: &TestServer) -> i32 {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let request = HealthCheckRequest { service: interlude::cluster::HEALTH_SERVICE.into() };
+    HealthClient::new(server.channel.clone()).check(request).await.map_or(-1, |r| r.into_inner().status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_shared_store_decisions_go_on_and_writes_are_refused() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let Some(mut cluster) =
+        cluster("cluster::without_the_shared_store_decisions_go_on_and_writes_are_refused")
+    else {
+        return;
+    };
+    let a = replica(&cluster).await;
+    let mut jazz = campaign("jazz-ad", "label", 10);
+    jazz.targeting = Some(pb::Targeting { track_genres: vec!["jazz".into()], ..Default::default() });
+    let mut limited = campaign("limited-ad", "shoes", 50);
+    limited.targeting = jazz.targeting.clone();
+    limited.budget = Some(pb::Budget { lifetime_budget_micros: 1_000_000, ..Default::default() });
+    a.upsert([jazz, limited]).await;
+    let jazz_break = |listener: &str| {
+        let mut request = break_for(listener);
+        request.context =
+            Some(pb::PlaybackContext { track_genres: vec!["jazz".into()], ..Default::default() });
+        request
+    };
+    assert_eq!(
+        served(&a.decide(jazz_break("cleo")).await),
+        ["limited-ad"],
+        "the higher bid, while it can be held"
+    );
+    while shared_state_health(&a).await != ServingStatus::Serving as i32 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    tokio::task::block_in_place(|| cluster.kill_all());
+
+    // Decisions go on, from this replica's copies; a limited budget cannot be held, so its ad
+    // is not served (fail closed) and the unlimited one serves instead.
+    let decided = a.decide(jazz_break("cleo")).await;
+    assert_eq!(served(&decided), ["jazz-ad"], "{decided:?}");
+    // What cannot be stored is not acknowledged.
+    let refused = record(&a, vec![impression("cleo-1", &decided.ads[0].impression_token)]).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let mut admin = a.campaigns();
+    let refused = admin
+        .upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(house_ad("house")) })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    // Health says so, beside the replica's own SERVING (it still decides).
+    let start = Instant::now();
+    while shared_state_health(&a).await != ServingStatus::NotServing as i32 {
+        assert!(start.elapsed() < TEST_TIMEOUT, "health never reported the shared store gone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let overall = HealthClient::new(a.channel.clone()).check(HealthCheckRequest::default()).await.unwrap();
+    assert_eq!(overall.into_inner().status, ServingStatus::Serving as i32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replica_leaves_the_others_serving_and_its_budget_holds_come_back() {
+    let Some(cluster) =
+        cluster("cluster::a_killed_replica_leaves_the_others_serving_and_its_budget_holds_come_back")
+    else {
+        return;
+    };
+    let replica_binary = || {
+        Binary::start([
+            "--redis-nodes",
+            &cluster.nodes_setting(),
+            "--demo",
+            "false",
+            "--metrics-listen",
+            "off",
+            "--admin-token",
+            ADMIN_TOKEN,
+        ])
+    };
+    let (mut x, y, z) = (replica_binary(), replica_binary(), replica_binary());
+    let client = |b: &Binary| {
+        let addr = format!("http://{}", b.grpc);
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(addr).unwrap().connect().await.unwrap();
+            (
+                pb::ad_decision_service_client::AdDecisionServiceClient::new(channel.clone()),
+                pb::campaign_service_client::CampaignServiceClient::with_interceptor(channel, admin()),
+            )
+        }
+    };
+    let (mut x_decide, mut x_admin) = client(&x).await;
+    let (mut y_decide, _) = client(&y).await;
+    let (mut z_decide, mut z_admin) = client(&z).await;
+    let mut limited = campaign("ten-ads", "shoes", 30);
+    limited.targeting = Some(pb::Targeting { track_genres: vec!["jazz".into()], ..Default::default() });
+    limited.budget = Some(pb::Budget { lifetime_budget_micros: 10 * 30_000, ..Default::default() });
+    x_admin.upsert_campaign(pb::UpsertCampaignRequest { campaign: Some(limited) }).await.unwrap();
+    let request = |listener: String| {
+        let mut request = break_for(&listener);
+        request.context =
+            Some(pb::PlaybackContext { track_genres: vec!["jazz".into()], ..Default::default() });
+        request
+    };
+    // X decides 6 ads (holding 6 of the 10 shares), then dies.
+    let mut tokens = Vec::new();
+    for i in 0..6 {
+        let decided = x_decide.decide(request(format!("x-{i}"))).await.unwrap().into_inner();
+        assert_eq!(served(&decided), ["ten-ads"]);
+        tokens.push(decided.ads[0].impression_token.clone());
+    }
+    tokio::task::block_in_place(|| x.kill_9());
+    // Its players report to the others: 3 heard (counted, their holds released), 3 not used
+    // (their holds given back).
+    let mut events = Vec::new();
+    for (i, token) in tokens.iter().enumerate() {
+        let kind = if i < 3 { pb::EventType::Impression } else { pb::EventType::NotUsed };
+        events.push(pb::AdEvent {
+            event_id: format!("x-{i}"),
+            r#type: kind as i32,
+            impression_token: token.clone(),
+            ..Default::default()
+        });
+    }
+    y_decide.record_events(pb::RecordEventsRequest { events }).await.unwrap();
+    // The other two replicas serve the 7 shares left, and not one more.
+    let mut heard = 0;
+    for i in 0..20 {
+        let decisions = if i % 2 == 0 { &mut y_decide } else { &mut z_decide };
+        let decided = decisions.decide(request(format!("yz-{i}"))).await.unwrap().into_inner();
+        if let Some(ad) = decided.ads.iter().find(|ad| ad.campaign_id == "ten-ads") {
+            let event = impression(&format!("yz-{i}"), &ad.impression_token);
+            z_decide.record_events(pb::RecordEventsRequest { events: vec![event] }).await.unwrap();
+            heard += 1;
+        }
+    }
+    assert_eq!(heard, 7, "the dead replica's holds came back, and the budget held");
+    let stats = z_admin
+        .get_delivery_stats(pb::GetDeliveryStatsRequest { campaign_id: "ten-ads".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((stats.impressions, stats.spend_micros), (10, 300_000));
 }

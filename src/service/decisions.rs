@@ -146,6 +146,16 @@ impl Decisions {
         request: &AdRequest,
         now: UnixMillis,
     ) -> Result<(Decision, Option<HistoryKey>), ServiceError> {
+        self.engine_without(request, now, &[])
+    }
+
+    /// `engine`, with the budgets of `exhausted` taken as spent (their share could not be held).
+    fn engine_without(
+        &self,
+        request: &AdRequest,
+        now: UnixMillis,
+        exhausted: &[CampaignId],
+    ) -> Result<(Decision, Option<HistoryKey>), ServiceError> {
         let state = &self.state;
         let profile = match request.listener_id.as_deref() {
             Some(id) => state.listeners.get(id)?,
@@ -164,7 +174,7 @@ impl Decisions {
                 taste: profile.as_deref().and_then(|p| p.member(&request.member_id)),
                 history,
             };
-            let spend = state.delivery.spend_at(now);
+            let spend = Exhausted { spend: state.delivery.spend_at(now), exhausted };
             decision::decide(&snapshot, listener, request, &state.policy, &spend, now, &mut rand::rng())
         })?;
         Ok((decision, key))
@@ -193,28 +203,41 @@ impl Decisions {
             self.state.warm(id).await?;
         }
         let now = super::now();
-        let (mut decision, key) = self.engine(request, now)?;
-        let mut ad_ids: Vec<AdId> = {
-            let mut rng = rand::rng();
-            decision.ads.iter().map(|_| AdId::random(&mut rng)).collect()
-        };
-        let mut keep = Vec::with_capacity(ad_ids.len());
-        for (ad, &id) in decision.ads.iter().zip(&ad_ids) {
-            let c = &ad.campaign;
-            keep.push(!holds_budget(c) || match store.reserve(c, id, now).await {
-                Ok(held) => held,
-                Err(error) => {
-                    telemetry::record_shared_reserve_failure();
-                    tracing::warn!(%error, campaign_id = %c.id, "budget share not held: ad not served");
-                    false
+        let mut exhausted = Vec::new();
+        loop {
+            let (mut decision, key) = self.engine_without(request, now, &exhausted)?;
+            let mut ad_ids: Vec<AdId> = {
+                let mut rng = rand::rng();
+                decision.ads.iter().map(|_| AdId::random(&mut rng)).collect()
+            };
+            let mut keep = Vec::with_capacity(ad_ids.len());
+            for (ad, &id) in decision.ads.iter().zip(&ad_ids) {
+                let c = &ad.campaign;
+                let held = !holds_budget(c)
+                    || match store.reserve(c, id, now).await {
+                        Ok(held) => held,
+                        Err(error) => {
+                            telemetry::record_shared_reserve_failure();
+                            tracing::warn!(%error, campaign_id = %c.id, "budget share not held: ad not served");
+                            false
+                        }
+                    };
+                if !held {
+                    exhausted.push(c.id.clone());
                 }
-            });
+                keep.push(held);
+            }
+            // A break none of whose shares could be held is decided again without those
+            // campaigns (another may serve); one that holds some is served with what it holds.
+            if !keep.is_empty() && !keep.contains(&true) && exhausted.len() <= MAX_REDECISIONS {
+                continue;
+            }
+            let mut kept = keep.iter();
+            decision.ads.retain(|_| kept.next().copied().unwrap_or(false));
+            let mut kept = keep.iter();
+            ad_ids.retain(|_| kept.next().copied().unwrap_or(false));
+            return self.serve(decision, key, ad_ids, now);
         }
-        let mut kept = keep.iter();
-        decision.ads.retain(|_| kept.next().copied().unwrap_or(false));
-        let mut kept = keep.iter();
-        ad_ids.retain(|_| kept.next().copied().unwrap_or(false));
-        self.serve(decision, key, ad_ids, now)
     }
 
     /// Finishes a decided break whose budgets are held: holds its ads in the listener's
@@ -290,7 +313,22 @@ impl Decisions {
         let mut verified_at = Vec::with_capacity(events.len());
         // A token names a campaign that served, so it is in the snapshot that decided it or a
         // later one (campaigns are never removed, only archived).
-        let catalog = state.catalog.snapshot();
+        let mut catalog = state.catalog.snapshot();
+        if let Some(store) = &state.shared {
+            // Cluster mode: a campaign created on another replica moments ago may not have
+            // reached this one's catalog yet: it is read from the shared store, its events
+            // not refused.
+            let tokens = events.iter().filter_map(|e| e.as_ref().ok()).map(|e| e.token);
+            let unknown: Vec<String> = tokens
+                .filter_map(|token| state.signer.verify(token, now).ok())
+                .filter(|claims| catalog.find(&claims.campaign).is_none())
+                .map(|claims| claims.campaign.to_string())
+                .collect();
+            if !unknown.is_empty() {
+                state.take_up_campaigns(store, unknown).await?;
+                catalog = state.catalog.snapshot();
+            }
+        }
         for (i, e) in events.iter().enumerate() {
             let e = match e {
                 Ok(e) => e,
@@ -501,6 +539,32 @@ impl Decisions {
         changes
             .extend(campaigns.into_iter().map(|id| Change::Counters(id.clone(), delivery.raw_counters(id))));
         changes
+    }
+}
+
+/// Campaigns a cluster-mode decision may set aside (their budget share not held) before it
+/// serves what it has.
+const MAX_REDECISIONS: usize = 4;
+
+/// A spend view in which the budgets of `exhausted` are spent.
+struct Exhausted<'a, S> {
+    spend: S,
+    exhausted: &'a [CampaignId],
+}
+
+impl<S: decision::SpendView> decision::SpendView for Exhausted<'_, S> {
+    fn spend(&self, campaign: &CampaignId) -> decision::Spend {
+        let spend = self.spend.spend(campaign);
+        if self.exhausted.contains(campaign) {
+            // Past every limit a budget can have.
+            return decision::Spend {
+                lifetime_micros: i64::MAX / 4,
+                today_micros: i64::MAX / 4,
+                impressions: u64::MAX / 4,
+                ..spend
+            };
+        }
+        spend
     }
 }
 

@@ -58,6 +58,13 @@ impl Shared {
         self.put_entry(CAMPAIGNS, campaign.id.as_str(), Some(&serde_json::to_string(campaign)?)).await
     }
 
+    /// The campaigns among `ids` the shared store has.
+    pub async fn campaigns(&self, ids: &[String]) -> Result<Vec<Campaign>, SharedError> {
+        let docs: Vec<Option<String>> =
+            self.query(redis::cmd("HMGET").arg(CAMPAIGNS.entries).arg(ids)).await?;
+        Ok(docs.into_iter().flatten().map(|d| serde_json::from_str(&d)).collect::<Result<_, _>>()?)
+    }
+
     /// The version of `directory` (0 = never written).
     pub async fn version(&self, directory: Directory) -> Result<u64, SharedError> {
         let v: Option<u64> = self.query(redis::cmd("GET").arg(directory.version)).await?;

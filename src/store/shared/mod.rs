@@ -151,7 +151,10 @@ impl Shared {
     async fn replicated(&self, key: &str) -> Result<(), SharedError> {
         let slot = Slot::for_key(key);
         let route = || {
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(key, SlotAddr::Master)))
+            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+                key,
+                SlotAddr::Master,
+            )))
         };
         if self.replicas_of(slot, route()).await? == 0 {
             crate::telemetry::record_unreplicated_write();
