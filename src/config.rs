@@ -796,6 +796,30 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_settings_are_checked_before_binding() {
+        let config = load(&[], &[]).unwrap();
+        assert_eq!(config.redis, None, "single-node mode by default");
+        let config = load(&[], &[("INTERLUDE_REDIS_NODES", "10.0.0.5:7000, redis-2.internal:7001")]).unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.nodes, ["10.0.0.5:7000", "redis-2.internal:7001"]);
+        assert_eq!(redis.timeout, Duration::from_millis(DEFAULT_REDIS_TIMEOUT_MS));
+        assert_eq!(config.data_dir, None, "the default data_dir is not used in cluster mode");
+        let config = load(&["--redis-nodes", "127.0.0.1:7000", "--data-dir", "off"], &[]).unwrap();
+        assert!(config.redis.is_some() && config.data_dir.is_none());
+        for (args, field) in [
+            (&["--redis-nodes", ""][..], "redis_nodes"),
+            (&["--redis-nodes", "127.0.0.1"], "redis_nodes"),
+            (&["--redis-nodes", "127.0.0.1:0"], "redis_nodes"),
+            (&["--redis-nodes", "redis://127.0.0.1:7000"], "redis_nodes"),
+            (&["--redis-nodes", "127.0.0.1:7000", "--redis-timeout-ms", "0"], "redis_timeout_ms"),
+            (&["--redis-nodes", "127.0.0.1:7000", "--data-dir", "/var/lib/interlude"], "data_dir"),
+        ] {
+            let err = load(args, &[]).unwrap_err();
+            assert!(err.to_string().contains(field), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
     fn off_loopback_needs_both_tokens_and_tokens_are_never_printed() {
         let err = load(&["--listen", "0.0.0.0:50051"], &[]).unwrap_err();
         assert!(err.to_string().contains("admin_token"), "{err}");

@@ -88,6 +88,11 @@ pub(crate) struct Quality {
     pub(crate) empty_breaks: u64,
     pub(crate) cap_violations: u64,
     pub(crate) impressions_recorded: u64,
+    /// Impressions the server acknowledged as counted (warm-up included): what its counters
+    /// must have grown by, exactly.
+    pub(crate) impressions_acknowledged: u64,
+    /// Impressions whose RecordEvents was never acknowledged (given up after its retries).
+    pub(crate) impressions_unacknowledged: u64,
 }
 
 impl Quality {
@@ -105,6 +110,8 @@ impl Quality {
         self.empty_breaks += o.empty_breaks;
         self.cap_violations += o.cap_violations;
         self.impressions_recorded += o.impressions_recorded;
+        self.impressions_acknowledged += o.impressions_acknowledged;
+        self.impressions_unacknowledged += o.impressions_unacknowledged;
     }
 }
 
@@ -212,6 +219,9 @@ pub(crate) struct Shared {
     pub(crate) http: Option<HttpEdge>,
     /// Connections to the bare reference server, for `BareCheck`.
     pub(crate) bare: Vec<Channel>,
+    /// With `--targets`: connections to each replica; each Decide and each RecordEvents goes
+    /// to one drawn at random (a load balancer with no affinity).
+    pub(crate) replicas: Vec<Vec<Channel>>,
 }
 
 /// An HTTP/1.1 client with a keep-alive pool, and the edge's base URL.
@@ -418,6 +428,8 @@ struct Worker {
     shared: Shared,
     target: Target,
     client: AdDecisionServiceClient<InterceptedService<Channel, Bearer>>,
+    /// One client per replica (`Shared::replicas`); empty with one target.
+    replicas: Vec<AdDecisionServiceClient<InterceptedService<Channel, Bearer>>>,
     health: tonic_health::pb::health_client::HealthClient<Channel>,
     rng: SmallRng,
     index: usize,
@@ -439,6 +451,13 @@ impl Worker {
             shared: shared.clone(),
             target,
             client: AdDecisionServiceClient::with_interceptor(channel.clone(), shared.decision_token.clone()),
+            replicas: shared
+                .replicas
+                .iter()
+                .map(|c| {
+                    AdDecisionServiceClient::with_interceptor(c[index % c.len()].clone(), shared.decision_token.clone())
+                })
+                .collect(),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
             rng: SmallRng::seed_from_u64(shared.seed ^ (index as u64 + 1).wrapping_mul(0x9e37_79b9)),
             index,
@@ -523,7 +542,7 @@ impl Worker {
             Target::Decide | Target::DecideAndRecord => {
                 let class = self.class_of(member);
                 let request = self.request(member, class);
-                let r = self.client.decide(request.clone()).await;
+                let r = self.decider().decide(request.clone()).await;
                 let response = match r {
                     Ok(r) => r.into_inner(),
                     Err(status) => {
@@ -542,6 +561,16 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The client for the next call: this worker's, or with several replicas one of them at
+    /// random.
+    fn decider(&mut self) -> AdDecisionServiceClient<InterceptedService<Channel, Bearer>> {
+        if self.replicas.is_empty() {
+            return self.client.clone();
+        }
+        let i = self.rng.random_range(0..self.replicas.len());
+        self.replicas[i].clone()
     }
 
     /// Counts one answered call; an error by its label (a gRPC code, an HTTP status).
@@ -714,7 +743,7 @@ impl Worker {
 
     async fn record(&mut self, heard_by: Option<usize>, response: &pb::DecideResponse, measured: bool) {
         let base = self.shared.event_counter.fetch_add(response.ads.len() as u64, Ordering::Relaxed);
-        let events = response
+        let events: Vec<pb::AdEvent> = response
             .ads
             .iter()
             .enumerate()
@@ -734,12 +763,35 @@ impl Worker {
         // Stamped before sending, so the harness never counts an impression as more recent
         // than the server does (and never reports a violation that is not one).
         let now = interlude::grpc::now().0;
-        match self.client.record_events(pb::RecordEventsRequest { events }).await {
+        // A refusal (UNAVAILABLE: a failover) is retried with the same event ids, as a player
+        // does, until acknowledged or RECORD_ATTEMPTS run out.
+        let mut attempt = 0;
+        let reply = loop {
+            attempt += 1;
+            let request = pb::RecordEventsRequest { events: events.clone() };
+            match self.decider().record_events(request).await {
+                Ok(reply) => break Ok(reply.into_inner()),
+                Err(status) if status.code() == tonic::Code::Unavailable && attempt < RECORD_ATTEMPTS => {
+                    if measured {
+                        *self.result.errors.entry("RecordEvents Unavailable, retried".into()).or_default() += 1;
+                    }
+                    tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+                }
+                Err(status) => break Err(status),
+            }
+        };
+        match reply {
             Ok(reply) => {
-                // Every id is new: a duplicate means the server dropped an impression.
-                if reply.get_ref().duplicates > 0 && measured {
-                    *self.result.errors.entry("RecordEvents duplicates".into()).or_default() +=
-                        u64::from(reply.get_ref().duplicates);
+                // Every id is new: counted now, or (after a refused try) by that try. Another
+                // outcome means the server dropped an impression.
+                let acknowledged = reply
+                    .outcomes()
+                    .filter(|o| matches!(o, pb::EventOutcome::Accepted | pb::EventOutcome::Retried))
+                    .count() as u64;
+                self.result.quality.impressions_acknowledged += acknowledged;
+                let dropped = response.ads.len() as u64 - acknowledged;
+                if dropped > 0 && measured {
+                    *self.result.errors.entry("RecordEvents duplicates".into()).or_default() += dropped;
                 }
                 if let Some(member) = heard_by {
                     for ad in &response.ads {
@@ -750,13 +802,20 @@ impl Worker {
                     self.result.quality.impressions_recorded += response.ads.len() as u64;
                 }
             }
-            Err(status) if measured => {
-                *self.result.errors.entry(format!("RecordEvents {:?}", status.code())).or_default() += 1
+            Err(status) => {
+                self.result.quality.impressions_unacknowledged += response.ads.len() as u64;
+                if measured {
+                    *self.result.errors.entry(format!("RecordEvents {:?}", status.code())).or_default() += 1
+                }
             }
-            Err(_) => {}
         }
     }
 }
+
+/// Tries of one RecordEvents refused as UNAVAILABLE, and the pause between them: about the
+/// failover time of a Redis Cluster (cluster-node-timeout plus the election).
+const RECORD_ATTEMPTS: u32 = 100;
+const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Open loop: one request every `1 / rate` seconds, from intended send times, dealt round-robin
 /// to a fixed pool of workers (each with its own connection share and histogram). A request

@@ -42,6 +42,18 @@ struct Args {
     /// Server address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     target: String,
+    /// Several replicas of one cluster ("URL,URL,…"): each Decide and each RecordEvents goes to
+    /// one of them at random, and the report adds the cluster-wide checks (every acknowledged
+    /// impression counted exactly once). Seeding goes through the first.
+    #[arg(long, value_delimiter = ',')]
+    targets: Vec<String>,
+    /// Fault: kill -9 one Redis master this many seconds into the first measured phase (with
+    /// --redis-node); the phase's errors, latency and the exactly-once check show its effect.
+    #[arg(long, requires = "redis_node")]
+    kill_redis_master_after: Option<f64>,
+    /// A node of the cluster's Redis (host:port, loopback), asked which nodes are masters.
+    #[arg(long)]
+    redis_node: Option<String>,
     /// The server's HTTP (VAST) edge, for `--workload vast`.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     http_target: String,
@@ -163,7 +175,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(path) = &args.write_h2load_body {
         return write_h2load_body(&world, path);
     }
-    let channels = connect(&args.target, args.connections).await?;
+    let first_target = args.targets.first().unwrap_or(&args.target).clone();
+    let channels = connect(&first_target, args.connections).await?;
+    let mut replicas = Vec::new();
+    if args.targets.len() > 1 {
+        for target in &args.targets {
+            replicas.push(connect(target, args.connections).await?);
+        }
+    }
 
     // A server started without an admin token generates one and keeps it in its data
     // directory (by default ./interlude-data, beside a `cargo run`).
@@ -195,6 +214,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Some(target) => connect(target, args.connections).await?,
             None => Vec::new(),
         },
+        replicas,
     };
     let mode = match args.rate {
         Some(rate) => Mode::Open {
@@ -222,8 +242,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Some(_), url) if url != "off" => Some(server_cpu::ServerCpu::new(url).context("--bare-metrics")?),
         _ => None,
     };
+    let impressions_before = server_impressions(&world, &channels[0], &admin).await?;
+    let mut fault = None;
     let mut phases = Vec::new();
     for target in targets {
+        if let (Some(after), Some(node), None) = (args.kill_redis_master_after, &args.redis_node, &fault) {
+            fault = Some(tokio::spawn(kill_redis_master(node.clone(), args.warmup + after)));
+        }
         let cpu = if target == Target::BareCheck { bare_cpu.as_ref() } else { cpu.as_ref() };
         let progress = progress_bar(target, args.duration);
         let outcome = drive::run(
@@ -271,6 +296,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let vast_to_decide_and_record_ratio = over(Target::Vast, Target::DecideAndRecord);
     let vast_tag_to_decide_ratio = over(Target::VastTag, Target::Decide);
     let budgets = budget_report(&world, &channels[0], &admin).await?;
+    let fault = match fault {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
+    let quality = phases.iter().filter_map(|p| p.quality.as_ref());
+    let (acknowledged, unacknowledged) =
+        quality.fold((0, 0), |(a, u), q| (a + q.impressions_acknowledged, u + q.impressions_unacknowledged));
+    let counted = server_impressions(&world, &channels[0], &admin).await? - impressions_before;
+    let exactly_once = report::ExactlyOnce {
+        acknowledged,
+        counted_by_server: counted,
+        unacknowledged,
+        // Counted beyond what was acknowledged: a double count, unless some of the
+        // unacknowledged ones were counted before their refusal.
+        counted_beyond_acknowledged: counted.saturating_sub(acknowledged),
+        acknowledged_not_counted: acknowledged.saturating_sub(counted),
+    };
     let report = Report {
         seed: args.seed,
         campaigns: args.campaigns,
@@ -293,6 +335,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         server_metrics: cpu.as_ref().map(server_cpu::ServerCpu::url),
         closed_loop: matches!(mode, Mode::Closed { .. }),
         budgets: Some(budgets),
+        replicas: args.targets.len().max(1),
+        exactly_once: Some(exactly_once),
+        fault,
     };
     print!("{}", report.table());
     if let Some(path) = &args.json {
@@ -307,6 +352,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(failed == 0, "{failed} requests failed");
         anyhow::ensure!(violations == 0, "{violations} frequency-cap violations");
         anyhow::ensure!(served > 0, "no request succeeded");
+        if let Some(e) = &report.exactly_once {
+            anyhow::ensure!(e.acknowledged_not_counted == 0, "{} acknowledged impressions lost", e.acknowledged_not_counted);
+        }
     }
     Ok(())
 }
@@ -464,6 +512,57 @@ async fn budget_report(world: &World, channel: &Channel, admin: &Bearer) -> anyh
         }
     }
     Ok(report)
+}
+
+/// Impressions the server counted over every campaign of the world.
+async fn server_impressions(world: &World, channel: &Channel, admin: &Bearer) -> anyhow::Result<u64> {
+    let mut client =
+        pb::campaign_service_client::CampaignServiceClient::with_interceptor(channel.clone(), admin.clone());
+    let mut total = 0;
+    for id in world.facts.keys() {
+        let request = pb::GetDeliveryStatsRequest { campaign_id: id.clone() };
+        match client.get_delivery_stats(request).await {
+            Ok(stats) => total += stats.into_inner().impressions,
+            // Not seeded (yet): nothing counted.
+            Err(status) if status.code() == tonic::Code::NotFound => {}
+            Err(status) => return Err(status.into()),
+        }
+    }
+    Ok(total)
+}
+
+/// After `after_secs`, kill -9 of one master of the Redis Cluster `node` belongs to (found with
+/// `redis-cli`, killed by the pid it reports: loopback test clusters only). Returns what it did.
+async fn kill_redis_master(node: String, after_secs: f64) -> anyhow::Result<String> {
+    tokio::time::sleep(Duration::from_secs_f64(after_secs)).await;
+    tokio::task::spawn_blocking(move || {
+        let cli = |addr: &str, args: &[&str]| -> anyhow::Result<String> {
+            let (host, port) = addr.rsplit_once(':').context("--redis-node is host:port")?;
+            let out = std::process::Command::new("redis-cli")
+                .args(["-h", host, "-p", port])
+                .args(args)
+                .output()
+                .context("running redis-cli")?;
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let nodes = cli(&node, &["cluster", "nodes"])?;
+        let master = nodes
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"))
+            .and_then(|f| f[1].split('@').next().map(str::to_owned))
+            .context("no live master in CLUSTER NODES")?;
+        let info = cli(&master, &["info", "server"])?;
+        let pid = info
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("process_id:"))
+            .context("no process_id in INFO server")?
+            .to_owned();
+        let killed = std::process::Command::new("kill").args(["-9", &pid]).status()?;
+        anyhow::ensure!(killed.success(), "kill -9 {pid} failed");
+        Ok(format!("kill -9 of Redis master {master} (pid {pid}) {after_secs} s into the run"))
+    })
+    .await?
 }
 
 /// A DecideRequest in gRPC framing (1-byte flag, 4-byte length, message) for `h2load -d`.

@@ -73,6 +73,10 @@ pub(crate) struct QualityReport {
     /// Must be 0 (closed loop only: one worker owns each listener).
     pub(crate) cap_violations: u64,
     pub(crate) impressions_recorded: u64,
+    /// Impressions acknowledged as counted, warm-up included.
+    pub(crate) impressions_acknowledged: u64,
+    /// Impressions whose RecordEvents was given up after its retries.
+    pub(crate) impressions_unacknowledged: u64,
 }
 
 /// `drive::ClassQuality` as shares.
@@ -150,6 +154,14 @@ pub(crate) struct Report {
     pub(crate) closed_loop: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) budgets: Option<BudgetReport>,
+    /// Replicas the load was spread over (`--targets`).
+    pub(crate) replicas: usize,
+    /// Impressions acknowledged by the server against what its counters grew by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) exactly_once: Option<ExactlyOnce>,
+    /// The fault injected during the run, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) fault: Option<String>,
 }
 
 impl PhaseReport {
@@ -217,6 +229,8 @@ impl PhaseReport {
                     empty_break_share: share(q.empty_breaks, q.decisions),
                     cap_violations: if closed_loop { q.cap_violations } else { 0 },
                     impressions_recorded: q.impressions_recorded,
+                    impressions_acknowledged: q.impressions_acknowledged,
+                    impressions_unacknowledged: q.impressions_unacknowledged,
                 }
             }),
         }
@@ -355,6 +369,31 @@ impl Report {
                 b.total_overspend_micros
             ));
         }
+        if let Some(e) = &self.exactly_once {
+            out.push_str(&format!(
+                "impressions over {} replica(s): {} acknowledged, {} counted by the server, {} acknowledged but not counted, {} counted beyond the acknowledged, {} never acknowledged\n",
+                self.replicas,
+                e.acknowledged,
+                e.counted_by_server,
+                e.acknowledged_not_counted,
+                e.counted_beyond_acknowledged,
+                e.unacknowledged
+            ));
+        }
+        if let Some(fault) = &self.fault {
+            out.push_str(&format!("fault: {fault}\n"));
+        }
         out
     }
+}
+
+/// Every acknowledged impression counted exactly once, cluster-wide.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(crate) struct ExactlyOnce {
+    pub(crate) acknowledged: u64,
+    pub(crate) counted_by_server: u64,
+    /// RecordEvents calls given up after their retries.
+    pub(crate) unacknowledged: u64,
+    pub(crate) counted_beyond_acknowledged: u64,
+    pub(crate) acknowledged_not_counted: u64,
 }
