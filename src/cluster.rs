@@ -17,6 +17,8 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
 /// hard limits are held in the shared store itself), the others' every `ALL_COUNTERS_EVERY`.
 const PACED_COUNTERS_EVERY: u64 = 4;
 const ALL_COUNTERS_EVERY: u64 = 40;
+/// Counter reads in flight at once (pipelined on the multiplexed connections).
+const COUNTER_READS_IN_FLIGHT: usize = 64;
 
 /// The health service name that reports whether this replica reaches the shared store.
 pub const HEALTH_SERVICE: &str = "interlude.SharedState";
@@ -147,17 +149,26 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
     let from = state.artists.len();
     let artists = store.terms_from(shared::ARTISTS, from).await?;
     state.artists.catch_up(from, artists);
-    if seen.polls % PACED_COUNTERS_EVERY == 0 {
-        let all = seen.polls % ALL_COUNTERS_EVERY == 0;
+    if seen.polls.is_multiple_of(PACED_COUNTERS_EVERY) {
+        use futures_util::StreamExt as _;
+        let all = seen.polls.is_multiple_of(ALL_COUNTERS_EVERY);
         let now = crate::grpc::now();
         let snapshot = state.catalog.snapshot();
-        for campaign in snapshot.campaigns() {
-            let b = &campaign.budget;
-            let watched = b.is_limited() || b.pacing != crate::domain::PacingMode::Asap;
-            if all || watched {
-                let (counters, _held) = store.counters(campaign, now).await?;
-                state.delivery.set_counters(campaign.id.clone(), counters);
-            }
+        let watched: Vec<std::sync::Arc<Campaign>> = snapshot
+            .campaigns()
+            .iter()
+            .filter(|c| all || c.budget.is_limited() || c.budget.pacing != crate::domain::PacingMode::Asap)
+            .cloned()
+            .collect();
+        let mut reads = futures_util::stream::iter(watched)
+            .map(|c| {
+                let store = store.clone();
+                async move { store.counters(&c, now).await.map(|(counters, _held)| (c, counters)) }
+            })
+            .buffer_unordered(COUNTER_READS_IN_FLIGHT);
+        while let Some(read) = reads.next().await {
+            let (campaign, counters) = read?;
+            state.delivery.set_counters(campaign.id.clone(), counters);
         }
     }
     Ok(())

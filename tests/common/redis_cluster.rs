@@ -3,7 +3,9 @@
 //! their files removed when dropped.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 /// How long a failed master's replica waits before taking over: short, so a failover test
 /// takes seconds.
@@ -79,10 +81,12 @@ impl RedisCluster {
                 .spawn()
                 .unwrap();
             let mut node = Node { port, child: Some(child) };
-            // Another process may have taken the port meanwhile: then try another.
+            // Another process (another test's cluster) may have taken the port meanwhile: then
+            // the node answering is not ours, ours exits, and another port is tried.
+            let pid = format!("process_id:{}", node.child.as_ref().unwrap().id());
             let up = Instant::now();
             loop {
-                if cli(port, &["ping"]).trim() == "PONG" {
+                if cli(port, &["info", "server"]).lines().any(|l| l.trim() == pid) {
                     nodes.push(node);
                     break;
                 }
@@ -126,6 +130,13 @@ impl RedisCluster {
     /// The seed nodes, as the `redis_nodes` setting takes them.
     pub fn nodes_setting(&self) -> String {
         self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Runs `args` on every live node (e.g. SCRIPT FLUSH).
+    pub fn on_every_node(&self, args: &[&str]) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            assert_eq!(cli(node.port, args).trim(), "OK", "{args:?} on {}", node.port);
+        }
     }
 
     /// Ports of the nodes that are masters now (as the live nodes see it).

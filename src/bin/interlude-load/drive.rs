@@ -455,7 +455,10 @@ impl Worker {
                 .replicas
                 .iter()
                 .map(|c| {
-                    AdDecisionServiceClient::with_interceptor(c[index % c.len()].clone(), shared.decision_token.clone())
+                    AdDecisionServiceClient::with_interceptor(
+                        c[index % c.len()].clone(),
+                        shared.decision_token.clone(),
+                    )
                 })
                 .collect(),
             health: tonic_health::pb::health_client::HealthClient::new(channel),
@@ -773,7 +776,8 @@ impl Worker {
                 Ok(reply) => break Ok(reply.into_inner()),
                 Err(status) if status.code() == tonic::Code::Unavailable && attempt < RECORD_ATTEMPTS => {
                     if measured {
-                        *self.result.errors.entry("RecordEvents Unavailable, retried".into()).or_default() += 1;
+                        *self.result.errors.entry("RecordEvents Unavailable, retried".into()).or_default() +=
+                            1;
                     }
                     tokio::time::sleep(RECORD_RETRY_PAUSE).await;
                 }

@@ -353,7 +353,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         anyhow::ensure!(violations == 0, "{violations} frequency-cap violations");
         anyhow::ensure!(served > 0, "no request succeeded");
         if let Some(e) = &report.exactly_once {
-            anyhow::ensure!(e.acknowledged_not_counted == 0, "{} acknowledged impressions lost", e.acknowledged_not_counted);
+            anyhow::ensure!(
+                e.acknowledged_not_counted == 0,
+                "{} acknowledged impressions lost",
+                e.acknowledged_not_counted
+            );
         }
     }
     Ok(())

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Cluster mode on one machine, for measurements: a 6-node Redis Cluster (3 masters, 3
+# replicas) and N Interlude replicas on loopback (free ports), then `interlude-load` with the
+# arguments given, spread over the replicas; everything is torn down at exit. Bounded: the
+# harness's phases end by themselves.
+#
+#   scripts/cluster.sh 3 --campaigns 1000 --listeners 10000 --duration 10
+#   scripts/cluster.sh 3 --campaigns 1000 --listeners 10000 --duration 20 --kill-redis-master-after 8
+#   scripts/cluster.sh 0 ...   # the same load on one single-node server (memory only)
+#
+# REPLICA_CPUS / LOAD_CPUS (taskset lists) pin the replicas and the harness; Redis is not pinned.
+# Needs redis-server and redis-cli (Debian redis-server) and a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPLICAS=${1:?usage: scripts/cluster.sh REPLICAS [interlude-load args...]}
+shift
+TOKEN=cluster-bench-admin-token-0123456789
+DIR=$(mktemp -d /tmp/interlude-cluster.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket
+while True:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p < 55535:
+        t = socket.socket()
+        try:
+            t.bind(("127.0.0.1", p + 10000)); print(p); break
+        except OSError:
+            pass'
+}
+
+pin() { # pin CPUS command...
+  local cpus=$1; shift
+  if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
+
+# Starts one interlude with the given extra args; prints its gRPC address.
+start_interlude() {
+  local log="$DIR/interlude-$RANDOM.log"
+  pin "${REPLICA_CPUS:-}" target/release/interlude --listen 127.0.0.1:0 --http-listen off \
+    --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" "$@" 2>"$log" &
+  PIDS+=($!)
+  for _ in $(seq 200); do
+    if grep -q '"serving"\|serving' "$log" 2>/dev/null && grep -q grpc_addr "$log"; then
+      grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
+      return
+    fi
+    sleep 0.05
+  done
+  echo "interlude did not start: $(cat "$log")" >&2
+  exit 1
+}
+
+TARGETS=()
+if [ "$REPLICAS" -eq 0 ]; then
+  TARGETS+=("http://$(start_interlude --data-dir off)")
+  REDIS_ARGS=()
+else
+  NODES=()
+  for _ in 1 2 3 4 5 6; do
+    port=$(free_port)
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 1000 \
+      --cluster-replica-validity-factor 0 --save "" --appendonly no --dir "$DIR" \
+      --logfile "redis-$port.log" &
+    PIDS+=($!)
+    NODES+=("127.0.0.1:$port")
+  done
+  for node in "${NODES[@]}"; do
+    until [ "$(redis-cli -p "${node##*:}" ping 2>/dev/null)" = PONG ]; do sleep 0.05; done
+  done
+  redis-cli --cluster create "${NODES[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
+  for node in "${NODES[@]}"; do
+    until redis-cli -p "${node##*:}" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
+  done
+  SEEDS=$(IFS=,; echo "${NODES[*]}")
+  for _ in $(seq "$REPLICAS"); do
+    TARGETS+=("http://$(start_interlude --redis-nodes "$SEEDS")")
+  done
+  REDIS_ARGS=(--redis-node "${NODES[0]}")
+fi
+LIST=$(IFS=,; echo "${TARGETS[*]}")
+echo "replicas: $LIST" >&2
+pin "${LOAD_CPUS:-}" target/release/interlude-load --targets "$LIST" --admin-token "$TOKEN" \
+  --server-metrics off "${REDIS_ARGS[@]}" "$@"
