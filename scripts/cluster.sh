@@ -16,12 +16,15 @@ REPLICAS=${1:?usage: scripts/cluster.sh REPLICAS [interlude-load args...]}
 shift
 TOKEN=cluster-bench-admin-token-0123456789
 DIR=$(mktemp -d /tmp/interlude-cluster.XXXXXX)
-PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  # Every process started here wrote its pid to $DIR/pids (replicas start in subshells).
+  while read -r pid; do kill -9 "$pid" 2>/dev/null || true; done <"$DIR/pids"
   wait 2>/dev/null || true
+  # The replicas' logs stay for a look afterwards.
+  mkdir -p target/cluster-logs && cp "$DIR"/interlude-*.log target/cluster-logs/ 2>/dev/null || true
   rm -rf "$DIR"
 }
+: >"$DIR/pids"
 trap cleanup EXIT
 
 free_port() {
@@ -45,10 +48,10 @@ pin() { # pin CPUS command...
 start_interlude() {
   local log="$DIR/interlude-$RANDOM.log"
   pin "${REPLICA_CPUS:-}" target/release/interlude --listen 127.0.0.1:0 --http-listen off \
-    --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" "$@" 2>"$log" &
-  PIDS+=($!)
+    --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" "$@" >/dev/null 2>"$log" &
+  echo $! >>"$DIR/pids"
   for _ in $(seq 200); do
-    if grep -q '"serving"\|serving' "$log" 2>/dev/null && grep -q grpc_addr "$log"; then
+    if grep -q grpc_addr "$log" 2>/dev/null; then
       grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
       return
     fi
@@ -69,8 +72,8 @@ else
     redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 1000 \
       --cluster-replica-validity-factor 0 --save "" --appendonly no --dir "$DIR" \
-      --logfile "redis-$port.log" &
-    PIDS+=($!)
+      --logfile "redis-$port.log" >/dev/null &
+    echo $! >>"$DIR/pids"
     NODES+=("127.0.0.1:$port")
   done
   for node in "${NODES[@]}"; do
@@ -79,6 +82,12 @@ else
   redis-cli --cluster create "${NODES[@]}" --cluster-replicas 1 --cluster-yes >/dev/null
   for node in "${NODES[@]}"; do
     until redis-cli -p "${node##*:}" cluster info | grep -q cluster_state:ok; do sleep 0.05; done
+  done
+  # Every master's replica in sync: until then no write can be acknowledged (WAIT 1).
+  for node in "${NODES[@]}"; do
+    port=${node##*:}
+    until redis-cli -p "$port" role | head -1 | grep -q slave \
+      || redis-cli -p "$port" info replication | grep -q 'slave0:.*state=online'; do sleep 0.05; done
   done
   SEEDS=$(IFS=,; echo "${NODES[*]}")
   for _ in $(seq "$REPLICAS"); do

@@ -87,7 +87,7 @@ impl Shared {
             .arg(event.price_micros)
             .arg(event.ad.to_string())
             .arg(error_field);
-        let outcome: String = self.invoke(invocation).await?;
+        let outcome: String = self.write_invoke(invocation).await?;
         self.replicated(&counters_key(id)).await?;
         match outcome.as_str() {
             "accepted" => Ok(EventOutcome::Accepted),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::domain::Campaign;
 
-use super::{Shared, SharedError, scripts};
+use super::{Shared, SharedError, blocking, scripts};
 
 /// A directory: one hash of documents and its version, in one slot.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +40,7 @@ impl Shared {
     ) -> Result<(), SharedError> {
         let mut invocation = scripts::PUT_ENTRY.prepare_invoke();
         invocation.key(directory.entries).key(directory.version).arg(field).arg(document.unwrap_or(""));
-        let _version: u64 = self.invoke(invocation).await?;
+        let _version: u64 = self.write_invoke(invocation).await?;
         self.replicated(directory.entries).await
     }
 
@@ -49,7 +49,7 @@ impl Shared {
     pub async fn drop_aliases_of(&self, id: &str) -> Result<(), SharedError> {
         let mut invocation = scripts::DROP_ALIASES_OF.prepare_invoke();
         invocation.key(ALIASES.entries).key(ALIASES.version).arg(id);
-        let _dropped: u64 = self.invoke(invocation).await?;
+        let _dropped: u64 = self.write_invoke(invocation).await?;
         self.replicated(ALIASES.entries).await
     }
 
@@ -91,7 +91,7 @@ impl Shared {
     ) -> Result<Option<u32>, SharedError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
         let id: i64 =
-            scripts::INTERN.key(terms.ids).key(terms.names).arg(name).arg(limit).invoke(&mut *conn)?;
+            scripts::INTERN.key(terms.ids).key(terms.names).arg(name).arg(limit).invoke(&mut *conn).map_err(|e| blocking("INTERN", e))?;
         Ok(u32::try_from(id).ok())
     }
 
@@ -99,7 +99,7 @@ impl Shared {
     pub fn terms_blocking(&self, terms: Terms, from: usize, to: usize) -> Result<Vec<String>, SharedError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
         let names: Vec<String> =
-            redis::cmd("LRANGE").arg(terms.names).arg(from).arg(to as i64 - 1).query(&mut *conn)?;
+            redis::cmd("LRANGE").arg(terms.names).arg(from).arg(to as i64 - 1).query(&mut *conn).map_err(|e| blocking("LRANGE", e))?;
         Ok(names)
     }
 }

@@ -124,7 +124,7 @@ impl Shared {
                 .arg(state.version)
                 .arg(serde_json::to_string(&state.histories)?)
                 .arg(HISTORY_TTL_MS);
-            let swapped: u64 = self.invoke(invocation).await?;
+            let swapped: u64 = self.write_invoke(invocation).await?;
             if swapped != 0 {
                 self.replicated(&histories_key(id)).await?;
                 return Ok(state.histories);
@@ -136,7 +136,7 @@ impl Shared {
     /// Stores `profile` (Redis is its truth; replicas read it on every decision).
     pub async fn put_profile(&self, profile: &ListenerProfile) -> Result<(), SharedError> {
         let key = profile_key(profile.id.as_str());
-        let () = self.query(redis::cmd("SET").arg(&key).arg(serde_json::to_string(profile)?)).await?;
+        let () = self.write(redis::cmd("SET").arg(&key).arg(serde_json::to_string(profile)?)).await?;
         self.replicated(&key).await
     }
 
@@ -144,7 +144,7 @@ impl Shared {
     /// naming it. With `erased_at` (an erasure, not a merge), its histories keep only that
     /// mark, so that events of ads decided before it keep nothing of the listener.
     pub async fn forget_listener(&self, id: &str, erased_at: Option<UnixMillis>) -> Result<(), SharedError> {
-        let _: u64 = self.query(redis::cmd("DEL").arg(profile_key(id))).await?;
+        let _: u64 = self.write(redis::cmd("DEL").arg(profile_key(id))).await?;
         match erased_at {
             Some(at) => {
                 self.update_histories(id, |h| {
@@ -155,7 +155,7 @@ impl Shared {
             }
             None => {
                 let _: u64 =
-                    self.query(redis::cmd("DEL").arg(histories_key(id)).arg(version_key(id))).await?;
+                    self.write(redis::cmd("DEL").arg(histories_key(id)).arg(version_key(id))).await?;
             }
         }
         self.drop_aliases_of(id).await?;
@@ -165,7 +165,8 @@ impl Shared {
     /// The stored profile of `id`, for the blocking callers (a cache miss off the runtime).
     pub fn load_profile_blocking(&self, id: &str) -> Result<Option<ListenerProfile>, SharedError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
-        let doc: Option<String> = redis::cmd("GET").arg(profile_key(id)).query(&mut *conn)?;
+        let doc: Option<String> =
+            redis::cmd("GET").arg(profile_key(id)).query(&mut *conn).map_err(|e| super::blocking("GET", e))?;
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
     }
 }
@@ -180,7 +181,7 @@ impl crate::store::histories::HistorySource for Shared {
     fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, crate::store::StoreError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
         let doc: Option<String> =
-            redis::cmd("GET").arg(histories_key(id)).query(&mut *conn).map_err(SharedError::from)?;
+            redis::cmd("GET").arg(histories_key(id)).query(&mut *conn).map_err(|e| super::blocking("GET", e))?;
         let histories: SharedHistories =
             doc.map(|d| serde_json::from_str(&d)).transpose().map_err(SharedError::from)?.unwrap_or_default();
         Ok(histories.members)

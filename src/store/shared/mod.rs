@@ -55,10 +55,20 @@ impl From<SharedError> for super::StoreError {
     }
 }
 
+/// The error of a call on the blocking connection, naming the command.
+fn blocking(what: &str, e: redis::RedisError) -> SharedError {
+    SharedError::Unavailable(format!("{what} (blocking): {e}"))
+}
+
 /// A handle on the cluster. Cheap to clone: clones share one multiplexed connection per node.
 #[derive(Clone)]
 pub struct Shared {
+    /// Reads, and the writes no replica must acknowledge (budget holds).
     conn: ClusterConnection,
+    /// The writes `WAIT` makes durable, and their `WAIT`s: a `WAIT` holds up every command
+    /// after it on its connection until the replica answers, so the decisions' reads must not
+    /// queue behind it.
+    writes: ClusterConnection,
     /// A blocking connection, for the few callers that cannot await (interning a new genre
     /// inside a request's conversion): held for one short call at a time.
     blocking: std::sync::Arc<std::sync::Mutex<redis::cluster::ClusterConnection>>,
@@ -95,14 +105,20 @@ impl Shared {
         .retries(2)
         .build()?;
         let startup = settings.timeout * 8;
-        let conn = tokio::time::timeout(startup, client.get_async_connection())
-            .await
-            .map_err(|_| SharedError::Unavailable(format!("no cluster answered within {startup:?}")))??;
+        let connect = || async {
+            tokio::time::timeout(startup, client.get_async_connection())
+                .await
+                .map_err(|_| SharedError::Unavailable(format!("no cluster answered within {startup:?}")))?
+                .map_err(SharedError::from)
+        };
+        let conn = connect().await?;
+        let writes = connect().await?;
         let blocking = tokio::task::spawn_blocking(move || client.get_connection())
             .await
             .map_err(|e| SharedError::Unavailable(e.to_string()))??;
         let shared = Self {
             conn,
+            writes,
             blocking: std::sync::Arc::new(std::sync::Mutex::new(blocking)),
             timeout: settings.timeout,
             replicas: Default::default(),
@@ -116,8 +132,24 @@ impl Shared {
 
     /// Runs `cmd` within the timeout.
     async fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, SharedError> {
-        let mut conn = self.conn.clone();
-        self.within(async move { cmd.query_async(&mut conn).await }).await
+        self.query_on(self.conn.clone(), cmd).await
+    }
+
+    /// Runs `cmd`, a write to be made durable by `replicated`, within the timeout.
+    async fn write<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> Result<T, SharedError> {
+        self.query_on(self.writes.clone(), cmd).await
+    }
+
+    async fn query_on<T: redis::FromRedisValue>(
+        &self,
+        mut conn: ClusterConnection,
+        cmd: &mut redis::Cmd,
+    ) -> Result<T, SharedError> {
+        let name = match cmd.args_iter().next() {
+            Some(redis::Arg::Simple(name)) => String::from_utf8_lossy(name).into_owned(),
+            _ => String::from("a command"),
+        };
+        self.within(&name, async move { cmd.query_async(&mut conn).await }).await
     }
 
     /// Runs `script` within the timeout (EVALSHA, loading it again after a failover's NOSCRIPT).
@@ -126,18 +158,28 @@ impl Shared {
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, SharedError> {
         let mut conn = self.conn.clone();
-        self.within(async move { invocation.invoke_async(&mut conn).await }).await
+        self.within("a script", async move { invocation.invoke_async(&mut conn).await }).await
+    }
+
+    /// Runs `script`, a write to be made durable by `replicated`, within the timeout.
+    async fn write_invoke<T: redis::FromRedisValue>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, SharedError> {
+        let mut conn = self.writes.clone();
+        self.within("a script", async move { invocation.invoke_async(&mut conn).await }).await
     }
 
     async fn within<T>(
         &self,
+        what: &str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, SharedError> {
         // The client's own response timeout covers one attempt; this bounds its retries too.
         let bound = self.timeout * 4;
         match tokio::time::timeout(bound, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(SharedError::Unavailable(format!("no answer within {bound:?}"))),
+            Ok(result) => result.map_err(|e| SharedError::Unavailable(format!("{what}: {e}"))),
+            Err(_) => Err(SharedError::Unavailable(format!("{what}: no answer within {bound:?}"))),
         }
     }
 
@@ -160,10 +202,12 @@ impl Shared {
             crate::telemetry::record_unreplicated_write();
             return Ok(());
         }
+        // The server gives up before the client does, so that a slow replica is told apart
+        // from a lost connection.
         let mut wait = redis::cmd("WAIT");
-        wait.arg(REPLICAS_TO_ACK).arg(self.timeout.as_millis() as u64);
-        let mut conn = self.conn.clone();
-        let value = self.within(async move { conn.route_command(wait, route()).await }).await?;
+        wait.arg(REPLICAS_TO_ACK).arg((self.timeout / 2).as_millis() as u64);
+        let mut conn = self.writes.clone();
+        let value = self.within("WAIT", async move { conn.route_command(wait, route()).await }).await?;
         let acked: usize =
             redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("WAIT answered {e}")))?;
         if acked < REPLICAS_TO_ACK {
@@ -188,7 +232,7 @@ impl Shared {
         let mut info = redis::cmd("INFO");
         info.arg("replication");
         let mut conn = self.conn.clone();
-        let value = self.within(async move { conn.route_command(info, route).await }).await?;
+        let value = self.within("INFO", async move { conn.route_command(info, route).await }).await?;
         let text: String =
             redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("INFO answered {e}")))?;
         let n = text
