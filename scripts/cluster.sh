@@ -25,6 +25,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 : >"$DIR/pids"
+: >"$DIR/metrics"
 trap cleanup EXIT
 
 free_port() {
@@ -44,14 +45,21 @@ pin() { # pin CPUS command...
   if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
 }
 
+# Like pin, replacing the calling (background) subshell, so that its $! is the process itself.
+spawn_pinned() {
+  local cpus=$1; shift
+  if [ -n "$cpus" ]; then exec taskset -c "$cpus" "$@"; else exec "$@"; fi
+}
+
 # Starts one interlude with the given extra args; prints its gRPC address.
 start_interlude() {
   local log="$DIR/interlude-$RANDOM.log"
-  pin "${REPLICA_CPUS:-}" target/release/interlude --listen 127.0.0.1:0 --http-listen off \
+  spawn_pinned "${REPLICA_CPUS:-}" target/release/interlude --listen 127.0.0.1:0 --http-listen off \
     --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" "$@" >/dev/null 2>"$log" &
   echo $! >>"$DIR/pids"
   for _ in $(seq 200); do
     if grep -q grpc_addr "$log" 2>/dev/null; then
+      grep -o 'metrics_addr="[0-9.:]*' "$log" | head -1 | cut -d'"' -f2 >>"$DIR/metrics"
       grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
       return
     fi
@@ -97,5 +105,8 @@ else
 fi
 LIST=$(IFS=,; echo "${TARGETS[*]}")
 echo "replicas: $LIST" >&2
+# With one server, the report gives its CPU per request (read from its /metrics).
+METRICS=off
+if [ "${#TARGETS[@]}" -eq 1 ]; then METRICS="http://$(head -1 "$DIR/metrics")/metrics"; fi
 pin "${LOAD_CPUS:-}" target/release/interlude-load --targets "$LIST" --admin-token "$TOKEN" \
-  --server-metrics off "${REDIS_ARGS[@]}" "$@"
+  --server-metrics "$METRICS" "${REDIS_ARGS[@]}" "$@"

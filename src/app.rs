@@ -75,10 +75,12 @@ pub async fn serve(
 
     let upkeep = tokio::spawn(upkeep(state.clone()));
     // Cluster mode: what other replicas change reaches this one by polling.
-    let follow = state
-        .shared
-        .clone()
-        .map(|store| tokio::spawn(crate::cluster::follow(state.clone(), store, reporter.clone())));
+    let follow = state.shared.clone().map(|store| {
+        (
+            tokio::spawn(crate::cluster::follow(state.clone(), store.clone(), reporter.clone())),
+            tokio::spawn(store.follow_changes()),
+        )
+    });
     // One decision service for every edge: a break decided over VAST obeys the same rules
     // and its events are counted by the same code as over gRPC.
     let decisions = crate::service::Decisions::new(state.clone());
@@ -200,8 +202,9 @@ pub async fn serve(
         task.abort();
     }
     upkeep.abort();
-    if let Some(task) = follow {
-        task.abort();
+    if let Some((directories, changes)) = follow {
+        directories.abort();
+        changes.abort();
     }
     if let Some(durable) = &state.durable {
         durable.release();

@@ -181,12 +181,14 @@ impl AppState {
     /// with the shared store's. Holds this replica placed stay, unless the store says their
     /// impression was heard or given back meanwhile.
     pub async fn refresh_listener(&self, store: &Shared, id: &ListenerId) -> Result<(), SharedError> {
+        let start = store.freshness().read_start();
         let fresh = store.load_listener(id.as_str()).await?;
         self.listeners.install(id.as_str(), fresh.profile);
         let histories = &fresh.histories;
         self.delivery.install(id, histories.account(), |ad| {
             histories.applied(ad, shared::IMPRESSION) || histories.applied(ad, shared::NOT_USED)
         });
+        store.freshness().read_done(id, start);
         Ok(())
     }
 
@@ -211,6 +213,9 @@ impl AppState {
             if !alias.is_empty() {
                 // The shared store is the truth; without it, decide on this replica's copy.
                 let id = self.listeners.canonical(alias);
+                if store.freshness().is_trusted(&id) {
+                    return Ok(());
+                }
                 if let Err(error) = self.refresh_listener(store, &id).await {
                     crate::telemetry::record_shared_fallback();
                     tracing::warn!(%error, listener_id = %id, "deciding on this replica's copy of the listener");

@@ -126,6 +126,7 @@ impl Shared {
                 .arg(HISTORY_TTL_MS);
             let swapped: u64 = self.write_invoke(invocation).await?;
             if swapped != 0 {
+                self.publish_change(id).await?;
                 self.replicated(&histories_key(id)).await?;
                 return Ok(state.histories);
             }
@@ -137,6 +138,7 @@ impl Shared {
     pub async fn put_profile(&self, profile: &ListenerProfile) -> Result<(), SharedError> {
         let key = profile_key(profile.id.as_str());
         let () = self.write(redis::cmd("SET").arg(&key).arg(serde_json::to_string(profile)?)).await?;
+        self.publish_change(profile.id.as_str()).await?;
         self.replicated(&key).await
     }
 
@@ -159,6 +161,7 @@ impl Shared {
             }
         }
         self.drop_aliases_of(id).await?;
+        self.publish_change(id).await?;
         self.replicated(&profile_key(id)).await
     }
 

@@ -8,6 +8,7 @@
 
 mod budget;
 mod directory;
+mod freshness;
 mod listener;
 mod scripts;
 
@@ -19,6 +20,7 @@ use tokio::time::Instant;
 
 pub use budget::{EventCount, event_field};
 pub use directory::{ALIASES, ARTISTS, CAMPAIGNS, Directory, GENRES, Terms};
+pub use freshness::{Freshness, ReadStart, TRUSTED_FOR};
 pub use listener::{ListenerState, SharedHistories};
 
 use crate::config::RedisSettings;
@@ -73,6 +75,9 @@ pub struct Shared {
     /// inside a request's conversion): held for one short call at a time.
     blocking: std::sync::Arc<std::sync::Mutex<redis::cluster::ClusterConnection>>,
     timeout: Duration,
+    /// The seed nodes (the change subscription connects to one).
+    seeds: std::sync::Arc<[String]>,
+    freshness: Freshness,
     /// Replicas each slot's master had when last asked (`replicas_of`).
     replicas: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Slot, (usize, Instant)>>>,
 }
@@ -121,6 +126,8 @@ impl Shared {
             writes,
             blocking: std::sync::Arc::new(std::sync::Mutex::new(blocking)),
             timeout: settings.timeout,
+            seeds: settings.nodes.clone().into(),
+            freshness: Freshness::default(),
             replicas: Default::default(),
         };
         let pong: String = shared.query(&mut redis::cmd("PING").clone()).await?;

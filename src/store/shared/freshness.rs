@@ -1,0 +1,160 @@
+//! Which listeners this replica's copy is known to be current for: a decision about one of
+//! them needs no read of the shared store. Every write to a listener's state publishes its id;
+//! each replica subscribes and forgets what it hears. Nothing is trusted while the subscription
+//! is down, and a copy is trusted for `TRUSTED_FOR` at most in any case.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::domain::ListenerId;
+use crate::store::FastHash;
+
+use super::{Shared, SharedError};
+
+/// The channel every write to a listener's profile or histories publishes the listener's id on.
+pub(super) const CHANNEL: &str = "interlude:listener-changed";
+/// Longest a copy is trusted without a read, whatever was (or was not) heard.
+pub const TRUSTED_FOR: Duration = Duration::from_secs(30);
+/// Listeners whose copies are trusted at once, at most.
+const CAPACITY: u64 = 1 << 20;
+
+/// The trusted copies. Cheap to clone.
+#[derive(Clone)]
+pub struct Freshness {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    trusted: moka::sync::Cache<ListenerId, (), FastHash>,
+    /// When each listener was last heard changed (a count of messages), kept long enough to
+    /// outlast any read in flight.
+    changed: moka::sync::Cache<ListenerId, u64, FastHash>,
+    heard: AtomicU64,
+    subscribed: AtomicBool,
+}
+
+impl std::fmt::Debug for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Freshness")
+            .field("trusted", &self.inner.trusted.entry_count())
+            .field("subscribed", &self.inner.subscribed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                trusted: moka::sync::Cache::builder()
+                    .max_capacity(CAPACITY)
+                    .time_to_live(TRUSTED_FOR)
+                    .build_with_hasher(FastHash::default()),
+                changed: moka::sync::Cache::builder()
+                    .max_capacity(CAPACITY)
+                    .time_to_live(TRUSTED_FOR * 2)
+                    .build_with_hasher(FastHash::default()),
+                heard: AtomicU64::new(0),
+                subscribed: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+/// Marks a read in flight: what was heard before it began.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadStart(u64);
+
+impl Freshness {
+    /// Whether this replica's copy of `id` is current (no change heard since it was read).
+    pub fn is_trusted(&self, id: &ListenerId) -> bool {
+        self.inner.subscribed.load(Ordering::Acquire) && self.inner.trusted.contains_key(id)
+    }
+
+    /// Call before reading a listener from the shared store.
+    pub fn read_start(&self) -> ReadStart {
+        ReadStart(self.inner.heard.load(Ordering::Acquire))
+    }
+
+    /// Trusts the copy of `id` read since `start`, unless a change of it was heard meanwhile.
+    pub fn read_done(&self, id: &ListenerId, start: ReadStart) {
+        if !self.inner.subscribed.load(Ordering::Acquire) {
+            return;
+        }
+        // Trusted first, then checked: a change heard in between is seen by one or the other.
+        self.inner.trusted.insert(id.clone(), ());
+        if self.inner.changed.get(id).is_some_and(|at| at >= start.0) {
+            self.inner.trusted.invalidate(id);
+        }
+    }
+
+    /// Forgets the copy of `id` (a change was heard).
+    fn changed(&self, id: ListenerId) {
+        let at = self.inner.heard.fetch_add(1, Ordering::AcqRel);
+        self.inner.changed.insert(id.clone(), at);
+        self.inner.trusted.invalidate(&id);
+    }
+
+    /// Trusts nothing until subscribed again (messages may be lost meanwhile).
+    fn unsubscribed(&self) {
+        self.inner.subscribed.store(false, Ordering::Release);
+        self.inner.trusted.invalidate_all();
+    }
+}
+
+impl Shared {
+    /// Publishes that listener `id` changed, on the connection of the write it follows (so it
+    /// is sent after that write, and before the write is acknowledged).
+    pub(super) async fn publish_change(&self, id: &str) -> Result<(), SharedError> {
+        let _receivers: u64 = self.write(redis::cmd("PUBLISH").arg(CHANNEL).arg(id)).await?;
+        Ok(())
+    }
+
+    /// Listens for listener changes until dropped, on one seed node after another; what this
+    /// replica heard feeds `freshness`.
+    pub async fn follow_changes(self) {
+        use futures_util::StreamExt as _;
+        let freshness = self.freshness.clone();
+        let mut node = 0;
+        loop {
+            let seed = &self.seeds[node % self.seeds.len()];
+            node += 1;
+            let subscribed = async {
+                let client = redis::Client::open(format!("redis://{seed}/"))?;
+                let mut pubsub =
+                    tokio::time::timeout(self.timeout * 4, client.get_async_pubsub()).await.map_err(|_| {
+                        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "subscribing"))
+                    })??;
+                pubsub.subscribe(CHANNEL).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            match subscribed.await {
+                Ok(mut pubsub) => {
+                    // Trusted from now on: whatever changes from here on is heard.
+                    freshness.inner.subscribed.store(true, Ordering::Release);
+                    tracing::debug!(node = %seed, "following listener changes");
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        match message.get_payload::<String>() {
+                            Ok(id) => freshness.changed(ListenerId::from(id.as_str())),
+                            Err(_) => freshness.unsubscribed(),
+                        }
+                    }
+                    freshness.unsubscribed();
+                    tracing::warn!(node = %seed, "listener changes no longer heard; reading every listener until subscribed again");
+                }
+                Err(error) => {
+                    freshness.unsubscribed();
+                    tracing::debug!(%error, node = %seed, "cannot follow listener changes on this node");
+                    tokio::time::sleep(self.timeout).await;
+                }
+            }
+        }
+    }
+
+    /// Which listeners this replica's copies are current for.
+    pub fn freshness(&self) -> &Freshness {
+        &self.freshness
+    }
+}
