@@ -116,6 +116,8 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
     if seen.polls.is_multiple_of(SWEEP_EVERY) {
         store.freshness().sweep();
     }
+    // The vocabularies first: a campaign may name a genre interned since the last poll.
+    catch_up_vocabularies(state, store).await?;
     let version = store.version(shared::CAMPAIGNS).await?;
     if seen.catalog_version != Some(version) {
         let docs = store.entries(shared::CAMPAIGNS).await?;
@@ -148,12 +150,6 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
         seen.aliases = aliases;
         seen.aliases_version = Some(version);
     }
-    let from = state.vocabulary.len();
-    let genres = store.terms_from(shared::GENRES, from).await?;
-    state.vocabulary.catch_up(from, genres);
-    let from = state.artists.len();
-    let artists = store.terms_from(shared::ARTISTS, from).await?;
-    state.artists.catch_up(from, artists);
     if seen.polls.is_multiple_of(PACED_COUNTERS_EVERY) {
         use futures_util::StreamExt as _;
         let all = seen.polls.is_multiple_of(ALL_COUNTERS_EVERY);
@@ -176,5 +172,16 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
             state.delivery.set_counters(campaign.id.clone(), counters);
         }
     }
+    Ok(())
+}
+
+/// Takes up the genres and artists other replicas interned since this one last looked.
+pub async fn catch_up_vocabularies(state: &AppState, store: &Shared) -> Result<(), SharedError> {
+    let from = state.vocabulary.len();
+    let genres = store.terms_from(shared::GENRES, from).await?;
+    state.vocabulary.catch_up(from, genres);
+    let from = state.artists.len();
+    let artists = store.terms_from(shared::ARTISTS, from).await?;
+    state.artists.catch_up(from, artists);
     Ok(())
 }

@@ -165,6 +165,8 @@ impl AppState {
     pub async fn take_up_campaigns(&self, store: &Shared, mut ids: Vec<String>) -> Result<(), StoreError> {
         ids.sort();
         ids.dedup();
+        // A campaign may name a genre interned since this replica last looked.
+        crate::cluster::catch_up_vocabularies(self, store).await?;
         let found = store.campaigns(&ids).await?;
         if !found.is_empty() {
             let catalog = self.catalog.clone();

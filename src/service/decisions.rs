@@ -211,11 +211,16 @@ impl Decisions {
                 decision.ads.iter().map(|_| AdId::random(&mut rng)).collect()
             };
             let mut keep = Vec::with_capacity(ad_ids.len());
-            for (ad, &id) in decision.ads.iter().zip(&ad_ids) {
+            for (ad, id) in decision.ads.iter().zip(&mut ad_ids) {
                 let c = &ad.campaign;
                 let held = !holds_budget(c)
-                    || match store.reserve(c, id, now).await {
-                        Ok(held) => held,
+                    || match store.reserve(c, *id, now).await {
+                        // The ad takes the id its share is held under.
+                        Ok(Some(held_as)) => {
+                            *id = held_as;
+                            true
+                        }
+                        Ok(None) => false,
                         Err(error) => {
                             telemetry::record_shared_reserve_failure();
                             tracing::warn!(%error, campaign_id = %c.id, "budget share not held: ad not served");

@@ -90,16 +90,25 @@ impl Shared {
         limit: usize,
     ) -> Result<Option<u32>, SharedError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
-        let id: i64 =
-            scripts::INTERN.key(terms.ids).key(terms.names).arg(name).arg(limit).invoke(&mut *conn).map_err(|e| blocking("INTERN", e))?;
+        let id: i64 = scripts::INTERN
+            .key(terms.ids)
+            .key(terms.names)
+            .arg(name)
+            .arg(limit)
+            .invoke(&mut *conn)
+            .map_err(|e| blocking("INTERN", e))?;
         Ok(u32::try_from(id).ok())
     }
 
     /// The names of `terms` in `[from, to)`, blocking (see `intern_blocking`).
     pub fn terms_blocking(&self, terms: Terms, from: usize, to: usize) -> Result<Vec<String>, SharedError> {
         let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
-        let names: Vec<String> =
-            redis::cmd("LRANGE").arg(terms.names).arg(from).arg(to as i64 - 1).query(&mut *conn).map_err(|e| blocking("LRANGE", e))?;
+        let names: Vec<String> = redis::cmd("LRANGE")
+            .arg(terms.names)
+            .arg(from)
+            .arg(to as i64 - 1)
+            .query(&mut *conn)
+            .map_err(|e| blocking("LRANGE", e))?;
         Ok(names)
     }
 }

@@ -140,10 +140,11 @@ impl Shared {
             node += 1;
             let subscribed = async {
                 let client = redis::Client::open(format!("redis://{seed}/"))?;
-                let mut pubsub =
-                    tokio::time::timeout(self.timeout * 4, client.get_async_pubsub()).await.map_err(|_| {
-                        redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "subscribing"))
-                    })??;
+                let mut pubsub = tokio::time::timeout(self.timeout * 4, client.get_async_pubsub())
+                    .await
+                    .map_err(|_| {
+                    redis::RedisError::from(std::io::Error::new(std::io::ErrorKind::TimedOut, "subscribing"))
+                })??;
                 pubsub.subscribe(CHANNEL).await?;
                 Ok::<_, redis::RedisError>(pubsub)
             };

@@ -78,6 +78,8 @@ pub struct Shared {
     /// The seed nodes (the change subscription connects to one).
     seeds: std::sync::Arc<[String]>,
     freshness: Freshness,
+    /// Budget holds this replica took ahead of its decisions.
+    spares: std::sync::Arc<budget::Spares>,
     /// Replicas each slot's master had when last asked (`replicas_of`).
     replicas: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Slot, (usize, Instant)>>>,
 }
@@ -128,6 +130,7 @@ impl Shared {
             timeout: settings.timeout,
             seeds: settings.nodes.clone().into(),
             freshness: Freshness::default(),
+            spares: Default::default(),
             replicas: Default::default(),
         };
         let pong: String = shared.query(&mut redis::cmd("PING").clone()).await?;
@@ -218,8 +221,12 @@ impl Shared {
         let acked: usize =
             redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("WAIT answered {e}")))?;
         if acked < REPLICAS_TO_ACK {
-            // Ask again next time: the replica may have gone.
+            // The replica may have gone (its master failed over to it, say): ask again now.
             self.forget_replicas(slot);
+            if self.replicas_of(slot, route()).await? == 0 {
+                crate::telemetry::record_unreplicated_write();
+                return Ok(());
+            }
             return Err(SharedError::Unavailable(format!(
                 "the write to {key:?} reached {acked} replicas of its master, not {REPLICAS_TO_ACK}"
             )));
