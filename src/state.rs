@@ -221,6 +221,14 @@ impl AppState {
                 if let Err(error) = self.refresh_listener(store, &id).await {
                     crate::telemetry::record_shared_fallback();
                     tracing::warn!(%error, listener_id = %id, "deciding on this replica's copy of the listener");
+                    // Without a copy, the listener is decided for as one never seen (the
+                    // engine must not read the store itself): contextually, no caps known.
+                    if !self.listeners.is_resident(id.as_str()) {
+                        self.listeners.install(id.as_str(), None);
+                    }
+                    if !self.delivery.is_resident(&id) {
+                        self.delivery.install(&id, Default::default(), |_| false);
+                    }
                 }
             }
             return Ok(());
