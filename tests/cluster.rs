@@ -138,6 +138,25 @@ async fn three_replicas_behave_as_one_ad_server() {
     }
     eprintln!("consent withdrawn on one replica was seen by another after {:?}", start.elapsed());
 
+    // An alias linked on one replica resolves on the others (they poll the aliases), and an
+    // erasure on one reaches every replica's copy: its decisions are no longer personalised.
+    a.listeners()
+        .link_identity(pb::LinkIdentityRequest { listener_id: "ana".into(), alias: "ana-new-email".into() })
+        .await
+        .unwrap();
+    on_every_replica(&all, |r| r.state.listeners.canonical("ana-new-email").as_str() == "ana").await;
+    c.listener("dora", |_| {}).await;
+    c.plays("dora", "", &[("opera", 20)]).await;
+    assert_eq!(served(&b.decide(break_for("dora")).await), ["opera-tickets"]);
+    a.listeners().forget_listener(pb::ForgetListenerRequest { listener_id: "dora".into() }).await.unwrap();
+    let start = Instant::now();
+    while served(&b.decide(break_for("dora")).await) == ["opera-tickets"] {
+        assert!(start.elapsed() < TEST_TIMEOUT, "an erasure on one replica never reached another");
+    }
+    let mut reader = b.listeners();
+    let gone = reader.get_listener(pb::GetListenerRequest { listener_id: "dora".into() }).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+
     // A budget of 5 impressions, spent from three replicas at once, is spent exactly.
     let mut limited = campaign("five-ads", "shoes", 30);
     limited.targeting = Some(pb::Targeting { track_genres: vec!["jazz".into()], ..Default::default() });
