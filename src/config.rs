@@ -132,6 +132,8 @@ pub struct RedisSettings {
     /// Seed nodes, "host:port" each; the client learns the rest of the cluster from them.
     pub nodes: Vec<String>,
     pub timeout: Duration,
+    /// Replicas that must hold an acknowledged write (0 or 1).
+    pub wait_replicas: u8,
 }
 
 /// The server's certificate and key, and the CA its clients' certificates must chain to (mTLS),
@@ -364,6 +366,9 @@ settings! {
     redis_nodes: String,
     /// Longest any one Redis call may take, milliseconds [default: 250].
     redis_timeout_ms: u64,
+    /// Replicas of its master that must hold a write before it is acknowledged (WAIT): 1 keeps
+    /// what was acknowledged through the loss of a master; 0 trades that for speed [default: 1].
+    redis_wait_replicas: u8,
 }
 
 impl Config {
@@ -548,12 +553,16 @@ impl Settings {
             Some(nodes) => Some(RedisSettings {
                 nodes: redis_nodes(nodes).map_err(|reason| invalid("redis_nodes", reason))?,
                 timeout: Duration::from_millis(self.redis_timeout_ms.unwrap_or(DEFAULT_REDIS_TIMEOUT_MS)),
+                wait_replicas: self.redis_wait_replicas.unwrap_or(1),
             }),
         };
         if let Some(r) = &redis
             && !(1..=10_000).contains(&r.timeout.as_millis())
         {
             return Err(invalid("redis_timeout_ms", "must be within [1, 10000]"));
+        }
+        if redis.as_ref().is_some_and(|r| r.wait_replicas > 1) {
+            return Err(invalid("redis_wait_replicas", "must be 0 or 1"));
         }
         // Cluster mode keeps its state in Redis: a data directory as well would be a second
         // truth, so only an explicit one is refused and the default is simply not used.
@@ -803,6 +812,7 @@ mod tests {
         let redis = config.redis.unwrap();
         assert_eq!(redis.nodes, ["10.0.0.5:7000", "redis-2.internal:7001"]);
         assert_eq!(redis.timeout, Duration::from_millis(DEFAULT_REDIS_TIMEOUT_MS));
+        assert_eq!(redis.wait_replicas, 1, "acknowledged writes survive a master by default");
         assert_eq!(config.data_dir, None, "the default data_dir is not used in cluster mode");
         let config = load(&["--redis-nodes", "127.0.0.1:7000", "--data-dir", "off"], &[]).unwrap();
         assert!(config.redis.is_some() && config.data_dir.is_none());
@@ -813,6 +823,7 @@ mod tests {
             (&["--redis-nodes", "redis://127.0.0.1:7000"], "redis_nodes"),
             (&["--redis-nodes", "127.0.0.1:7000", "--redis-timeout-ms", "0"], "redis_timeout_ms"),
             (&["--redis-nodes", "127.0.0.1:7000", "--data-dir", "/var/lib/interlude"], "data_dir"),
+            (&["--redis-nodes", "127.0.0.1:7000", "--redis-wait-replicas", "2"], "redis_wait_replicas"),
         ] {
             let err = load(args, &[]).unwrap_err();
             assert!(err.to_string().contains(field), "{args:?}: {err}");

@@ -34,6 +34,7 @@ fn replica_config(cluster: &RedisCluster) -> Config {
         redis: Some(RedisSettings {
             nodes: cluster.nodes_setting().split(',').map(String::from).collect(),
             timeout: Duration::from_millis(500),
+            wait_replicas: 1,
         }),
         ..Config::default()
     }

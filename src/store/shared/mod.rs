@@ -75,6 +75,8 @@ pub struct Shared {
     /// inside a request's conversion): held for one short call at a time.
     blocking: std::sync::Arc<std::sync::Mutex<redis::cluster::ClusterConnection>>,
     timeout: Duration,
+    /// Whether an acknowledged write waits for a replica (`redis_wait_replicas`).
+    wait_for_replica: bool,
     /// The seed nodes (the change subscription connects to one).
     seeds: std::sync::Arc<[String]>,
     freshness: Freshness,
@@ -96,7 +98,7 @@ pub const IMPRESSION: &str = "impressions";
 pub const NOT_USED: &str = "not_used";
 
 /// How many replicas must hold a write before it is acknowledged (`WAIT`): one, so an
-/// acknowledged event survives the loss of its master.
+/// acknowledged event survives the loss of its master (unless configured to 0).
 const REPLICAS_TO_ACK: usize = 1;
 
 impl Shared {
@@ -128,6 +130,7 @@ impl Shared {
             writes,
             blocking: std::sync::Arc::new(std::sync::Mutex::new(blocking)),
             timeout: settings.timeout,
+            wait_for_replica: settings.wait_replicas > 0,
             seeds: settings.nodes.clone().into(),
             freshness: Freshness::default(),
             spares: Default::default(),
@@ -201,6 +204,9 @@ impl Shared {
     /// write until an operator brings a node back, its writes are acknowledged on the master
     /// alone and counted (`interlude_shared_unreplicated_writes_total`); docs/SCALING.md.
     async fn replicated(&self, key: &str) -> Result<(), SharedError> {
+        if !self.wait_for_replica {
+            return Ok(());
+        }
         let slot = Slot::for_key(key);
         let route = || {
             RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
