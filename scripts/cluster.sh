@@ -9,6 +9,7 @@
 #   scripts/cluster.sh 0 ...   # the same load on one single-node server (memory only)
 #
 # REPLICA_CPUS / LOAD_CPUS (taskset lists) pin the replicas and the harness; Redis is not pinned.
+# REPLICA_ARGS adds settings to every replica (e.g. "--redis-wait-replicas 0").
 # Needs redis-server and redis-cli (Debian redis-server) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,7 +56,7 @@ spawn_pinned() {
 start_interlude() {
   local log="$DIR/interlude-$RANDOM.log"
   spawn_pinned "${REPLICA_CPUS:-}" target/release/interlude --listen 127.0.0.1:0 --http-listen off \
-    --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" "$@" >/dev/null 2>"$log" &
+    --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" ${REPLICA_ARGS:-} "$@" >/dev/null 2>"$log" &
   echo $! >>"$DIR/pids"
   for _ in $(seq 200); do
     if grep -q grpc_addr "$log" 2>/dev/null; then

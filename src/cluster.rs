@@ -172,6 +172,8 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
             state.delivery.set_counters(campaign.id.clone(), counters);
         }
     }
+    // Which masters have a replica to wait for (an acknowledged write's `WAIT`).
+    store.refresh_topology().await?;
     Ok(())
 }
 

@@ -61,6 +61,8 @@ pub(crate) struct Outcome {
     pub(crate) shed_by_client: u64,
     /// The server's CPU over the measured window, or why it could not be read.
     pub(crate) server_cpu: Option<Result<CpuWindow, String>>,
+    /// Calls answered and refused in each second of the measured window.
+    pub(crate) per_second: Vec<(u64, u64)>,
 }
 
 /// The server's CPU seconds over a wall-clock window.
@@ -337,6 +339,7 @@ pub(crate) async fn run(
 ) -> Outcome {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring_from = Instant::now() + warmup;
+    let timeline = Arc::new(Timeline::new(measuring_from, duration));
     let deadline = measuring_from + duration;
     let cpu_before = cpu.cloned().map(|cpu| {
         tokio::spawn(async move {
@@ -348,7 +351,7 @@ pub(crate) async fn run(
         Mode::Closed { concurrency } => {
             let mut handles = Vec::with_capacity(concurrency);
             for w in 0..concurrency {
-                let worker = Worker::new(shared, target, w, concurrency);
+                let worker = Worker::new(shared, target, w, concurrency, timeline.clone());
                 let stop = stop.clone();
                 let progress = progress.clone();
                 handles.push(tokio::spawn(async move {
@@ -364,7 +367,18 @@ pub(crate) async fn run(
             all
         }
         Mode::Open { rate, max_in_flight } => {
-            vec![open_loop(shared, target, rate, max_in_flight, measuring_from, deadline, progress).await]
+            vec![
+                open_loop(
+                    shared,
+                    target,
+                    rate,
+                    max_in_flight,
+                    (measuring_from, deadline),
+                    progress,
+                    &timeline,
+                )
+                .await,
+            ]
         }
     };
     stop.store(true, Ordering::Relaxed);
@@ -381,6 +395,7 @@ pub(crate) async fn run(
         quality: Quality::default(),
         shed_by_client: 0,
         server_cpu,
+        per_second: timeline.counts(),
     };
     for r in results {
         outcome.ok += r.ok;
@@ -413,6 +428,33 @@ fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| unreachable!("valid histogram bounds"))
 }
 
+/// Calls answered and refused per second of a phase, shared by its workers: how a fault shows
+/// over time (a failover's dip and its end).
+#[derive(Debug)]
+pub(crate) struct Timeline {
+    origin: Instant,
+    seconds: Vec<[AtomicU64; 2]>,
+}
+
+impl Timeline {
+    fn new(origin: Instant, span: Duration) -> Self {
+        let n = span.as_secs() as usize + 2;
+        Self { origin, seconds: (0..n).map(|_| [AtomicU64::new(0), AtomicU64::new(0)]).collect() }
+    }
+
+    /// Counts one call at `at`: answered, or refused.
+    fn count(&self, at: Instant, answered: bool) {
+        let second = at.saturating_duration_since(self.origin).as_secs() as usize;
+        if let Some(cell) = self.seconds.get(second) {
+            cell[usize::from(!answered)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn counts(&self) -> Vec<(u64, u64)> {
+        self.seconds.iter().map(|c| (c[0].load(Ordering::Relaxed), c[1].load(Ordering::Relaxed))).collect()
+    }
+}
+
 /// What one worker measured.
 struct WorkerResult {
     ok: u64,
@@ -437,10 +479,11 @@ struct Worker {
     /// Per (member, campaign): times of the impressions this worker recorded.
     heard: HashMap<(usize, String), Vec<i64>>,
     result: WorkerResult,
+    timeline: Arc<Timeline>,
 }
 
 impl Worker {
-    fn new(shared: &Shared, target: Target, index: usize, stride: usize) -> Self {
+    fn new(shared: &Shared, target: Target, index: usize, stride: usize, timeline: Arc<Timeline>) -> Self {
         let channels = if target == Target::BareCheck && !shared.bare.is_empty() {
             &shared.bare
         } else {
@@ -466,6 +509,7 @@ impl Worker {
             index,
             stride: stride.max(1),
             heard: HashMap::new(),
+            timeline,
             result: WorkerResult {
                 ok: 0,
                 latency: new_histogram(),
@@ -581,6 +625,7 @@ impl Worker {
         if !measured {
             return;
         }
+        self.timeline.count(intended, r.is_ok());
         match r {
             Ok(()) => {
                 self.result.ok += 1;
@@ -776,6 +821,7 @@ impl Worker {
                 Ok(reply) => break Ok(reply.into_inner()),
                 Err(status) if status.code() == tonic::Code::Unavailable && attempt < RECORD_ATTEMPTS => {
                     if measured {
+                        self.timeline.count(Instant::now(), false);
                         *self.result.errors.entry("RecordEvents Unavailable, retried".into()).or_default() +=
                             1;
                     }
@@ -829,9 +875,9 @@ async fn open_loop(
     target: Target,
     rate: f64,
     max_in_flight: usize,
-    measuring_from: Instant,
-    deadline: Instant,
+    (measuring_from, deadline): (Instant, Instant),
     progress: &ProgressBar,
+    timeline: &Arc<Timeline>,
 ) -> WorkerResult {
     const QUEUE: usize = 4;
     let workers = (max_in_flight / QUEUE).max(1);
@@ -840,7 +886,7 @@ async fn open_loop(
     for w in 0..workers {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(QUEUE);
         senders.push(tx);
-        let mut worker = Worker::new(shared, target, w, workers);
+        let mut worker = Worker::new(shared, target, w, workers, timeline.clone());
         let progress = progress.clone();
         handles.push(tokio::spawn(async move {
             while let Some((member, intended)) = rx.recv().await {

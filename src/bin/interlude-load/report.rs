@@ -25,6 +25,8 @@ pub(crate) struct PhaseReport {
     pub(crate) server_cpu_unread: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quality: Option<QualityReport>,
+    /// Calls answered and refused in each second of the measured window.
+    pub(crate) per_second: Vec<(u64, u64)>,
 }
 
 /// A closed-loop phase whose server was less busy than this was paced by the load generator
@@ -195,6 +197,7 @@ impl PhaseReport {
                 Some(Err(e)) => Some(e.clone()),
                 _ => None,
             },
+            per_second: o.per_second.clone(),
             quality: matches!(o.target, Target::Decide | Target::DecideAndRecord | Target::Vast).then(|| {
                 QualityReport {
                     decisions: q.decisions,
@@ -286,6 +289,11 @@ impl Report {
                     String::new()
                 }
             ));
+            // Second by second when anything was refused: where a fault began and ended.
+            if p.per_second.iter().any(|&(_, refused)| refused > 0) {
+                let seconds: Vec<String> = p.per_second.iter().map(|(ok, no)| format!("{ok}/{no}")).collect();
+                out.push_str(&format!("  per second, answered/refused: {}\n", seconds.join(" ")));
+            }
             if let Some(q) = &p.quality {
                 out.push_str(&format!(
                     "  quality: {} decisions, {} paid ads, {:.1}% match taste or track ({:.1}% have no genre rule; {:.1}% of the genre-targeted match), house {:.1}%, empty {:.1}%, cap violations {}, impressions recorded {}\n",

@@ -11,12 +11,12 @@ mod directory;
 mod freshness;
 mod listener;
 mod scripts;
+mod topology;
 
 use std::time::Duration;
 
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
-use tokio::time::Instant;
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 
 pub use budget::{EventCount, event_field};
 pub use directory::{ALIASES, ARTISTS, CAMPAIGNS, Directory, GENRES, Terms};
@@ -82,8 +82,8 @@ pub struct Shared {
     freshness: Freshness,
     /// Budget holds this replica took ahead of its decisions.
     spares: std::sync::Arc<budget::Spares>,
-    /// Replicas each slot's master had when last asked (`replicas_of`).
-    replicas: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Slot, (usize, Instant)>>>,
+    /// Which master serves each slot and its replicas in sync, as last read.
+    topology: std::sync::Arc<topology::Known>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -134,7 +134,7 @@ impl Shared {
             seeds: settings.nodes.clone().into(),
             freshness: Freshness::default(),
             spares: Default::default(),
-            replicas: Default::default(),
+            topology: Default::default(),
         };
         let pong: String = shared.query(&mut redis::cmd("PING").clone()).await?;
         if pong != "PONG" {
@@ -207,65 +207,33 @@ impl Shared {
         if !self.wait_for_replica {
             return Ok(());
         }
-        let slot = Slot::for_key(key);
-        let route = || {
-            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
-                key,
-                SlotAddr::Master,
-            )))
-        };
-        if self.replicas_of(slot, route()).await? == 0 {
+        // Known from the last poll of the topology (an unknown slot waits, to be safe).
+        if self.topology.replicas_of(key) == Some(0) {
             crate::telemetry::record_unreplicated_write();
             return Ok(());
         }
+        let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_key(
+            key,
+            SlotAddr::Master,
+        )));
         // The server gives up before the client does, so that a slow replica is told apart
         // from a lost connection.
         let mut wait = redis::cmd("WAIT");
         wait.arg(REPLICAS_TO_ACK).arg((self.timeout / 2).as_millis() as u64);
         let mut conn = self.writes.clone();
-        let value = self.within("WAIT", async move { conn.route_command(wait, route()).await }).await?;
-        let acked: usize =
-            redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("WAIT answered {e}")))?;
+        let value = self.within("WAIT", async move { conn.route_command(wait, route).await }).await?;
+        // Not a count (a redirect mid-failover, say): not acknowledged; the caller retries.
+        let acked: usize = redis::from_redis_value(value)
+            .map_err(|e| SharedError::Unavailable(format!("WAIT answered {e}")))?;
         if acked < REPLICAS_TO_ACK {
-            // The replica may have gone (its master failed over to it, say): ask again now.
-            self.forget_replicas(slot);
-            if self.replicas_of(slot, route()).await? == 0 {
-                crate::telemetry::record_unreplicated_write();
-                return Ok(());
-            }
+            // The replica may have gone (its master failed over to it, say): the next poll
+            // reads the topology again; until then the caller's retry waits again.
+            self.topology.forget();
             return Err(SharedError::Unavailable(format!(
                 "the write to {key:?} reached {acked} replicas of its master, not {REPLICAS_TO_ACK}"
             )));
         }
         Ok(())
-    }
-
-    /// How many replicas are connected to the master of `slot` (asked at most once a second).
-    async fn replicas_of(&self, slot: Slot, route: RoutingInfo) -> Result<usize, SharedError> {
-        const FRESH: Duration = Duration::from_secs(1);
-        let now = Instant::now();
-        if let Some(&(n, at)) = self.replicas.lock().unwrap_or_else(|e| e.into_inner()).get(&slot)
-            && now.duration_since(at) < FRESH
-        {
-            return Ok(n);
-        }
-        let mut info = redis::cmd("INFO");
-        info.arg("replication");
-        let mut conn = self.conn.clone();
-        let value = self.within("INFO", async move { conn.route_command(info, route).await }).await?;
-        let text: String =
-            redis::from_redis_value(value).map_err(|e| SharedError::Corrupt(format!("INFO answered {e}")))?;
-        let n = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("connected_slaves:"))
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| SharedError::Corrupt("INFO replication has no connected_slaves".into()))?;
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).insert(slot, (n, now));
-        Ok(n)
-    }
-
-    fn forget_replicas(&self, slot: Slot) {
-        self.replicas.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot);
     }
 
     /// Whether the cluster answers now (health).
