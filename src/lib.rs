@@ -1,7 +1,8 @@
 //! Interlude: an ad decision server for music-streaming free tiers.
 //!
 //! Crate map (see ARCHITECTURE.md): `domain` plain types; `decision` the pure engine; `store`
-//! in-memory and durable state; `token` impression tokens; `service` the decisions every edge
+//! in-memory, durable (SQLite) and shared (Redis Cluster, `store::shared`) state; `state` the
+//! handles every service shares; `cluster` a replica's side of cluster mode; `token` impression tokens; `service` the decisions every edge
 //! calls; `grpc` the gRPC edge, the only module that knows wire types; `http` the HTTP listener,
 //! serving `vast` (the VAST edge) and `console` (the ad-ops pages); `validation` checks both edges share; `app` wiring and serving; `net` accepted
 //! connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
