@@ -183,6 +183,17 @@ async fn a_campaign_page_charts_its_delivery_against_its_curve_with_the_points_d
         page(&server, "/console/campaigns").await.contains("100.0 %"),
         "the only paid impression: its fill share"
     );
+    // Another paid impression, of another campaign: a search shows each campaign's share of
+    // every paid impression, not of the impressions of the campaigns it matched.
+    let mut request = break_for("listener-opera");
+    request.context =
+        Some(pb::PlaybackContext { track_genres: vec!["classical".into()], ..Default::default() });
+    let other = server.decide(request).await;
+    assert_eq!(other.fill(), pb::Fill::Paid, "{other:?}");
+    assert_ne!(served(&other), ["hifi-headphones"]);
+    server.record_impressions(&other, "console-other").await;
+    let searched = page(&server, "/console/campaigns?q=hifi").await;
+    assert!(searched.contains("50.0 %"), "one of the two paid impressions: {searched}");
     let missing = admin_get(&server, "/console/campaigns/no-such").await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     server.stop().await;

@@ -154,6 +154,12 @@ impl TableQuery {
 pub fn page(state: &AppState, query: &TableQuery, now: UnixMillis) -> Page {
     let (campaigns, _) = state.catalog.list(None, usize::MAX, None);
     let total = campaigns.len();
+    // Shares are of every paid impression, whatever the search shows.
+    let paid: u64 = campaigns
+        .iter()
+        .filter(|c| c.tier.is_paid())
+        .map(|c| state.delivery.counters(&c.id, now).impressions)
+        .sum();
     let needle = query.search.to_lowercase();
     let mut rows: Vec<Row> = campaigns
         .into_iter()
@@ -166,20 +172,21 @@ pub fn page(state: &AppState, query: &TableQuery, now: UnixMillis) -> Page {
         .map(|campaign| {
             let counters = state.delivery.counters(&campaign.id, now);
             let pacing = pacing::status(&campaign, &counters.recorded_spend(), now);
+            let fill_share = if campaign.tier.is_paid() && paid > 0 {
+                counters.impressions as f64 / paid as f64
+            } else {
+                0.0
+            };
             Row {
                 impressions: counters.impressions,
                 spend_micros: counters.spend_micros,
                 spend_today_micros: counters.spend_today_micros,
                 pacing,
-                fill_share: 0.0,
+                fill_share,
                 campaign,
             }
         })
         .collect();
-    let paid: u64 = rows.iter().filter(|r| r.campaign.tier.is_paid()).map(|r| r.impressions).sum();
-    for row in rows.iter_mut().filter(|r| r.campaign.tier.is_paid() && paid > 0) {
-        row.fill_share = row.impressions as f64 / paid as f64;
-    }
     sort(&mut rows, query.sort, query.descending);
     let matching = rows.len();
     let pages = matching.div_ceil(PAGE_SIZE).max(1);
@@ -191,11 +198,19 @@ pub fn page(state: &AppState, query: &TableQuery, now: UnixMillis) -> Page {
 
 /// Sorts by `key`, ties by id (so paging is stable).
 fn sort(rows: &mut [Row], key: SortKey, descending: bool) {
+    if key == SortKey::Name {
+        // Each name lowercased once, not once per comparison.
+        rows.sort_by_cached_key(|r| (r.campaign.name.to_lowercase(), r.campaign.id.to_string()));
+        if descending {
+            rows.reverse();
+        }
+        return;
+    }
     rows.sort_by(|a, b| {
         let (ca, cb) = (&a.campaign, &b.campaign);
         let order = match key {
             SortKey::Id => std::cmp::Ordering::Equal,
-            SortKey::Name => ca.name.to_lowercase().cmp(&cb.name.to_lowercase()),
+            SortKey::Name => ca.name.cmp(&cb.name),
             SortKey::Status => (ca.status as u8).cmp(&(cb.status as u8)),
             SortKey::Tier => (ca.tier as u8).cmp(&(cb.tier as u8)),
             SortKey::Budget => budget_key(ca).cmp(&budget_key(cb)),
