@@ -136,7 +136,7 @@ impl Shared {
             spares: Default::default(),
             topology: Default::default(),
         };
-        let pong: String = shared.query(&mut redis::cmd("PING").clone()).await?;
+        let pong: String = shared.query(&mut redis::cmd("PING")).await?;
         if pong != "PONG" {
             return Err(SharedError::Unavailable(format!("PING answered {pong:?}")));
         }
@@ -170,8 +170,7 @@ impl Shared {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, SharedError> {
-        let mut conn = self.conn.clone();
-        self.within("a script", async move { invocation.invoke_async(&mut conn).await }).await
+        self.invoke_on(self.conn.clone(), invocation).await
     }
 
     /// Runs `script`, a write to be made durable by `replicated`, within the timeout.
@@ -179,8 +178,26 @@ impl Shared {
         &self,
         invocation: redis::ScriptInvocation<'_>,
     ) -> Result<T, SharedError> {
-        let mut conn = self.writes.clone();
+        self.invoke_on(self.writes.clone(), invocation).await
+    }
+
+    async fn invoke_on<T: redis::FromRedisValue>(
+        &self,
+        mut conn: ClusterConnection,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, SharedError> {
         self.within("a script", async move { invocation.invoke_async(&mut conn).await }).await
+    }
+
+    /// Runs `cmd` (named `what` in errors) on the node `routing` names, within the timeout.
+    async fn route_on(
+        &self,
+        mut conn: ClusterConnection,
+        what: &str,
+        cmd: redis::Cmd,
+        routing: RoutingInfo,
+    ) -> Result<redis::Value, SharedError> {
+        self.within(what, async move { conn.route_command(cmd, routing).await }).await
     }
 
     async fn within<T>(
@@ -220,8 +237,7 @@ impl Shared {
         // from a lost connection.
         let mut wait = redis::cmd("WAIT");
         wait.arg(REPLICAS_TO_ACK).arg((self.timeout / 2).as_millis() as u64);
-        let mut conn = self.writes.clone();
-        let value = self.within("WAIT", async move { conn.route_command(wait, route).await }).await?;
+        let value = self.route_on(self.writes.clone(), "WAIT", wait, route).await?;
         // Not a count (a redirect mid-failover, say): not acknowledged; the caller retries.
         let acked: usize = redis::from_redis_value(value)
             .map_err(|e| SharedError::Unavailable(format!("WAIT answered {e}")))?;

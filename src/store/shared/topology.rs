@@ -55,7 +55,7 @@ impl Shared {
     /// Reads the slot ranges (`CLUSTER SLOTS`) and each master's replicas in sync (`INFO
     /// replication` on that master), and keeps them for `replicated`.
     pub async fn refresh_topology(&self) -> Result<(), SharedError> {
-        let slots: Value = self.query(&mut redis::cmd("CLUSTER").arg("SLOTS").clone()).await?;
+        let slots: Value = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
         let Value::Array(ranges) = slots else {
             return Err(SharedError::Corrupt(format!("CLUSTER SLOTS answered {slots:?}")));
         };
@@ -83,8 +83,7 @@ impl Shared {
                 RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host: host.clone(), port: *port });
             let mut info = redis::cmd("INFO");
             info.arg("replication");
-            let mut conn = self.conn.clone();
-            let value = self.within("INFO", async move { conn.route_command(info, route).await }).await?;
+            let value = self.route_on(self.conn.clone(), "INFO", info, route).await?;
             let text: String = redis::from_redis_value(value)
                 .map_err(|e| SharedError::Corrupt(format!("INFO answered {e}")))?;
             // Replicas listed as `slaveN:ip=…,state=online,…`: only those in sync count.
@@ -145,11 +144,10 @@ impl Shared {
                     host: host.clone(),
                     port: *port,
                 });
-                let mut conn = conn.clone();
                 let mut get = redis::cmd("GET");
                 get.arg(&key);
                 // Its answer does not matter: the redirect is what refreshes the slots.
-                let _ = self.within("GET", async move { conn.route_command(get, route).await }).await;
+                let _ = self.route_on(conn.clone(), "GET", get, route).await;
             }
         }
     }
