@@ -187,9 +187,7 @@ impl AppState {
         let fresh = store.load_listener(id.as_str()).await?;
         self.listeners.install(id.as_str(), fresh.profile);
         let histories = &fresh.histories;
-        self.delivery.install(id, histories.account(), |ad| {
-            histories.applied(ad, shared::IMPRESSION) || histories.applied(ad, shared::NOT_USED)
-        });
+        self.delivery.install(id, histories.account(), |ad| histories.released(ad));
         store.freshness().read_done(id, start);
         Ok(())
     }

@@ -12,7 +12,7 @@ use crate::store::StoreError;
 use crate::store::delivery::{Applied, CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
 use crate::store::delivery::{changes_history, remember};
 use crate::store::durable::Change;
-use crate::store::shared::{self, EventCount, Shared, SharedError, event_field};
+use crate::store::shared::{Shared, SharedError, event_field};
 use crate::telemetry;
 use crate::token::ImpressionClaims;
 use crate::validation::InvalidRequest;
@@ -453,21 +453,10 @@ impl Decisions {
         verified: &[VerifiedEvent],
     ) -> Result<Applied, ServiceError> {
         let dedupe_ms = self.state.dedupe_window.as_millis() as i64;
-        let counted = futures_util::future::try_join_all(verified.iter().map(|e| {
-            let count = EventCount {
-                campaign: &e.campaign,
-                ad: e.ad,
-                kind: e.kind,
-                event_id: &e.event_id,
-                error_code: e.error_code,
-                creative_index: e.creative_index,
-                price_micros: e.price_micros,
-                at: e.at,
-            };
-            async move { store.count_event(&count, dedupe_ms).await }
-        }))
-        .await
-        .map_err(StoreError::from)?;
+        let counted =
+            futures_util::future::try_join_all(verified.iter().map(|e| store.count_event(e, dedupe_ms)))
+                .await
+                .map_err(StoreError::from)?;
         let mut applied = Applied { outcomes: counted, ..Applied::default() };
         applied.accepted = applied.outcomes.iter().filter(|&&o| o == EventOutcome::Accepted).count() as u32;
         applied.duplicates = applied.outcomes.len() as u32 - applied.accepted;
@@ -508,9 +497,7 @@ impl Decisions {
         .await
         .map_err(StoreError::from)?;
         for (listener, histories) in stored {
-            self.state.delivery.install(listener, histories.account(), |ad| {
-                histories.applied(ad, shared::IMPRESSION) || histories.applied(ad, shared::NOT_USED)
-            });
+            self.state.delivery.install(listener, histories.account(), |ad| histories.released(ad));
         }
         Ok(applied)
     }

@@ -3,22 +3,11 @@
 //! decided ad.
 
 use crate::domain::{AdId, Campaign, CampaignId, EventKind, UnixMillis};
-use crate::store::delivery::{CampaignCounters, EventOutcome, PlaybackErrors, RESERVATION_HOLD_MS};
+use crate::store::delivery::{
+    CampaignCounters, EventOutcome, PlaybackErrors, RESERVATION_HOLD_MS, VerifiedEvent,
+};
 
 use super::{Shared, SharedError, scripts};
-
-/// One event to count against its campaign.
-#[derive(Clone, Copy, Debug)]
-pub struct EventCount<'a> {
-    pub campaign: &'a Campaign,
-    pub ad: AdId,
-    pub kind: EventKind,
-    pub event_id: &'a str,
-    pub error_code: u16,
-    pub creative_index: usize,
-    pub price_micros: i64,
-    pub at: UnixMillis,
-}
 
 fn counters_key(campaign: &str) -> String {
     format!("{{c:{campaign}}}:n")
@@ -96,10 +85,10 @@ impl Shared {
     /// ad's event ids are remembered (past every token's life).
     pub async fn count_event(
         &self,
-        event: &EventCount<'_>,
+        event: &VerifiedEvent,
         dedupe_ms: i64,
     ) -> Result<EventOutcome, SharedError> {
-        let c = event.campaign;
+        let c = &event.campaign;
         let id = c.id.as_str();
         let (day, _) = c.time_zone.day_of(event.at);
         let error_field = if event.kind == EventKind::Error {
@@ -113,7 +102,7 @@ impl Shared {
             .key(seen_key(id, event.ad))
             .key(holds_key(id))
             .arg(event_field(event.kind))
-            .arg(event.event_id)
+            .arg(&*event.event_id)
             .arg(dedupe_ms)
             .arg(day)
             .arg(c.time_zone.day_end(event.at).0)

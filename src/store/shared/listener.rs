@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::domain::history::MAX_WINDOW_MS;
-use crate::domain::{AdId, DeliveryHistory, ListenerProfile, UnixMillis};
+use crate::domain::{AdId, DeliveryHistory, EventKind, ListenerProfile, UnixMillis};
 use crate::store::histories::AccountHistories;
 
 use super::{Shared, SharedError, scripts};
@@ -63,6 +63,13 @@ impl SharedHistories {
     /// Whether the listener was erased after an ad decided at `decided_at`.
     pub fn erased_since(&self, decided_at: UnixMillis) -> bool {
         self.erased_at.is_some_and(|at| at >= decided_at.0)
+    }
+
+    /// Whether `ad`'s impression was heard, or the ad given back: its hold, if a replica still
+    /// keeps one, is over.
+    pub fn released(&self, ad: AdId) -> bool {
+        self.applied(ad, super::event_field(EventKind::Impression))
+            || self.applied(ad, super::event_field(EventKind::NotUsed))
     }
 
     /// Whether the change named (`ad`, `kind`) was applied.

@@ -18,7 +18,7 @@ use std::time::Duration;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 
-pub use budget::{EventCount, event_field};
+pub use budget::event_field;
 pub use directory::{ALIASES, ARTISTS, CAMPAIGNS, Directory, GENRES, Terms};
 pub use freshness::{Freshness, ReadStart, TRUSTED_FOR};
 pub use listener::{ListenerState, SharedHistories};
@@ -91,11 +91,6 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared").field("timeout", &self.timeout).finish_non_exhaustive()
     }
 }
-
-/// The labels under which a history records that an ad's impression was heard, or the ad
-/// given back (`SharedHistories::applied`).
-pub const IMPRESSION: &str = "impressions";
-pub const NOT_USED: &str = "not_used";
 
 /// How many replicas must hold a write before it is acknowledged (`WAIT`): one, so an
 /// acknowledged event survives the loss of its master (unless configured to 0).
