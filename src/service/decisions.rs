@@ -14,7 +14,7 @@ use crate::store::delivery::{changes_history, remember};
 use crate::store::durable::Change;
 use crate::store::shared::{Shared, SharedError, event_field};
 use crate::telemetry;
-use crate::token::ImpressionClaims;
+use crate::token::{ImpressionClaims, TokenError};
 use crate::validation::InvalidRequest;
 
 use super::ServiceError;
@@ -319,22 +319,26 @@ impl Decisions {
         // A token names a campaign that served, so it is in the snapshot that decided it or a
         // later one (campaigns are never removed, only archived).
         let mut catalog = state.catalog.snapshot();
+        // Each token verified once (an HMAC): the claims of every event in shape, in order.
+        let claims: Vec<Option<Result<ImpressionClaims, TokenError>>> =
+            events.iter().map(|e| e.as_ref().ok().map(|e| state.signer.verify(e.token, now))).collect();
         if let Some(store) = &state.shared {
             // Cluster mode: a campaign created on another replica moments ago may not have
             // reached this one's catalog yet: it is read from the shared store, its events
             // not refused.
-            let tokens = events.iter().filter_map(|e| e.as_ref().ok()).map(|e| e.token);
-            let unknown: Vec<String> = tokens
-                .filter_map(|token| state.signer.verify(token, now).ok())
-                .filter(|claims| catalog.find(&claims.campaign).is_none())
-                .map(|claims| claims.campaign.to_string())
+            let unknown: Vec<String> = claims
+                .iter()
+                .flatten()
+                .filter_map(|c| c.as_ref().ok())
+                .filter(|c| catalog.find(&c.campaign).is_none())
+                .map(|c| c.campaign.clone())
                 .collect();
             if !unknown.is_empty() {
                 state.take_up_campaigns(store, unknown).await?;
                 catalog = state.catalog.snapshot();
             }
         }
-        for (i, e) in events.iter().enumerate() {
+        for (i, (e, claims)) in events.iter().zip(claims).enumerate() {
             let e = match e {
                 Ok(e) => e,
                 Err(invalid) => {
@@ -344,7 +348,8 @@ impl Decisions {
                     continue;
                 }
             };
-            let claims = match state.signer.verify(e.token, now) {
+            // Some for every event in shape (see `claims`).
+            let claims = match claims.unwrap_or(Err(TokenError::Malformed)) {
                 Ok(claims) => claims,
                 Err(error) => {
                     reject(i, format!("events[{i}].impression_token"), error.to_string());
