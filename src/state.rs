@@ -391,8 +391,10 @@ impl AppState {
     }
 
     /// `write` in cluster mode: applies, then stores the changes in the shared store in the
-    /// order applied, and answers once a replica of each master holds them. A change the
-    /// shared store refused is undone here by reading the store's copy again.
+    /// order applied, and answers once a replica of each master holds them. A profile the
+    /// shared store refused is undone here by reading the store's copy again; a refused
+    /// campaign or alias change stays in this replica's copy until the store's next change of
+    /// it (the caller was told UNAVAILABLE and retries).
     async fn write_shared<T, E: From<StoreError>>(
         &self,
         store: &Shared,
