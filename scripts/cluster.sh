@@ -10,12 +10,14 @@
 #
 # REPLICA_CPUS / LOAD_CPUS (taskset lists) pin the replicas and the harness; Redis is not pinned.
 # REPLICA_ARGS adds settings to every replica (e.g. "--redis-wait-replicas 0").
+# BIN_DIR runs the binaries of another build (default target/release), for before/after runs.
 # Needs redis-server and redis-cli (Debian redis-server) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPLICAS=${1:?usage: scripts/cluster.sh REPLICAS [interlude-load args...]}
 shift
 TOKEN=cluster-bench-admin-token-0123456789
+BIN=${BIN_DIR:-target/release}
 DIR=$(mktemp -d /tmp/interlude-cluster.XXXXXX)
 cleanup() {
   # Every process started here wrote its pid to $DIR/pids (replicas start in subshells).
@@ -55,7 +57,7 @@ spawn_pinned() {
 # Starts one interlude with the given extra args; prints its gRPC address.
 start_interlude() {
   local log="$DIR/interlude-$RANDOM.log"
-  spawn_pinned "${REPLICA_CPUS:-}" target/release/interlude --listen 127.0.0.1:0 --http-listen off \
+  spawn_pinned "${REPLICA_CPUS:-}" "$BIN/interlude" --listen 127.0.0.1:0 --http-listen off \
     --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" ${REPLICA_ARGS:-} "$@" >/dev/null 2>"$log" &
   echo $! >>"$DIR/pids"
   for _ in $(seq 200); do
@@ -109,5 +111,5 @@ echo "replicas: $LIST" >&2
 # With one server, the report gives its CPU per request (read from its /metrics).
 METRICS=off
 if [ "${#TARGETS[@]}" -eq 1 ]; then METRICS="http://$(head -1 "$DIR/metrics")/metrics"; fi
-pin "${LOAD_CPUS:-}" target/release/interlude-load --targets "$LIST" --admin-token "$TOKEN" \
+pin "${LOAD_CPUS:-}" "$BIN/interlude-load" --targets "$LIST" --admin-token "$TOKEN" \
   --server-metrics "$METRICS" "${REDIS_ARGS[@]}" "$@"

@@ -192,6 +192,17 @@ impl AppState {
         Ok(())
     }
 
+    /// Gives listener `id` an empty profile and histories where this replica has no copy (a
+    /// copy it has keeps the holds of ads it decided and were not played yet).
+    fn install_if_absent(&self, id: &ListenerId) {
+        if !self.listeners.is_resident(id.as_str()) {
+            self.listeners.install(id.as_str(), None);
+        }
+        if !self.delivery.is_resident(id) {
+            self.delivery.install(id, Default::default(), |_| false);
+        }
+    }
+
     /// The counters of `campaign` as of `now`: in cluster mode the shared store's, across
     /// every replica (exact, where the replica's copy trails by up to a few polls).
     pub async fn counters(
@@ -216,17 +227,19 @@ impl AppState {
                 if store.freshness().is_trusted(&id) {
                     return Ok(());
                 }
+                let stored = store.stored_listeners().may_hold(id.as_str());
+                crate::telemetry::record_shared_listener_read(stored);
+                if !stored {
+                    // Never stored by any replica: nothing to read.
+                    self.install_if_absent(&id);
+                    return Ok(());
+                }
                 if let Err(error) = self.refresh_listener(store, &id).await {
                     crate::telemetry::record_shared_fallback();
                     tracing::warn!(%error, listener_id = %id, "deciding on this replica's copy of the listener");
                     // Without a copy, the listener is decided for as one never seen (the
                     // engine must not read the store itself): contextually, no caps known.
-                    if !self.listeners.is_resident(id.as_str()) {
-                        self.listeners.install(id.as_str(), None);
-                    }
-                    if !self.delivery.is_resident(&id) {
-                        self.delivery.install(&id, Default::default(), |_| false);
-                    }
+                    self.install_if_absent(&id);
                 }
             }
             return Ok(());

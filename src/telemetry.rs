@@ -66,6 +66,9 @@ pub const SHARED_RESERVE_FAILURES: &str = "interlude_shared_reserve_failures_tot
 /// Cluster mode: writes acknowledged on a master that had no replica at the time (after a
 /// failover, until the failed node comes back as a replica).
 pub const SHARED_UNREPLICATED_WRITES: &str = "interlude_shared_unreplicated_writes_total";
+/// Cluster mode: decisions that had to read their listener from the shared store (label
+/// `outcome`: `read`, or `never_stored` when the filter of stored listeners saved the read).
+pub const SHARED_LISTENER_READS: &str = "interlude_shared_listener_reads_total";
 
 /// Latency buckets (seconds): decisions take microseconds, so the low end is fine-grained.
 const LATENCY_BUCKETS: &[f64] =
@@ -288,6 +291,13 @@ pub fn record_shared_store_up(up: bool) {
 /// Records a decision made on this replica's copy of a listener (cluster mode).
 pub fn record_shared_fallback() {
     metrics::counter!(SHARED_FALLBACKS).increment(1);
+}
+
+/// Records whether a decision read its listener from the shared store, or knew it never
+/// stored (cluster mode; trusted copies are not counted).
+pub fn record_shared_listener_read(read: bool) {
+    let outcome = if read { "read" } else { "never_stored" };
+    metrics::counter!(SHARED_LISTENER_READS, "outcome" => outcome).increment(1);
 }
 
 /// Records an ad not served because its budget share could not be held (cluster mode).

@@ -76,6 +76,17 @@ async fn on_every_replica(replicas: &[&TestServer], check: impl Fn(&TestServer) 
     start.elapsed()
 }
 
+/// Waits until every replica knows listener `id` has state in the shared store (a replica
+/// decides for a listener it believes never stored without reading it): the bound on how soon
+/// another replica's first write of a listener is seen, printed.
+async fn stored_on_every_replica(replicas: &[&TestServer], id: &str) {
+    let took = on_every_replica(replicas, |r| {
+        r.state.shared.as_ref().is_some_and(|s| s.stored_listeners().may_hold(id))
+    })
+    .await;
+    eprintln!("listener {id}, first stored on one replica, known stored on all after {took:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behave_as_one_ad_server() {
     let Some(cluster) = cluster("cluster::three_replicas_behave_as_one_ad_server") else { return };
@@ -93,9 +104,14 @@ async fn three_replicas_behave_as_one_ad_server() {
     let ids: Vec<_> = all.iter().map(|r| r.state.vocabulary.lookup("opera")).collect();
     assert!(ids[0].is_some() && ids.iter().all(|id| *id == ids[0]), "opera's id differs: {ids:?}");
 
-    // A profile written on one replica decides on another at once (read on every decision).
+    // A listener first stored on one replica is known stored on the others once they hear of
+    // it; until then they decide for it as never seen. Never-stored listeners are not read.
+    let a_stored = a.state.shared.as_ref().unwrap().stored_listeners().clone();
+    on_every_replica(&[&a], |_| a_stored.is_loaded()).await;
+    assert!(!a_stored.may_hold("ana"), "never stored yet");
     b.listener("ana", |_| {}).await;
     b.plays("ana", "", &[("opera", 20)]).await;
+    stored_on_every_replica(&all, "ana").await;
 
     // The cap (2 per listener) holds whichever replica decides and whichever records.
     let mut served_opera = 0;
@@ -107,11 +123,22 @@ async fn three_replicas_behave_as_one_ad_server() {
         all[(i + 1) % 3].record_impressions(&decided, &format!("ana-{i}")).await;
     }
     assert_eq!(served_opera, 2, "a cap of 2 across three replicas");
+    // A replica started now learns which listeners are stored from the shared filter (it
+    // heard none of their writes): the cap holds there too.
+    let late = replica(&cluster).await;
+    let stored = late.state.shared.as_ref().unwrap().stored_listeners().clone();
+    on_every_replica(&[&late], |_| stored.is_loaded()).await;
+    assert!(stored.may_hold("ana") && !stored.may_hold("never-stored"), "loaded from the shared filter");
+    assert!(
+        !served(&late.decide(break_for("ana")).await).contains(&"opera-tickets"),
+        "capped on a late replica"
+    );
 
     // The same impression reported to every replica counts once; another event id for the same
     // ad is already counted; the token of one replica verifies on the others.
     c.listener("ben", |_| {}).await;
     c.plays("ben", "", &[("opera", 20)]).await;
+    stored_on_every_replica(&all, "ben").await;
     let decided = a.decide(break_for("ben")).await;
     assert_eq!(served(&decided), ["opera-tickets"]);
     let token = &decided.ads[0].impression_token;
@@ -148,6 +175,7 @@ async fn three_replicas_behave_as_one_ad_server() {
     on_every_replica(&all, |r| r.state.listeners.canonical("ana-new-email").as_str() == "ana").await;
     c.listener("dora", |_| {}).await;
     c.plays("dora", "", &[("opera", 20)]).await;
+    stored_on_every_replica(&all, "dora").await;
     assert_eq!(served(&b.decide(break_for("dora")).await), ["opera-tickets"]);
     a.listeners().forget_listener(pb::ForgetListenerRequest { listener_id: "dora".into() }).await.unwrap();
     let start = Instant::now();
@@ -200,6 +228,7 @@ async fn three_replicas_behave_as_one_ad_server() {
     tokio::task::block_in_place(|| cluster.on_every_node(&["script", "flush"]));
     c.listener("cleo", |_| {}).await;
     c.plays("cleo", "", &[("opera", 20)]).await;
+    stored_on_every_replica(&all, "cleo").await;
     let decided = b.decide(break_for("cleo")).await;
     assert_eq!(served(&decided), ["opera-tickets"]);
     let counted = record(&a, vec![impression("cleo-1", &decided.ads[0].impression_token)]).await.unwrap();

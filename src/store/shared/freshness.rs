@@ -124,7 +124,9 @@ impl Freshness {
 impl Shared {
     /// Publishes that listener `id` changed, on the connection of the write it follows (so it
     /// is sent after that write, and before the write is acknowledged).
+    /// Sets the listener's bits in the filter of stored listeners first.
     pub(super) async fn publish_change(&self, id: &str) -> Result<(), SharedError> {
+        self.mark_stored(id).await?;
         let _receivers: u64 = self.write(redis::cmd("PUBLISH").arg(CHANNEL).arg(id)).await?;
         Ok(())
     }
@@ -134,6 +136,7 @@ impl Shared {
     pub async fn follow_changes(self) {
         use futures_util::StreamExt as _;
         let freshness = self.freshness.clone();
+        let stored = self.stored.clone();
         let mut node = 0;
         loop {
             let seed = &self.seeds[node % self.seeds.len()];
@@ -153,17 +156,36 @@ impl Shared {
                     // Trusted from now on: whatever changes from here on is heard.
                     freshness.inner.subscribed.store(true, Ordering::Release);
                     tracing::debug!(node = %seed, "following listener changes");
+                    // Loaded after subscribing, so that a listener first stored meanwhile is
+                    // in the bitmaps or heard (messages wait in the subscription meanwhile).
+                    for attempt in 1..=3 {
+                        match self.load_stored().await {
+                            Ok(()) => break,
+                            Err(error) => {
+                                tracing::warn!(%error, attempt, "stored listeners not loaded; reading every listener not trusted");
+                                tokio::time::sleep(self.timeout).await;
+                            }
+                        }
+                    }
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         match message.get_payload::<String>() {
-                            Ok(id) => freshness.changed(ListenerId::from(id.as_str())),
-                            Err(_) => freshness.unsubscribed(),
+                            Ok(id) => {
+                                stored.insert(&id);
+                                freshness.changed(ListenerId::from(id.as_str()));
+                            }
+                            Err(_) => {
+                                stored.unloaded();
+                                freshness.unsubscribed();
+                            }
                         }
                     }
+                    stored.unloaded();
                     freshness.unsubscribed();
                     tracing::warn!(node = %seed, "listener changes no longer heard; reading every listener until subscribed again");
                 }
                 Err(error) => {
+                    stored.unloaded();
                     freshness.unsubscribed();
                     tracing::debug!(%error, node = %seed, "cannot follow listener changes on this node");
                     tokio::time::sleep(self.timeout).await;

@@ -131,7 +131,10 @@ impl Shared {
                 .arg(state.version)
                 .arg(serde_json::to_string(&state.histories)?)
                 .arg(HISTORY_TTL_MS);
-            let swapped: u64 = self.write_invoke(invocation).await?;
+            // A first write of the listener sets its bits in the filter of stored listeners
+            // meanwhile (before the change is published, as the filter needs).
+            let (swapped, ()): (u64, ()) =
+                tokio::try_join!(self.write_invoke(invocation), self.mark_stored(id))?;
             if swapped != 0 {
                 self.publish_change(id).await?;
                 self.replicated(&histories_key(id)).await?;
@@ -144,7 +147,9 @@ impl Shared {
     /// Stores `profile` (Redis is its truth; replicas read it on every decision).
     pub async fn put_profile(&self, profile: &ListenerProfile) -> Result<(), SharedError> {
         let key = profile_key(profile.id.as_str());
-        let () = self.write(redis::cmd("SET").arg(&key).arg(serde_json::to_string(profile)?)).await?;
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(serde_json::to_string(profile)?);
+        let ((), ()) = tokio::try_join!(self.write(&mut set), self.mark_stored(profile.id.as_str()))?;
         self.publish_change(profile.id.as_str()).await?;
         self.replicated(&key).await
     }

@@ -11,6 +11,7 @@ mod directory;
 mod freshness;
 mod listener;
 mod scripts;
+mod stored;
 mod topology;
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub use budget::event_field;
 pub use directory::{ALIASES, ARTISTS, CAMPAIGNS, Directory, GENRES, Terms};
 pub use freshness::{Freshness, ReadStart, TRUSTED_FOR};
 pub use listener::{ListenerState, SharedHistories};
+pub use stored::StoredListeners;
 
 use crate::config::RedisSettings;
 
@@ -80,6 +82,8 @@ pub struct Shared {
     /// The seed nodes (the change subscription connects to one).
     seeds: std::sync::Arc<[String]>,
     freshness: Freshness,
+    /// Which listener ids ever had state here (a never-stored one needs no read).
+    stored: StoredListeners,
     /// Budget holds this replica took ahead of its decisions.
     spares: std::sync::Arc<budget::Spares>,
     /// Which master serves each slot and its replicas in sync, as last read.
@@ -128,6 +132,7 @@ impl Shared {
             wait_for_replica: settings.wait_replicas > 0,
             seeds: settings.nodes.clone().into(),
             freshness: Freshness::default(),
+            stored: StoredListeners::default(),
             spares: Default::default(),
             topology: Default::default(),
         };
