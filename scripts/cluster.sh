@@ -8,7 +8,8 @@
 #   scripts/cluster.sh 3 --campaigns 1000 --listeners 10000 --duration 20 --kill-redis-master-after 8
 #   scripts/cluster.sh 0 ...   # the same load on one single-node server (memory only)
 #
-# REPLICA_CPUS / LOAD_CPUS (taskset lists) pin the replicas and the harness; Redis is not pinned.
+# REPLICA_CPUS / LOAD_CPUS / REDIS_CPUS (taskset lists) pin the replicas, the harness and the
+# Redis nodes (each unpinned when unset).
 # REPLICA_ARGS adds settings to every replica (e.g. "--redis-wait-replicas 0").
 # BIN_DIR runs the binaries of another build (default target/release), for before/after runs.
 # Needs redis-server and redis-cli (Debian redis-server) and a release build.
@@ -80,7 +81,7 @@ else
   NODES=()
   for _ in 1 2 3 4 5 6; do
     port=$(free_port)
-    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+    spawn_pinned "${REDIS_CPUS:-}" redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file "nodes-$port.conf" --cluster-node-timeout 1000 \
       --cluster-replica-validity-factor 0 --save "" --appendonly no --dir "$DIR" \
       --logfile "redis-$port.log" >/dev/null &
