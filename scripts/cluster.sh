@@ -6,7 +6,8 @@
 #
 #   scripts/cluster.sh 3 --campaigns 1000 --listeners 10000 --duration 10
 #   scripts/cluster.sh 3 --campaigns 1000 --listeners 10000 --duration 20 --kill-redis-master-after 8
-#   scripts/cluster.sh 0 ...   # the same load on one single-node server (memory only)
+#   scripts/cluster.sh 0 ...   # the same load on one single-node server (memory only;
+#                              # SINGLE_DURABLE=1: on SQLite, the default mode)
 #
 # REPLICA_CPUS / LOAD_CPUS / REDIS_CPUS (taskset lists) pin the replicas, the harness and the
 # Redis nodes (each unpinned when unset).
@@ -75,7 +76,9 @@ start_interlude() {
 
 TARGETS=()
 if [ "$REPLICAS" -eq 0 ]; then
-  TARGETS+=("http://$(start_interlude --data-dir off)")
+  # SINGLE_DURABLE=1: the default single-node mode (SQLite in a data directory) instead.
+  if [ -n "${SINGLE_DURABLE:-}" ]; then DATA="$DIR/data"; else DATA=off; fi
+  TARGETS+=("http://$(start_interlude --data-dir "$DATA")")
   REDIS_ARGS=()
 else
   NODES=()
