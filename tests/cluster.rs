@@ -99,7 +99,12 @@ async fn three_replicas_behave_as_one_ad_server() {
     capped.frequency_caps =
         vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: 2, window: None }];
     a.upsert([capped, house_ad("house")]).await;
-    let took = on_every_replica(&all, |r| r.state.catalog.snapshot().find("opera-tickets").is_some()).await;
+    // (Each campaign is its own write: a replica may poll between the two.)
+    let took = on_every_replica(&all, |r| {
+        let snapshot = r.state.catalog.snapshot();
+        snapshot.find("opera-tickets").is_some() && snapshot.find("house").is_some()
+    })
+    .await;
     eprintln!("a campaign upserted on one replica was on all three after {took:?}");
     let ids: Vec<_> = all.iter().map(|r| r.state.vocabulary.lookup("opera")).collect();
     assert!(ids[0].is_some() && ids.iter().all(|id| *id == ids[0]), "opera's id differs: {ids:?}");
