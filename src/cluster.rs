@@ -153,7 +153,6 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
     if seen.polls.is_multiple_of(PACED_COUNTERS_EVERY) {
         use futures_util::StreamExt as _;
         let all = seen.polls.is_multiple_of(ALL_COUNTERS_EVERY);
-        let now = crate::grpc::now();
         let snapshot = state.catalog.snapshot();
         let watched: Vec<std::sync::Arc<Campaign>> = snapshot
             .campaigns()
@@ -164,7 +163,7 @@ async fn follow_once(state: &AppState, store: &Shared, seen: &mut Seen) -> Resul
         let mut reads = futures_util::stream::iter(watched)
             .map(|c| {
                 let store = store.clone();
-                async move { store.counters(&c, now).await.map(|(counters, _held)| (c, counters)) }
+                async move { store.counters(&c).await.map(|counters| (c, counters)) }
             })
             .buffer_unordered(COUNTER_READS_IN_FLIGHT);
         while let Some(read) = reads.next().await {

@@ -211,7 +211,7 @@ impl AppState {
         now: UnixMillis,
     ) -> Result<crate::store::delivery::CampaignCounters, StoreError> {
         let Some(store) = &self.shared else { return Ok(self.delivery.counters(&campaign.id, now)) };
-        let (counters, _held) = store.counters(campaign, now).await?;
+        let counters = store.counters(campaign).await?;
         self.delivery.set_counters(campaign.id.clone(), counters);
         Ok(self.delivery.counters(&campaign.id, now))
     }

@@ -161,18 +161,11 @@ impl Shared {
         Ok(Some(ad))
     }
 
-    /// The counters of `campaign` across the cluster, and what it holds in reservations at
-    /// `now` (micros, impressions), at the campaign's current price.
-    pub async fn counters(
-        &self,
-        campaign: &Campaign,
-        now: UnixMillis,
-    ) -> Result<(CampaignCounters, (i64, u64)), SharedError> {
-        let id = campaign.id.as_str();
-        let fields: Vec<(String, String)> = self.query(redis::cmd("HGETALL").arg(counters_key(id))).await?;
-        let holds: u64 =
-            self.query(redis::cmd("ZCOUNT").arg(holds_key(id)).arg(now.0 + 1).arg("+inf")).await?;
-        Ok((parse_counters(&campaign.id, fields)?, (holds as i64 * campaign.price_micros(), holds)))
+    /// The counters of `campaign` across the cluster.
+    pub async fn counters(&self, campaign: &Campaign) -> Result<CampaignCounters, SharedError> {
+        let fields: Vec<(String, String)> =
+            self.query(redis::cmd("HGETALL").arg(counters_key(campaign.id.as_str()))).await?;
+        parse_counters(&campaign.id, fields)
     }
 }
 
