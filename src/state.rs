@@ -303,11 +303,8 @@ impl AppState {
         let mut ids: Vec<ListenerId> = listeners.into_iter().collect();
         ids.sort();
         ids.dedup();
-        if let Some(store) = &self.shared {
-            for id in &ids {
-                self.refresh_listener(store, id).await?;
-            }
-        }
+        // Cluster mode: the callers (admin writes) read the listeners from the shared store
+        // with `warm_profiles` just before; a history not resident is read through it below.
         if ids.iter().all(|id| self.delivery.is_resident(id)) {
             return self.delivery.pin(ids);
         }
