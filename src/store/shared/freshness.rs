@@ -137,6 +137,12 @@ impl Shared {
         use futures_util::StreamExt as _;
         let freshness = self.freshness.clone();
         let stored = self.stored.clone();
+        // Whatever may be missed from here on: neither copies nor the stored-listener filter
+        // are believed until subscribed (and loaded) again.
+        let not_following = || {
+            stored.unloaded();
+            freshness.unsubscribed();
+        };
         let mut node = 0;
         loop {
             let seed = &self.seeds[node % self.seeds.len()];
@@ -174,19 +180,14 @@ impl Shared {
                                 stored.insert(&id);
                                 freshness.changed(ListenerId::from(id.as_str()));
                             }
-                            Err(_) => {
-                                stored.unloaded();
-                                freshness.unsubscribed();
-                            }
+                            Err(_) => not_following(),
                         }
                     }
-                    stored.unloaded();
-                    freshness.unsubscribed();
+                    not_following();
                     tracing::warn!(node = %seed, "listener changes no longer heard; reading every listener until subscribed again");
                 }
                 Err(error) => {
-                    stored.unloaded();
-                    freshness.unsubscribed();
+                    not_following();
                     tracing::debug!(%error, node = %seed, "cannot follow listener changes on this node");
                     tokio::time::sleep(self.timeout).await;
                 }
