@@ -190,8 +190,7 @@ impl Decisions {
         decision.ads.retain(|ad| {
             !holds_budget(&ad.campaign) || state.delivery.reserve_within_limits(&ad.campaign, now)
         });
-        let mut rng = rand::rng();
-        let ad_ids: Vec<AdId> = decision.ads.iter().map(|_| AdId::random(&mut rng)).collect();
+        let ad_ids = fresh_ad_ids(&decision);
         self.serve(decision, key, ad_ids, now)
     }
 
@@ -206,10 +205,7 @@ impl Decisions {
         let mut exhausted = Vec::new();
         loop {
             let (mut decision, key) = self.engine_without(request, now, &exhausted)?;
-            let mut ad_ids: Vec<AdId> = {
-                let mut rng = rand::rng();
-                decision.ads.iter().map(|_| AdId::random(&mut rng)).collect()
-            };
+            let mut ad_ids = fresh_ad_ids(&decision);
             let mut keep = Vec::with_capacity(ad_ids.len());
             for (ad, id) in decision.ads.iter().zip(&mut ad_ids) {
                 let c = &ad.campaign;
@@ -563,6 +559,12 @@ impl<S: decision::SpendView> decision::SpendView for Exhausted<'_, S> {
         }
         spend
     }
+}
+
+/// A new id for each ad of `decision` (what its token, events and hold name it by).
+fn fresh_ad_ids(decision: &Decision) -> Vec<AdId> {
+    let mut rng = rand::rng();
+    decision.ads.iter().map(|_| AdId::random(&mut rng)).collect()
 }
 
 /// Whether serving `campaign` takes a share of a budget (paid, with a limit).
