@@ -106,9 +106,7 @@ impl<Id: TermId> Vocabulary<Id> {
             return Err(StoreError::VocabularyFull(Id::LIMIT));
         }
         let id = Id::from_index(names.len() as u32);
-        let name: Arc<str> = Arc::from(slug);
-        names.push(name.clone());
-        self.inner.ids.insert(name, id);
+        self.push_all(&mut names, [slug]);
         Ok(id)
     }
 
@@ -130,7 +128,7 @@ impl<Id: TermId> Vocabulary<Id> {
             self.push_all(names, missing);
         }
         if names.len() == index {
-            self.push_all(names, [slug.to_owned()]);
+            self.push_all(names, [slug]);
         }
         match self.inner.ids.get(slug) {
             Some(id) if id.index() as usize == index => Ok(*id),
@@ -138,9 +136,10 @@ impl<Id: TermId> Vocabulary<Id> {
         }
     }
 
-    fn push_all(&self, names: &mut Vec<Arc<str>>, more: impl IntoIterator<Item = String>) {
+    /// Gives each of `more` the next id, in order.
+    fn push_all(&self, names: &mut Vec<Arc<str>>, more: impl IntoIterator<Item = impl AsRef<str>>) {
         for name in more {
-            let name: Arc<str> = Arc::from(name);
+            let name: Arc<str> = Arc::from(name.as_ref());
             self.inner.ids.insert(name.clone(), Id::from_index(names.len() as u32));
             names.push(name);
         }
