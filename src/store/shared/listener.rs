@@ -179,12 +179,14 @@ impl Shared {
 
     /// The stored profile of `id`, for the blocking callers (a cache miss off the runtime).
     pub fn load_profile_blocking(&self, id: &str) -> Result<Option<ListenerProfile>, SharedError> {
-        let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
-        let doc: Option<String> = redis::cmd("GET")
-            .arg(profile_key(id))
-            .query(&mut *conn)
-            .map_err(|e| super::blocking("GET", e))?;
+        let doc = self.get_blocking(&profile_key(id))?;
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
+    }
+
+    /// The string at `key`, on the blocking connection.
+    fn get_blocking(&self, key: &str) -> Result<Option<String>, SharedError> {
+        let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
+        redis::cmd("GET").arg(key).query(&mut *conn).map_err(|e| super::blocking("GET", e))
     }
 }
 
@@ -196,11 +198,7 @@ impl crate::store::listeners::ProfileSource for Shared {
 
 impl crate::store::histories::HistorySource for Shared {
     fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, crate::store::StoreError> {
-        let mut conn = self.blocking.lock().unwrap_or_else(|e| e.into_inner());
-        let doc: Option<String> = redis::cmd("GET")
-            .arg(histories_key(id))
-            .query(&mut *conn)
-            .map_err(|e| super::blocking("GET", e))?;
+        let doc = self.get_blocking(&histories_key(id))?;
         let histories: SharedHistories =
             doc.map(|d| serde_json::from_str(&d)).transpose().map_err(SharedError::from)?.unwrap_or_default();
         Ok(histories.members)
