@@ -5,10 +5,14 @@
 //! handles every service shares; `cluster` a replica's side of cluster mode; `token` impression tokens; `service` the decisions every edge
 //! calls; `grpc` the gRPC edge, the only module that knows wire types; `http` the HTTP listener,
 //! serving `vast` (the VAST edge) and `console` (the ad-ops pages); `validation` checks both edges share; `app` wiring and serving; `net` accepted
-//! connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog.
-#![forbid(unsafe_code)]
+//! connections; `config`, `signal`, `telemetry` operations; `demo` the demo catalog; `allocator`
+//! the allocator's setting.
+//!
+//! Unsafe code is denied everywhere but in `allocator`, two calls into mimalloc's option table.
+#![deny(unsafe_code)]
 
 pub mod admission;
+pub mod allocator;
 pub mod app;
 pub mod cluster;
 pub mod config;

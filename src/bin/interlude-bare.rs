@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use clap::Parser;
 
-/// Same allocator as the server, so that the difference is the server's own work.
+/// Same allocator and allocator setting as the server, so that the difference is the server's
+/// own work.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -32,6 +33,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    interlude::allocator::retain_freed_pages();
     let args = Args::parse();
     let runtime = if args.worker_threads == 0 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
