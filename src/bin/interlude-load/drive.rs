@@ -867,6 +867,20 @@ impl Worker {
 const RECORD_ATTEMPTS: u32 = 100;
 const RECORD_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// Requests an open-loop worker queues behind the one it is waiting for.
+const OPEN_QUEUE: usize = 4;
+/// Most workers an open loop starts. Each holds a latency histogram (~140 KB), and 25,000 of them
+/// (`--max-in-flight 100000`) took longer to set up than a phase lasts: the pacer then found its
+/// deadline passed and sent nothing. Past this, deeper queues keep the bound instead.
+const OPEN_MAX_WORKERS: usize = 1024;
+
+/// Workers and queue depth of an open loop that holds at most `max_in_flight` requests (at least
+/// that many, rounded up to whole queues).
+fn open_pool(max_in_flight: usize) -> (usize, usize) {
+    let workers = max_in_flight.div_ceil(OPEN_QUEUE).clamp(1, OPEN_MAX_WORKERS);
+    (workers, max_in_flight.div_ceil(workers).max(1))
+}
+
 /// Open loop: one request every `1 / rate` seconds, from intended send times, dealt round-robin
 /// to a fixed pool of workers (each with its own connection share and histogram). A request
 /// finding its worker's queue full is shed and counted, never silently delayed.
@@ -879,12 +893,11 @@ async fn open_loop(
     progress: &ProgressBar,
     timeline: &Arc<Timeline>,
 ) -> WorkerResult {
-    const QUEUE: usize = 4;
-    let workers = (max_in_flight / QUEUE).max(1);
+    let (workers, queue) = open_pool(max_in_flight);
     let mut senders = Vec::with_capacity(workers);
     let mut handles = Vec::with_capacity(workers);
     for w in 0..workers {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(QUEUE);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, Instant)>(queue);
         senders.push(tx);
         let mut worker = Worker::new(shared, target, w, workers, timeline.clone());
         let progress = progress.clone();
@@ -954,6 +967,15 @@ async fn open_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_loop_pool_holds_the_bound_with_at_most_1024_workers() {
+        assert_eq!(open_pool(1), (1, 1));
+        assert_eq!(open_pool(2048), (512, 4), "the default (32 × 64) as before");
+        let (workers, queue) = open_pool(100_000);
+        assert_eq!(workers, OPEN_MAX_WORKERS);
+        assert!(workers * queue >= 100_000 && workers * (queue - 1) < 100_000, "{workers} × {queue}");
+    }
 
     fn facts(affinity: &[&str], track: &[&str]) -> CampaignFacts {
         CampaignFacts {
