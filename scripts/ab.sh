@@ -28,51 +28,54 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# start NAME BIN_DIR ENV: one server on free ports; sets ${NAME}_GRPC and ${NAME}_METRICS.
+# start NAME BIN_DIR ENV: one server on ports the kernel picks, waited for until it serves (as
+# its log says, the way scripts/cluster.sh waits); sets ${NAME}_GRPC, ${NAME}_METRICS, ${NAME}_PID.
 start() {
-  local name=$1 bin=$2 env=$3 grpc metrics data=off
-  grpc=$(free_port)
-  metrics=$(free_port)
+  local name=$1 bin=$2 env=$3 data=off log="$DIR/$1.log"
   if [ -n "${DURABLE:-}" ]; then data="$DIR/data-$name"; fi
-  env ${env:+"$env"} taskset -c 0 "$bin/interlude" --listen "127.0.0.1:$grpc" \
-    --metrics-listen "127.0.0.1:$metrics" --http-listen off --demo false --data-dir "$data" \
-    --admin-token "$TOKEN" >"$DIR/$name.log" 2>&1 &
+  env ${env:+"$env"} taskset -c 0 "$bin/interlude" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
+    --http-listen off --demo false --data-dir "$data" --admin-token "$TOKEN" >"$log" 2>&1 &
   PIDS+=($!)
+  printf -v "${name}_PID" '%s' "$!"
   disown "$!" # no job-control notice when cleanup kills it
-  printf -v "${name}_GRPC" '%s' "$grpc"
-  printf -v "${name}_METRICS" '%s' "$metrics"
+  for _ in $(seq 600); do
+    if grep -q grpc_addr "$log"; then
+      printf -v "${name}_GRPC" '%s' "$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2)"
+      printf -v "${name}_METRICS" '%s' "$(grep -o 'metrics_addr="[0-9.:]*' "$log" | head -1 | cut -d'"' -f2)"
+      return
+    fi
+    kill -0 "${PIDS[-1]}" 2>/dev/null || break # it exited: say why at once
+    sleep 0.05
+  done
+  echo "interlude ($name) did not start: $(cat "$log")" >&2
+  exit 1
 }
 
-# load BIN_DIR GRPC METRICS [args...]: the harness against one server.
+# load BIN_DIR GRPC METRICS OUT [args...]: the harness against one server, its report in OUT
+# (shown, and the script stopped, if the harness fails).
 load() {
-  local bin=$1 grpc=$2 metrics=$3
-  shift 3
-  taskset -c 1 "$bin/interlude-load" --target "http://127.0.0.1:$grpc" \
-    --server-metrics "http://127.0.0.1:$metrics/metrics" --bare-metrics off --admin-token "$TOKEN" \
-    --campaigns "${CAMPAIGNS:-10000}" --listeners "${LISTENERS:-100000}" "$@"
+  local bin=$1 grpc=$2 metrics=$3 out=$4
+  shift 4
+  taskset -c 1 "$bin/interlude-load" --target "http://$grpc" \
+    --server-metrics "http://$metrics/metrics" --bare-metrics off --admin-token "$TOKEN" \
+    --campaigns "${CAMPAIGNS:-10000}" --listeners "${LISTENERS:-100000}" "$@" >"$out" 2>&1 ||
+    { cat "$out" >&2; exit 1; }
 }
 
 start A "$A" "${ENV_A:-}"
 start B "$B" "${ENV_B:-}"
-# Seeding waits for each server to answer (the harness retries its first connection).
-load "$A" "$A_GRPC" "$A_METRICS" --workload decide --duration 1 --warmup 0 >"$DIR/seed-A.out" 2>&1
-load "$B" "$B_GRPC" "$B_METRICS" --workload decide --duration 1 --warmup 0 >"$DIR/seed-B.out" 2>&1
+load "$A" "$A_GRPC" "$A_METRICS" "$DIR/seed-A.out" --workload decide --duration 1 --warmup 0
+load "$B" "$B_GRPC" "$B_METRICS" "$DIR/seed-B.out" --workload decide --duration 1 --warmup 0
 echo "build phase req/s server-cpu-µs-a-request [impressions recorded]"
 for _ in $(seq "$ROUNDS"); do
   for name in A B; do
     bin=$A grpc=$A_GRPC metrics=$A_METRICS
     if [ "$name" = B ]; then bin=$B grpc=$B_GRPC metrics=$B_METRICS; fi
-    load "$bin" "$grpc" "$metrics" --no-seed --warmup 1 "$@" >"$DIR/phase.out" 2>&1
+    load "$bin" "$grpc" "$metrics" "$DIR/phase.out" --no-seed --warmup 1 "$@"
     line=$(grep -E '^(Decide|HealthCheck|DecideAndRecord|BareCheck) ' "$DIR/phase.out" | awk '{printf "%s %s %s", $1, $3, $9}')
     recorded=$(grep -o 'impressions recorded [0-9]*' "$DIR/phase.out" | head -1 | awk '{print $3}')
     echo "$name $line ${recorded:-}"
   done
 done
-for name in A B; do
-  pid=${PIDS[$([ "$name" = A ] && echo 0 || echo 1)]}
-  echo "$name resident $(grep VmRSS "/proc/$pid/status" | awk '{print $2, $3}')"
-done
+echo "A resident $(grep VmRSS "/proc/$A_PID/status" | awk '{print $2, $3}')"
+echo "B resident $(grep VmRSS "/proc/$B_PID/status" | awk '{print $2, $3}')"
