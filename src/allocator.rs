@@ -3,7 +3,7 @@
 //! mimalloc (v3) hands pages that stay free for a second back to the kernel; on this workload
 //! that is a steady churn — a Decide that needs a fresh page faults it back in, and with
 //! transparent huge pages each fault zeroes 2 MiB (`clear_page_erms` was 6–7 % of the server's
-//! samples). Never purging measured 8–15 % less server CPU per Decide and per Decide +
+//! samples). Never purging measured 8–17 % less server CPU per Decide and 11–20 % per Decide +
 //! RecordEvents (docs/PERFORMANCE.md, "The allocator keeps its pages"); the cost is that the
 //! resident size stays at its peak, as with jemalloc's `retain`. An operator who prefers the
 //! memory back sets mimalloc's own `MIMALLOC_PURGE_DELAY` (milliseconds), which wins.
@@ -26,15 +26,15 @@ pub fn retain_freed_pages() {
     }
 }
 
-/// The purge delay mimalloc is using, in milliseconds (-1: never).
-pub fn purge_delay_ms() -> std::ffi::c_long {
-    // SAFETY: reads mimalloc's option table.
-    unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The purge delay mimalloc is using, in milliseconds (-1: never).
+    fn purge_delay_ms() -> std::ffi::c_long {
+        // SAFETY: reads mimalloc's option table.
+        unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
+    }
 
     #[test]
     fn the_option_is_the_purge_delay_and_retaining_sets_it_to_never() {

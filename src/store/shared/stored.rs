@@ -117,6 +117,11 @@ impl StoredListeners {
     pub(super) fn unloaded(&self) {
         self.inner.loaded.store(false, Ordering::Release);
     }
+
+    /// Believes the filter from now on: every shard was merged while the changes are followed.
+    fn loaded(&self) {
+        self.inner.loaded.store(true, Ordering::Release);
+    }
 }
 
 impl Shared {
@@ -155,7 +160,7 @@ impl Shared {
                 self.stored.merge(shard, &stored);
             }
         }
-        self.stored.inner.loaded.store(true, Ordering::Release);
+        self.stored.loaded();
         tracing::info!("stored listeners loaded: a decision for one never stored reads nothing");
         Ok(())
     }
@@ -192,7 +197,7 @@ mod tests {
     fn unloaded_it_believes_every_listener_may_be_stored() {
         let filter = StoredListeners::default();
         assert!(filter.may_hold("never-seen"));
-        filter.inner.loaded.store(true, Ordering::Release);
+        filter.loaded();
         assert!(!filter.may_hold("never-seen"));
         filter.insert("written");
         assert!(filter.may_hold("written"));
@@ -203,7 +208,7 @@ mod tests {
     #[test]
     fn a_shard_merges_in_redis_bit_order() {
         let filter = StoredListeners::default();
-        filter.inner.loaded.store(true, Ordering::Release);
+        filter.loaded();
         let (shard, bits) = positions("heard-elsewhere");
         // As SETBIT would leave it: bit n is byte n / 8, counted from the most significant bit.
         let mut stored = vec![0u8; (bits.iter().max().unwrap() / 8 + 1) as usize];
