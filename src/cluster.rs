@@ -53,6 +53,9 @@ pub async fn store_changes(store: &Shared, changes: &[Change]) -> Result<(), Sha
             | Change::Erased { .. }
             | Change::PlayCounted { .. }
             | Change::Counters(..)
+            // Made by single-node RecordEvents only; cluster mode applies events in the shared
+            // store itself (`Decisions::record_shared`).
+            | Change::HistoryChanges(..)
             | Change::Event(_)
             | Change::PurgeEvents { .. } => {}
         }

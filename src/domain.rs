@@ -10,7 +10,7 @@ pub mod history;
 pub mod life_stage;
 pub mod taste;
 
-pub use history::{DeliveryHistory, ImpressionRecord};
+pub use history::{DeliveryHistory, HistoryChange, ImpressionRecord};
 pub use taste::{ArtistStat, GenreStat, Taste};
 
 /// Milliseconds since the Unix epoch (UTC). The engine's only notion of time; callers pass it in.

@@ -555,6 +555,45 @@ async fn caps_hold_for_histories_evicted_from_the_cache_and_after_a_restart() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[tokio::test]
+async fn a_history_kept_as_appended_changes_counts_each_impression_once_after_restarts() {
+    use interlude::store::histories::COMPACT_AFTER;
+    let dir = data_dir("appended-history");
+    let config = || {
+        let mut config = durable_config(&dir);
+        config.policy.max_ads_per_hour = 1_000;
+        config
+    };
+    // More impressions than one run of appended rows: the history is stored whole once on the
+    // way, then gets rows again.
+    let cap = COMPACT_AFTER + 8;
+    let mut capped = genre_campaign("jazz-capped", "a", 10, &["jazz"]);
+    capped.frequency_caps =
+        vec![pb::FrequencyCap { scope: pb::CapScope::Campaign as i32, max_impressions: cap, window: None }];
+    let server = start_server_with(config()).await;
+    server.upsert([capped]).await;
+    server.listener("fan", |_| {}).await;
+    server.plays("fan", "", &[("jazz", 20)]).await;
+    let hear = async |server: &TestServer, i: u32| {
+        let decided = server.decide(break_for("fan")).await;
+        assert_eq!(served(&decided), ["jazz-capped"], "impression {i} of {cap}");
+        server.record_impressions(&decided, &format!("heard-{i}")).await;
+    };
+    for i in 1..cap {
+        hear(&server, i).await;
+    }
+    server.stop().await;
+    let server = start_server_with(config()).await;
+    // One short of the cap: a change replayed twice would cap it now.
+    hear(&server, cap).await;
+    server.stop().await;
+    let server = start_server_with(config()).await;
+    let decided = server.decide(break_for("fan")).await;
+    assert!(served(&decided).is_empty(), "capped at {cap}: none lost; got {:?}", served(&decided));
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// A profile source that holds the load of listener "slow" until the test releases it.
 #[derive(Debug)]
 struct Gate {

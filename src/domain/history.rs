@@ -56,6 +56,18 @@ pub struct Suppression {
     pub until: UnixMillis,
 }
 
+/// One change an event makes to a history that outlives a restart. The durable store appends
+/// these instead of rewriting the whole history, and replays them in order over the last
+/// stored copy; applying them is deterministic (`DeliveryHistory::apply`), so the replay
+/// rebuilds exactly what memory held.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HistoryChange {
+    /// An impression heard.
+    Heard(ImpressionRecord),
+    /// A "not for me": an advertiser or category suppressed until `until`.
+    Suppressed(Suppression),
+}
+
 /// Delivery facts for one listener member.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeliveryHistory {
@@ -183,6 +195,14 @@ impl DeliveryHistory {
     fn overflow_since(&self, since: i64, matches: impl Fn(Option<&LifetimeKey>) -> bool) -> u32 {
         let first_day = since.div_euclid(DAY_MS);
         self.overflow.iter().filter(|c| c.day >= first_day && matches(c.key.as_ref())).map(|c| c.n).sum()
+    }
+
+    /// Applies one lasting change (what an event made, or its replay from the store).
+    pub fn apply(&mut self, change: HistoryChange) {
+        match change {
+            HistoryChange::Heard(record) => self.record_impression(record),
+            HistoryChange::Suppressed(s) => self.suppress(s.target, s.until),
+        }
     }
 
     /// Suppresses an advertiser or category until `until`.

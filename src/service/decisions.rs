@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use crate::decision::{self, Decision, Fill, Listener, Reason};
 use crate::domain::{
-    AdId, AdRequest, Campaign, CampaignId, EventKind, ImpressionRecord, ListenerId, Tier, UnixMillis,
+    AdId, AdRequest, Campaign, CampaignId, EventKind, HistoryChange, ImpressionRecord, ListenerId, Tier,
+    UnixMillis,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::delivery::{Applied, CountedEvent, EventOutcome, HistoryKey, VerifiedEvent};
-use crate::store::delivery::{changes_history, remember};
+use crate::store::delivery::{changes_history, lasting_changes, remember};
 use crate::store::durable::Change;
 use crate::store::shared::{Shared, SharedError, event_field};
 use crate::telemetry;
@@ -520,12 +521,25 @@ impl Decisions {
                 })
             })
             .collect();
-        let mut keys: Vec<&HistoryKey> = verified.iter().filter_map(|e| e.history.as_ref()).collect();
-        keys.sort_by(|a, b| (&a.listener, &a.member).cmp(&(&b.listener, &b.member)));
-        keys.dedup();
-        changes.extend(
-            keys.into_iter().filter_map(|k| delivery.history(k).map(|h| Change::History(k.clone(), h))),
-        );
+        // Each history's lasting changes, in the order they were applied.
+        let mut by_key: Vec<(&HistoryKey, Vec<HistoryChange>)> = Vec::new();
+        for (e, _) in verified.iter().zip(&applied.outcomes).filter(|(_, o)| **o == EventOutcome::Accepted) {
+            let Some(key) = &e.history else { continue };
+            let i = match by_key.iter().position(|(k, _)| *k == key) {
+                Some(i) => i,
+                None => {
+                    by_key.push((key, Vec::new()));
+                    by_key.len() - 1
+                }
+            };
+            lasting_changes(e, self.state.suppression, |change| by_key[i].1.push(change));
+        }
+        changes.extend(by_key.into_iter().filter(|(_, c)| !c.is_empty()).map(|(key, appended)| {
+            match delivery.next_stored_form(key) {
+                Some(whole) => Change::History(key.clone(), whole),
+                None => Change::HistoryChanges(key.clone(), appended),
+            }
+        }));
         let mut campaigns: Vec<&CampaignId> = verified.iter().map(|e| &e.campaign.id).collect();
         campaigns.sort();
         campaigns.dedup();

@@ -9,9 +9,9 @@ use super::histories::{AccountHistories, Histories, Pins};
 use super::{FastMap, StoreError};
 
 use crate::decision::{Spend, SpendView};
-use crate::domain::history::SuppressionTarget;
+use crate::domain::history::{Suppression, SuppressionTarget};
 use crate::domain::{
-    AdId, AdvertiserId, Campaign, CampaignId, CreativeId, DAY_MS, DeliveryHistory, EventKind,
+    AdId, AdvertiserId, Campaign, CampaignId, CreativeId, DAY_MS, DeliveryHistory, EventKind, HistoryChange,
     ImpressionRecord, ListenerId, UnixMillis,
 };
 
@@ -242,24 +242,40 @@ pub fn remember(
     event: &VerifiedEvent,
     suppression: SuppressionPolicy,
 ) {
-    let c = &event.campaign;
     let history = account.get_mut(member);
+    // Holds live in memory only: the release is not one of the lasting changes.
+    if matches!(event.kind, EventKind::Impression | EventKind::NotUsed) {
+        history.release_hold(event.ad);
+    }
+    lasting_changes(event, suppression, |change| history.apply(change));
+}
+
+/// The changes `event` makes to its history that outlive a restart, in the order `remember`
+/// applies them: what the durable store appends for it.
+pub fn lasting_changes(
+    event: &VerifiedEvent,
+    suppression: SuppressionPolicy,
+    mut f: impl FnMut(HistoryChange),
+) {
+    let c = &event.campaign;
     match event.kind {
         EventKind::Impression => {
-            history.record_impression_of(event.ad, ImpressionRecord::of(c, event.creative_index, event.at));
+            f(HistoryChange::Heard(ImpressionRecord::of(c, event.creative_index, event.at)));
         }
         EventKind::NotForMe => {
             let until = UnixMillis(event.at.0 + suppression.advertiser_ms);
-            history.suppress(SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id)), until);
+            let target = SuppressionTarget::Advertiser(AdvertiserId::clone(&c.advertiser_id));
+            f(HistoryChange::Suppressed(Suppression { target, until }));
             if suppression.category_ms > 0 {
                 let until = UnixMillis(event.at.0 + suppression.category_ms);
                 for category in c.categories.iter() {
-                    history.suppress(SuppressionTarget::Category(category.clone()), until);
+                    let target = SuppressionTarget::Category(category.clone());
+                    f(HistoryChange::Suppressed(Suppression { target, until }));
                 }
             }
         }
-        EventKind::NotUsed => history.release_hold(event.ad),
-        EventKind::Click
+        EventKind::NotUsed
+        | EventKind::Click
         | EventKind::Complete
         | EventKind::Skip
         | EventKind::Start
@@ -567,6 +583,16 @@ impl Delivery {
         self.inner
             .histories
             .read(&key.listener, |h| h.and_then(|h| h.get(&key.member)).cloned())
+            .ok()
+            .flatten()
+    }
+
+    /// How the durable store takes `key`'s latest changes (see `AccountHistories::next_stored_form`):
+    /// None = as appended rows; Some = this whole copy. Pinned by the caller.
+    pub fn next_stored_form(&self, key: &HistoryKey) -> Option<DeliveryHistory> {
+        self.inner
+            .histories
+            .update_unpersisted(&key.listener, |h| h.next_stored_form(&key.member))
             .ok()
             .flatten()
     }

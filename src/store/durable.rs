@@ -20,10 +20,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 
 use crate::domain::{AdId, EventKind};
-use crate::domain::{Campaign, CampaignId, DeliveryHistory, ListenerId, ListenerProfile, UnixMillis};
+use crate::domain::{
+    Campaign, CampaignId, DeliveryHistory, HistoryChange, ListenerId, ListenerProfile, UnixMillis,
+};
 use crate::store::StoreError;
 use crate::store::delivery::{CampaignCounters, CountedEvent, HistoryKey};
-use crate::store::histories::HistorySource;
+use crate::store::histories::{AccountHistories, HistorySource};
 use crate::store::listeners::ProfileSource;
 
 /// The SQLite file inside the data directory.
@@ -88,7 +90,10 @@ pub enum Change {
         alias: String,
         listener: ListenerId,
     },
+    /// A whole history: replaces the stored one and the changes appended to it.
     History(HistoryKey, DeliveryHistory),
+    /// Changes to a history, appended after its stored copy (replayed over it when read).
+    HistoryChanges(HistoryKey, Vec<HistoryChange>),
     Counters(CampaignId, CampaignCounters),
     /// An event counted for its ad (once per ad and kind).
     Event(CountedEvent),
@@ -205,6 +210,12 @@ const MIGRATIONS: &[&str] = &[
     "
     CREATE TABLE IF NOT EXISTS erased (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS plays_counted (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+    ",
+    // 3: changes appended to a stored history (a JSON array of `HistoryChange` per write), in
+    // rowid order; a history stored whole deletes its rows.
+    "
+    CREATE TABLE history_changes (listener TEXT NOT NULL, member TEXT NOT NULL, doc TEXT NOT NULL);
+    CREATE INDEX history_changes_by_member ON history_changes (listener, member);
     ",
 ];
 
@@ -329,19 +340,34 @@ impl StoreReader {
         Ok(doc.map(|d| serde_json::from_str(&d)).transpose()?)
     }
 
-    /// Every stored member history of listener `id`.
-    fn histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, DurableError> {
-        let rows: Vec<(String, String)> = self.with_connection(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT member, doc FROM histories WHERE listener = ?1")?;
-            let rows = stmt.query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-            Ok(rows.collect::<Result<_, _>>()?)
+    /// Every stored member history of listener `id`: its last whole copy, with the changes
+    /// appended since replayed over it in order.
+    fn histories(&self, id: &str) -> Result<AccountHistories, DurableError> {
+        type MemberDocs = Vec<(String, String)>;
+        let (whole, appended): (MemberDocs, MemberDocs) = self.with_connection(|conn| {
+            let rows = |sql| -> Result<MemberDocs, DurableError> {
+                let mut stmt = conn.prepare_cached(sql)?;
+                let rows = stmt.query_map(params![id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                Ok(rows.collect::<Result<_, _>>()?)
+            };
+            Ok((
+                rows("SELECT member, doc FROM histories WHERE listener = ?1")?,
+                rows("SELECT member, doc FROM history_changes WHERE listener = ?1 ORDER BY rowid")?,
+            ))
         })?;
-        rows.into_iter().map(|(member, doc)| Ok((member.into(), serde_json::from_str(&doc)?))).collect()
+        let mut account = AccountHistories::default();
+        for (member, doc) in whole {
+            account.restore(&member, serde_json::from_str(&doc)?);
+        }
+        for (member, doc) in appended {
+            account.replay(&member, serde_json::from_str(&doc)?);
+        }
+        Ok(account)
     }
 }
 
 impl HistorySource for StoreReader {
-    fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, StoreError> {
+    fn load_histories(&self, id: &str) -> Result<AccountHistories, StoreError> {
         self.histories(id).map_err(|e| StoreError::Unavailable(e.to_string()))
     }
 }
@@ -462,6 +488,7 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                 tx.execute("DELETE FROM listeners WHERE id = ?1", params![id.as_str()])?;
                 tx.execute("DELETE FROM aliases WHERE listener = ?1 OR alias = ?1", params![id.as_str()])?;
                 tx.execute("DELETE FROM histories WHERE listener = ?1", params![id.as_str()])?;
+                tx.execute("DELETE FROM history_changes WHERE listener = ?1", params![id.as_str()])?;
             }
             Change::Alias { alias, listener } => {
                 tx.execute(
@@ -470,10 +497,17 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                 )?;
             }
             Change::History(key, h) => {
-                tx.execute(
+                let key = params![key.listener.as_str(), &*key.member];
+                tx.prepare_cached("DELETE FROM history_changes WHERE listener = ?1 AND member = ?2")?
+                    .execute(key)?;
+                tx.prepare_cached(
                     "INSERT OR REPLACE INTO histories (listener, member, doc) VALUES (?1, ?2, ?3)",
-                    params![key.listener.as_str(), &*key.member, doc(h)?],
-                )?;
+                )?
+                .execute(params![key[0], key[1], doc(h)?])?;
+            }
+            Change::HistoryChanges(key, changes) => {
+                tx.prepare_cached("INSERT INTO history_changes (listener, member, doc) VALUES (?1, ?2, ?3)")?
+                    .execute(params![key.listener.as_str(), &*key.member, doc(changes)?])?;
             }
             Change::Counters(id, c) => {
                 tx.execute(
@@ -641,6 +675,51 @@ mod tests {
         drop(durable);
         let (_, recovered) = Durable::open(&dir).unwrap();
         assert_eq!(recovered.events, vec![counted(2, "ev-2", 100)], "expired events are purged");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_history_read_back_is_its_whole_copy_with_the_appended_changes_replayed_in_order() {
+        use crate::domain::history::{Suppression, SuppressionTarget};
+        let dir = temp_dir("appended");
+        let (durable, _) = Durable::open(&dir).unwrap();
+        let campaign = crate::decision::tests::campaign("c", "adv", crate::domain::Tier::Standard, 10);
+        let heard =
+            |at| HistoryChange::Heard(crate::domain::ImpressionRecord::of(&campaign, 0, UnixMillis(at)));
+        let key = |member: &str| HistoryKey { listener: "nina".into(), member: member.into() };
+        let suppressed = HistoryChange::Suppressed(Suppression {
+            target: SuppressionTarget::Advertiser("adv".into()),
+            until: UnixMillis(9_000),
+        });
+        // What memory holds after the same changes, applied in the same order.
+        let mut expected = DeliveryHistory::default();
+        let mut whole = DeliveryHistory::default();
+        whole.apply(heard(1_000));
+        expected.apply(heard(1_000));
+        let rows = [vec![heard(2_000), suppressed.clone()], vec![heard(1_500)]];
+        for change in rows.iter().flatten() {
+            expected.apply(change.clone());
+        }
+        let mut changes = vec![Change::History(key(""), whole)];
+        changes.extend(rows.iter().map(|row| Change::HistoryChanges(key(""), row.clone())));
+        changes.push(Change::HistoryChanges(key("kid"), vec![heard(3_000)]));
+        block_on(durable.submit(changes).unwrap().wait()).unwrap();
+        let reader = Durable::reader(&dir);
+        let account = reader.histories("nina").unwrap();
+        assert_eq!(account.get(""), Some(&expected), "whole copy + two rows replayed in order");
+        assert_eq!(account.get("kid").map(|h| h.impressions_within(1_000, UnixMillis(3_000))), Some(1));
+        let stored_rows = |conn: &Connection| -> i64 {
+            conn.query_row("SELECT count(*) FROM history_changes", [], |r| r.get(0)).unwrap()
+        };
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        assert_eq!(stored_rows(&conn), 3);
+        // A whole copy replaces its member's rows, and only that member's.
+        block_on(durable.submit(vec![Change::History(key(""), expected.clone())]).unwrap().wait()).unwrap();
+        assert_eq!(stored_rows(&conn), 1, "the kid's row stays");
+        assert_eq!(reader.histories("nina").unwrap().get(""), Some(&expected));
+        block_on(durable.submit(vec![Change::ForgetListener("nina".into())]).unwrap().wait()).unwrap();
+        assert_eq!(stored_rows(&conn), 0, "erasure deletes appended rows too");
+        assert!(reader.histories("nina").unwrap().get("kid").is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{FastHash, FastMap, StoreError, Stripes};
-use crate::domain::{AdId, DeliveryHistory, ListenerId, UnixMillis};
+use crate::domain::{AdId, DeliveryHistory, HistoryChange, ListenerId, UnixMillis};
 
 /// Where histories that are not in memory are read from: the durable store.
 pub trait HistorySource: Send + Sync + std::fmt::Debug {
     /// Every stored member history of listener `id` ("" = the main profile).
-    fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, StoreError>;
+    fn load_histories(&self, id: &str) -> Result<AccountHistories, StoreError>;
 }
 
 /// Resident bytes a cached account costs beyond its histories (moka's bookkeeping, the entry's
@@ -26,38 +26,86 @@ pub const CACHE_ENTRY_OVERHEAD: usize = 300;
 /// (`PENDING_HOLD_MS`), so only accounts idle for long give their memory back early.
 pub const CACHE_IDLE: Duration = Duration::from_secs(3600);
 
+/// A stored history gets its changes as appended rows until it has this many, then is stored
+/// whole again (which drops them): a history read back replays at most this many rows, and a
+/// write stores a few small rows rather than the whole history each time.
+pub const COMPACT_AFTER: u32 = 32;
+
 /// The histories of one listener account: the main profile's ("") and each member's.
 #[derive(Clone, Debug, Default)]
 pub struct AccountHistories {
-    members: Vec<(Box<str>, DeliveryHistory)>,
+    members: Vec<Member>,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    name: Box<str>,
+    history: DeliveryHistory,
+    /// Rows of changes stored after the history's last whole copy (durable store only).
+    appended: u32,
 }
 
 impl AccountHistories {
     /// The history of `member`, if it has one.
     pub fn get(&self, member: &str) -> Option<&DeliveryHistory> {
-        self.members.iter().find(|(m, _)| &**m == member).map(|(_, h)| h)
+        self.members.iter().find(|m| &*m.name == member).map(|m| &m.history)
     }
 
     /// The history of `member`, created when new.
     pub fn get_mut(&mut self, member: &str) -> &mut DeliveryHistory {
-        let i = match self.members.iter().position(|(m, _)| &**m == member) {
+        &mut self.member_mut(member).history
+    }
+
+    fn member_mut(&mut self, member: &str) -> &mut Member {
+        let i = match self.members.iter().position(|m| &*m.name == member) {
             Some(i) => i,
             None => {
-                self.members.push((member.into(), DeliveryHistory::default()));
+                self.members.push(Member {
+                    name: member.into(),
+                    history: DeliveryHistory::default(),
+                    appended: 0,
+                });
                 self.members.len() - 1
             }
         };
-        &mut self.members[i].1
+        &mut self.members[i]
+    }
+
+    /// A history read back from the durable store: its last whole copy.
+    pub fn restore(&mut self, member: &str, history: DeliveryHistory) {
+        self.member_mut(member).history = history;
+    }
+
+    /// One row of changes read back from the durable store, replayed over `member`'s history.
+    pub fn replay(&mut self, member: &str, changes: Vec<HistoryChange>) {
+        let m = self.member_mut(member);
+        for change in changes {
+            m.history.apply(change);
+        }
+        m.appended += 1;
+    }
+
+    /// How `member`'s next changes are stored: None = as one more appended row; Some(copy) =
+    /// whole, replacing its rows, once it has `COMPACT_AFTER` of them.
+    pub fn next_stored_form(&mut self, member: &str) -> Option<DeliveryHistory> {
+        let m = self.member_mut(member);
+        if m.appended + 1 >= COMPACT_AFTER {
+            m.appended = 0;
+            Some(m.history.clone())
+        } else {
+            m.appended += 1;
+            None
+        }
     }
 
     /// Each member and its history.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &DeliveryHistory)> {
-        self.members.iter().map(|(m, h)| (&**m, h))
+        self.members.iter().map(|m| (&*m.name, &m.history))
     }
 
     /// Whether no member's history can stop an ad at `now` (nothing recorded, nothing held).
     pub fn is_idle_at(&self, now: UnixMillis) -> bool {
-        self.members.iter().all(|(_, h)| h.is_idle_at(now))
+        self.members.iter().all(|m| m.history.is_idle_at(now))
     }
 
     /// Takes over the holds of `from` (see `DeliveryHistory::carry_holds`).
@@ -70,13 +118,15 @@ impl AccountHistories {
     }
 
     fn approx_bytes(&self) -> usize {
-        self.members.iter().map(|(m, h)| m.len() + h.approx_bytes()).sum::<usize>()
+        self.members.iter().map(|m| m.name.len() + m.history.approx_bytes()).sum::<usize>()
     }
 }
 
 impl FromIterator<(Box<str>, DeliveryHistory)> for AccountHistories {
     fn from_iter<I: IntoIterator<Item = (Box<str>, DeliveryHistory)>>(iter: I) -> Self {
-        Self { members: iter.into_iter().collect() }
+        Self {
+            members: iter.into_iter().map(|(name, history)| Member { name, history, appended: 0 }).collect(),
+        }
     }
 }
 
@@ -151,7 +201,7 @@ impl Cached {
             return Ok(entry);
         }
         let entry = Arc::new(Entry {
-            histories: Mutex::new(self.source.load_histories(id.as_str())?.into_iter().collect()),
+            histories: Mutex::new(self.source.load_histories(id.as_str())?),
             weight: AtomicU32::new(0),
         });
         entry.weigh();
@@ -395,15 +445,19 @@ mod tests {
     }
 
     impl HistorySource for MapSource {
-        fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, StoreError> {
+        fn load_histories(&self, id: &str) -> Result<AccountHistories, StoreError> {
             self.reads.fetch_add(1, Ordering::Relaxed);
-            Ok(self.rows.lock().unwrap().get(id).cloned().unwrap_or_default())
+            Ok(self.rows.lock().unwrap().get(id).cloned().unwrap_or_default().into_iter().collect())
         }
     }
 
     fn impression(at: i64) -> ImpressionRecord {
         let c = crate::decision::tests::campaign("c", "adv", crate::domain::Tier::Standard, 10);
         ImpressionRecord::of(&c, 0, UnixMillis(at))
+    }
+
+    fn members(a: &AccountHistories) -> Members {
+        a.iter().map(|(m, h)| (m.into(), h.clone())).collect()
     }
 
     fn heard(h: &Histories, id: &ListenerId) -> usize {
@@ -434,7 +488,7 @@ mod tests {
             .rows
             .lock()
             .unwrap()
-            .insert("nina".into(), histories.read(&nina, |a| a.unwrap().members.clone()).unwrap());
+            .insert("nina".into(), histories.read(&nina, |a| members(a.unwrap())).unwrap());
         histories.unpin(&nina);
         for i in 50..100 {
             histories.load(&ListenerId::from(format!("other-{i}").as_str())).unwrap();
@@ -446,6 +500,24 @@ mod tests {
         assert!(!histories.is_resident(&nina), "evicted once unpinned");
         assert_eq!(heard(&histories, &nina), 1, "read back as committed");
         assert_eq!(source.reads.load(Ordering::Relaxed), reads + 1, "one read of the store");
+    }
+
+    #[test]
+    fn a_history_is_stored_whole_again_once_it_has_compact_after_appended_rows() {
+        let mut account = AccountHistories::default();
+        account.replay("", vec![HistoryChange::Heard(impression(1))]);
+        account.replay("", vec![HistoryChange::Heard(impression(2))]);
+        let forms: Vec<bool> =
+            (0..2 * COMPACT_AFTER).map(|_| account.next_stored_form("").is_some()).collect();
+        let whole_at: Vec<usize> = forms.iter().enumerate().filter(|(_, w)| **w).map(|(i, _)| i).collect();
+        let after = COMPACT_AFTER as usize;
+        // Two rows read back, so the write that would make COMPACT_AFTER stores it whole; then
+        // every COMPACT_AFTER-th write.
+        assert_eq!(whole_at, vec![after - 3, 2 * after - 3]);
+        assert_eq!(account.next_stored_form("kid"), None, "a new member starts with appended rows");
+        let whole = account.next_stored_form("").map(|_| ());
+        assert_eq!(whole, None);
+        assert_eq!(account.get("").map(|h| h.impressions_within(DAY_MS, UnixMillis(10))), Some(2));
     }
 
     #[test]

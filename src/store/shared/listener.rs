@@ -197,10 +197,10 @@ impl crate::store::listeners::ProfileSource for Shared {
 }
 
 impl crate::store::histories::HistorySource for Shared {
-    fn load_histories(&self, id: &str) -> Result<Vec<(Box<str>, DeliveryHistory)>, crate::store::StoreError> {
+    fn load_histories(&self, id: &str) -> Result<AccountHistories, crate::store::StoreError> {
         let doc = self.get_blocking(&histories_key(id))?;
         let histories: SharedHistories =
             doc.map(|d| serde_json::from_str(&d)).transpose().map_err(SharedError::from)?.unwrap_or_default();
-        Ok(histories.members)
+        Ok(histories.members.into_iter().collect())
     }
 }
