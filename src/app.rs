@@ -33,12 +33,22 @@ pub enum ServeError {
 /// 0 (the default: measured best on one pinned core, docs/PERFORMANCE.md), else a multi-thread
 /// runtime of that many workers. `interlude-bare` builds the same, so that its comparison holds.
 pub fn runtime(worker_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if worker_threads == 0 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    let mut builder = if worker_threads == 0 {
+        tokio::runtime::Builder::new_current_thread()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(worker_threads).enable_all().build()
-    }
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(worker_threads);
+        builder
+    };
+    builder.max_blocking_threads(MAX_BLOCKING_THREADS).enable_all().build()
 }
+
+/// Threads for blocking work (store reads of cold listeners, console pages). Tokio's default
+/// (512) let a burst of cold reads start ~30 threads, and each one that touched a cache stayed
+/// registered with the caches' epoch collector, which walks them all as it advances: 7 % of a
+/// durable server's CPU (docs/PERFORMANCE.md). SQLite reads on a few cores gain nothing from
+/// more.
+pub const MAX_BLOCKING_THREADS: usize = 4;
 
 /// Serves every gRPC service on `listener` with `limits`, and the VAST edge on `http` when
 /// given, until `shutdown` resolves; then reports NOT_SERVING on health, stops accepting on

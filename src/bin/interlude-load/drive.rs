@@ -38,6 +38,9 @@ pub(crate) enum Target {
     Vast,
     /// The ad tag alone, no pixel: the VAST counterpart of Decide.
     VastTag,
+    /// RecordEvents alone, `--events-per-record` impressions a call, of ads decided before the
+    /// phase (`--record-stash` of them, not measured): the rate of the event write path itself.
+    Record,
 }
 
 /// How load is offered.
@@ -224,6 +227,10 @@ pub(crate) struct Shared {
     /// With `--targets`: connections to each replica; each Decide and each RecordEvents goes
     /// to one drawn at random (a load balancer with no affinity).
     pub(crate) replicas: Vec<Vec<Channel>>,
+    /// Impressions per RecordEvents call in the `record` workload.
+    pub(crate) events_per_record: usize,
+    /// Impressions the `record` workload decides before its phase.
+    pub(crate) record_stash: usize,
 }
 
 /// An HTTP/1.1 client with a keep-alive pool, and the edge's base URL.
@@ -337,6 +344,11 @@ pub(crate) async fn run(
     cpu: Option<&ServerCpu>,
     progress: &ProgressBar,
 ) -> Outcome {
+    // The record workload's impressions are decided first, outside the phase and its clock.
+    let mut stashes = match (target, mode) {
+        (Target::Record, Mode::Closed { concurrency }) => mint(shared, concurrency, progress).await,
+        _ => Vec::new(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let measuring_from = Instant::now() + warmup;
     let timeline = Arc::new(Timeline::new(measuring_from, duration));
@@ -351,7 +363,8 @@ pub(crate) async fn run(
         Mode::Closed { concurrency } => {
             let mut handles = Vec::with_capacity(concurrency);
             for w in 0..concurrency {
-                let worker = Worker::new(shared, target, w, concurrency, timeline.clone());
+                let mut worker = Worker::new(shared, target, w, concurrency, timeline.clone());
+                worker.stash = stashes.get_mut(w).map(std::mem::take).unwrap_or_default();
                 let stop = stop.clone();
                 let progress = progress.clone();
                 handles.push(tokio::spawn(async move {
@@ -407,6 +420,30 @@ pub(crate) async fn run(
         outcome.shed_by_client += r.shed;
     }
     outcome
+}
+
+/// The record workload's impressions, decided before its phase: one stash per worker, filled
+/// by `concurrency` workers at once.
+async fn mint(shared: &Shared, concurrency: usize, progress: &ProgressBar) -> Vec<Vec<pb::AdEvent>> {
+    progress.set_message(format!("deciding {} impressions to record", shared.record_stash));
+    let quota = shared.record_stash.div_ceil(concurrency);
+    // Its own timeline: nothing here is measured.
+    let timeline = Arc::new(Timeline::new(Instant::now(), Duration::ZERO));
+    let handles: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let mut worker = Worker::new(shared, Target::Record, w, concurrency, timeline.clone());
+            tokio::spawn(async move {
+                worker.fill_stash(quota).await;
+                worker.stash
+            })
+        })
+        .collect();
+    let mut stashes = Vec::with_capacity(concurrency);
+    for h in handles {
+        stashes.push(h.await.unwrap_or_default());
+    }
+    progress.set_message(String::new());
+    stashes
 }
 
 async fn cpu_window(
@@ -478,6 +515,8 @@ struct Worker {
     stride: usize,
     /// Per (member, campaign): times of the impressions this worker recorded.
     heard: HashMap<(usize, String), Vec<i64>>,
+    /// The record workload's impressions still to send.
+    stash: Vec<pb::AdEvent>,
     result: WorkerResult,
     timeline: Arc<Timeline>,
 }
@@ -509,6 +548,7 @@ impl Worker {
             index,
             stride: stride.max(1),
             heard: HashMap::new(),
+            stash: Vec::new(),
             timeline,
             result: WorkerResult {
                 ok: 0,
@@ -535,6 +575,14 @@ impl Worker {
         while !stop.load(Ordering::Relaxed) {
             let now = Instant::now();
             if now >= deadline {
+                break;
+            }
+            if self.target == Target::Record && self.stash.is_empty() {
+                *self
+                    .result
+                    .errors
+                    .entry("record stash used up before the phase ended".into())
+                    .or_default() += 1;
                 break;
             }
             let member = self.index + self.stride * self.rng.random_range(0..mine);
@@ -583,6 +631,23 @@ impl Worker {
                             *self.result.errors.entry(format!("impression pixel {e}")).or_default() += 1
                         }
                         Err(_) => {}
+                    }
+                }
+            }
+            Target::Record => {
+                let n = self.shared.events_per_record.min(self.stash.len());
+                let events = self.stash.split_off(self.stash.len() - n);
+                let r = self.decider().record_events(pb::RecordEventsRequest { events }).await;
+                let accepted = r.as_ref().map_or(0, |reply| {
+                    reply.get_ref().outcomes().filter(|o| *o == pb::EventOutcome::Accepted).count()
+                });
+                self.result.quality.impressions_acknowledged += accepted as u64;
+                self.account(intended, measured, r.map(drop).map_err(|s| code(&s)));
+                if measured {
+                    self.result.quality.impressions_recorded += accepted as u64;
+                    if accepted < n {
+                        *self.result.errors.entry("RecordEvents not accepted".into()).or_default() +=
+                            (n - accepted) as u64;
                     }
                 }
             }
@@ -789,9 +854,10 @@ impl Worker {
         }
     }
 
-    async fn record(&mut self, heard_by: Option<usize>, response: &pb::DecideResponse, measured: bool) {
+    /// An impression event for each ad of `response`, with ids no run has used.
+    fn impressions_of(&self, response: &pb::DecideResponse) -> Vec<pb::AdEvent> {
         let base = self.shared.event_counter.fetch_add(response.ads.len() as u64, Ordering::Relaxed);
-        let events: Vec<pb::AdEvent> = response
+        response
             .ads
             .iter()
             .enumerate()
@@ -807,7 +873,30 @@ impl Worker {
                 occurred_at: None,
                 error_code: 0,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Decides breaks for this worker's members until it holds `quota` impressions to record
+    /// (or has tried four times as many breaks: listeners at their ad load get none).
+    async fn fill_stash(&mut self, quota: usize) {
+        let members = self.shared.world.members.len();
+        let mine = members.saturating_sub(self.index).div_ceil(self.stride);
+        let mut tries = 0;
+        while mine > 0 && self.stash.len() < quota && tries < 4 * quota {
+            tries += 1;
+            let member = self.index + self.stride * self.rng.random_range(0..mine);
+            let class = self.class_of(member);
+            let request = self.request(member, class);
+            if let Ok(response) = self.decider().decide(request).await {
+                let events = self.impressions_of(response.get_ref());
+                self.stash.extend(events);
+            }
+        }
+        self.stash.truncate(quota);
+    }
+
+    async fn record(&mut self, heard_by: Option<usize>, response: &pb::DecideResponse, measured: bool) {
+        let events = self.impressions_of(response);
         // Stamped before sending, so the harness never counts an impression as more recent
         // than the server does (and never reports a violation that is not one).
         let now = interlude::grpc::now().0;

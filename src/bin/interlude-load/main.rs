@@ -133,6 +133,14 @@ struct Args {
     /// (on top of the accounts that denied it when seeded).
     #[arg(long, default_value_t = 0.1, value_parser = share)]
     no_consent_share: f64,
+    /// With `--workload record`: impressions per RecordEvents call (a player backend that
+    /// forwards its players' beacons in batches).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=500))]
+    events_per_record: u16,
+    /// With `--workload record`: impressions decided before the phase, to record in it. The
+    /// phase ends early (and says so) when they run out.
+    #[arg(long, default_value_t = 400_000)]
+    record_stash: usize,
     /// Exit non-zero if any request failed or a cap was violated (for CI smoke runs).
     #[arg(long)]
     strict: bool,
@@ -150,6 +158,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.new_listener_share + args.no_consent_share > 1.0 {
         anyhow::bail!("--new-listener-share and --no-consent-share add up to more than 1");
+    }
+    if args.workload == Target::Record && args.rate.is_some() {
+        anyhow::bail!("--workload record runs closed loop only: drop --rate");
     }
     // On one core a multi-thread runtime is two threads taking turns (the one in `block_on` and
     // its one worker), and every wake-up crosses between them: measured, it capped the generator
@@ -215,6 +226,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None => Vec::new(),
         },
         replicas,
+        events_per_record: usize::from(args.events_per_record),
+        record_stash: args.record_stash,
     };
     let mode = match args.rate {
         Some(rate) => Mode::Open {

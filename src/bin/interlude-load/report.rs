@@ -25,6 +25,9 @@ pub(crate) struct PhaseReport {
     pub(crate) server_cpu_unread: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) quality: Option<QualityReport>,
+    /// The record workload: impressions accepted, and per second of the phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) events: Option<EventsReport>,
     /// Calls answered and refused in each second of the measured window.
     pub(crate) per_second: Vec<(u64, u64)>,
 }
@@ -32,6 +35,16 @@ pub(crate) struct PhaseReport {
 /// A closed-loop phase whose server was less busy than this was paced by the load generator
 /// (the server is meant to run on one core).
 const SATURATED: f64 = 0.9;
+
+/// Impressions a record phase had accepted.
+#[derive(Debug, Serialize)]
+pub(crate) struct EventsReport {
+    pub(crate) accepted: u64,
+    pub(crate) per_sec: f64,
+    /// Server CPU per accepted impression, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cpu_us_per_event: Option<f64>,
+}
 
 /// What the phase cost the server.
 #[derive(Debug, Serialize)]
@@ -198,6 +211,16 @@ impl PhaseReport {
                 _ => None,
             },
             per_second: o.per_second.clone(),
+            events: (o.target == Target::Record).then(|| EventsReport {
+                accepted: q.impressions_recorded,
+                per_sec: q.impressions_recorded as f64 / seconds.max(1e-9),
+                cpu_us_per_event: match &o.server_cpu {
+                    Some(Ok(w)) if q.impressions_recorded > 0 => {
+                        Some(1e6 * w.cpu_seconds / q.impressions_recorded as f64)
+                    }
+                    _ => None,
+                },
+            }),
             quality: matches!(o.target, Target::Decide | Target::DecideAndRecord | Target::Vast).then(|| {
                 QualityReport {
                     decisions: q.decisions,
@@ -293,6 +316,11 @@ impl Report {
             if p.per_second.iter().any(|&(_, refused)| refused > 0) {
                 let seconds: Vec<String> = p.per_second.iter().map(|(ok, no)| format!("{ok}/{no}")).collect();
                 out.push_str(&format!("  per second, answered/refused: {}\n", seconds.join(" ")));
+            }
+            if let Some(e) = &p.events {
+                let cpu =
+                    e.cpu_us_per_event.map_or(String::new(), |us| format!(", {us:.1} µs of server CPU each"));
+                out.push_str(&format!("  events recorded {} ({:.0}/s{cpu})\n", e.accepted, e.per_sec));
             }
             if let Some(q) = &p.quality {
                 out.push_str(&format!(
