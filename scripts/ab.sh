@@ -66,13 +66,13 @@ start A "$A" "${ENV_A:-}"
 start B "$B" "${ENV_B:-}"
 load "$A" "$A_GRPC" "$A_METRICS" "$DIR/seed-A.out" --workload decide --duration 1 --warmup 0
 load "$B" "$B_GRPC" "$B_METRICS" "$DIR/seed-B.out" --workload decide --duration 1 --warmup 0
-echo "build phase req/s server-cpu-µs-a-request [impressions recorded, or with --workload record events accepted]"
+echo "build phase req/s server-cpu-µs-a-request server-busy [impressions recorded, or with --workload record events accepted]"
 for _ in $(seq "$ROUNDS"); do
   for name in A B; do
     bin=$A grpc=$A_GRPC metrics=$A_METRICS
     if [ "$name" = B ]; then bin=$B grpc=$B_GRPC metrics=$B_METRICS; fi
     load "$bin" "$grpc" "$metrics" "$DIR/phase.out" --no-seed --warmup 1 "$@"
-    line=$(grep -E '^(Decide|HealthCheck|DecideAndRecord|BareCheck|Record) ' "$DIR/phase.out" | awk '{printf "%s %s %s", $1, $3, $9}')
+    line=$(grep -E '^(Decide|HealthCheck|DecideAndRecord|BareCheck|Record) ' "$DIR/phase.out" | awk '{printf "%s %s %s %s", $1, $3, $9, $10}')
     recorded=$(grep -oE '(impressions|events) recorded [0-9]*' "$DIR/phase.out" | head -1 | awk '{print $3}')
     echo "$name $line ${recorded:-}"
   done

@@ -212,10 +212,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE IF NOT EXISTS plays_counted (fingerprint BLOB PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
     ",
     // 3: changes appended to a stored history (a JSON array of `HistoryChange` per write), in
-    // rowid order; a history stored whole deletes its rows.
+    // rowid order; a history stored whole deletes its rows. Counted events lose their (ad,
+    // kind) key: memory admits each pair once (`Delivery::admit`) and start-up reads them all
+    // back, so the key only cost a b-tree insert at a random page per event.
     "
     CREATE TABLE history_changes (listener TEXT NOT NULL, member TEXT NOT NULL, doc TEXT NOT NULL);
     CREATE INDEX history_changes_by_member ON history_changes (listener, member);
+    CREATE TABLE ad_events_appended (ad BLOB NOT NULL, kind INTEGER NOT NULL, event_id TEXT NOT NULL,
+        at INTEGER NOT NULL);
+    INSERT INTO ad_events_appended (ad, kind, event_id, at) SELECT ad, kind, event_id, at FROM ad_events;
+    DROP TABLE ad_events;
+    ALTER TABLE ad_events_appended RENAME TO ad_events;
+    CREATE INDEX ad_events_by_time ON ad_events (at);
     ",
 ];
 
@@ -516,15 +524,8 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                 )?;
             }
             Change::Event(e) => {
-                tx.prepare_cached(
-                    "INSERT OR IGNORE INTO ad_events (ad, kind, event_id, at) VALUES (?1, ?2, ?3, ?4)",
-                )?
-                .execute(params![
-                    &e.ad.0.to_be_bytes()[..],
-                    e.kind.code(),
-                    e.event_id,
-                    e.at.0
-                ])?;
+                tx.prepare_cached("INSERT INTO ad_events (ad, kind, event_id, at) VALUES (?1, ?2, ?3, ?4)")?
+                    .execute(params![&e.ad.0.to_be_bytes()[..], e.kind.code(), e.event_id, e.at.0])?;
             }
             Change::Erased { fingerprint, at } => {
                 tx.execute(
