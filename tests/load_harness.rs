@@ -218,3 +218,49 @@ fn the_harness_drives_the_vast_edge_beside_grpc_decide() {
         assert!(report[ratio].as_f64().unwrap() > 0.0, "{ratio}: {report}");
     }
 }
+
+#[test]
+fn the_harness_records_impressions_decided_before_the_phase_each_counted_once() {
+    let server = Binary::in_memory("off");
+    let grpc = format!("http://{}", server.grpc);
+    let (stdout, report) = run_harness(
+        server,
+        "record",
+        &[
+            "--target",
+            &grpc,
+            "--server-metrics",
+            "off",
+            "--campaigns",
+            "200",
+            "--listeners",
+            "200",
+            "--concurrency",
+            "4",
+            "--duration",
+            "30",
+            "--warmup",
+            "0",
+            "--workload",
+            "record",
+            "--events-per-record",
+            "8",
+            "--record-stash",
+            "300",
+        ],
+    );
+    let phases = report["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 1, "{report}");
+    let (phase, events) = (&phases[0], &phases[0]["events"]);
+    assert_eq!(phase["target"], "Record");
+    let accepted = events["accepted"].as_u64().unwrap();
+    // The phase ends once the stash is used up (long before 30 s), and says so.
+    assert!(accepted > 0 && accepted <= 300, "{phase}");
+    assert_eq!(phase["errors"].as_object().unwrap().len(), 1, "{phase}");
+    assert!(stdout.contains("record stash used up"), "{stdout}");
+    // Every call but the last of each worker carried 8.
+    assert!(phase["requests_ok"].as_u64().unwrap() * 8 >= accepted, "{phase}");
+    let once = &report["exactly_once"];
+    assert_eq!(once["acknowledged"].as_u64(), Some(accepted), "{report}");
+    assert_eq!(once["counted_by_server"].as_u64(), Some(accepted), "each counted once: {report}");
+}

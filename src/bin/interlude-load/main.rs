@@ -314,8 +314,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let quality = phases.iter().filter_map(|p| p.quality.as_ref());
-    let (acknowledged, unacknowledged) =
+    let (mut acknowledged, unacknowledged) =
         quality.fold((0, 0), |(a, u), q| (a + q.impressions_acknowledged, u + q.impressions_unacknowledged));
+    acknowledged += phases.iter().filter_map(|p| p.events.as_ref()).map(|e| e.acknowledged).sum::<u64>();
     let counted = server_impressions(&world, &channels[0], &admin).await? - impressions_before;
     let exactly_once = report::ExactlyOnce {
         acknowledged,

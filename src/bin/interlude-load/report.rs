@@ -40,6 +40,8 @@ const SATURATED: f64 = 0.9;
 #[derive(Debug, Serialize)]
 pub(crate) struct EventsReport {
     pub(crate) accepted: u64,
+    /// Accepted, warm-up included: what the server's counters must have grown by.
+    pub(crate) acknowledged: u64,
     pub(crate) per_sec: f64,
     /// Server CPU per accepted impression, in microseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +215,7 @@ impl PhaseReport {
             per_second: o.per_second.clone(),
             events: (o.target == Target::Record).then(|| EventsReport {
                 accepted: q.impressions_recorded,
+                acknowledged: q.impressions_acknowledged,
                 per_sec: q.impressions_recorded as f64 / seconds.max(1e-9),
                 cpu_us_per_event: match &o.server_cpu {
                     Some(Ok(w)) if q.impressions_recorded > 0 => {
