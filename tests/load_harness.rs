@@ -226,28 +226,11 @@ fn the_harness_records_impressions_decided_before_the_phase_each_counted_once() 
     let (stdout, report) = run_harness(
         server,
         "record",
-        &[
-            "--target",
-            &grpc,
-            "--server-metrics",
-            "off",
-            "--campaigns",
-            "200",
-            "--listeners",
-            "200",
-            "--concurrency",
-            "4",
-            "--duration",
-            "30",
-            "--warmup",
-            "0",
-            "--workload",
-            "record",
-            "--events-per-record",
-            "8",
-            "--record-stash",
-            "300",
-        ],
+        &["--target", &grpc, "--server-metrics", "off", "--campaigns", "200", "--listeners", "200"]
+            .into_iter()
+            .chain(["--concurrency", "4", "--duration", "30", "--warmup", "0", "--workload", "record"])
+            .chain(["--events-per-record", "8", "--record-stash", "300"])
+            .collect::<Vec<_>>(),
     );
     let phases = report["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 1, "{report}");
