@@ -243,11 +243,15 @@ pub fn remember(
     suppression: SuppressionPolicy,
 ) {
     let history = account.get_mut(member);
-    // Holds live in memory only: the release is not one of the lasting changes.
-    if matches!(event.kind, EventKind::Impression | EventKind::NotUsed) {
+    if event.kind == EventKind::NotUsed {
         history.release_hold(event.ad);
     }
-    lasting_changes(event, suppression, |change| history.apply(change));
+    // Holds live in memory only: an impression releases its ad's hold, which is not one of the
+    // lasting changes.
+    lasting_changes(event, suppression, |change| match change {
+        HistoryChange::Heard(record) => history.record_impression_of(event.ad, record),
+        other => history.apply(other),
+    });
 }
 
 /// The changes `event` makes to its history that outlive a restart, in the order `remember`
@@ -576,15 +580,6 @@ impl Delivery {
                 target.get_mut(member).absorb(history);
             }
         });
-    }
-
-    /// A copy of one history, to persist it (pinned: it is in memory).
-    pub fn history(&self, key: &HistoryKey) -> Option<DeliveryHistory> {
-        self.inner
-            .histories
-            .read(&key.listener, |h| h.and_then(|h| h.get(&key.member)).cloned())
-            .ok()
-            .flatten()
     }
 
     /// How the durable store takes `key`'s latest changes (see `AccountHistories::next_stored_form`):
