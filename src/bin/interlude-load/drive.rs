@@ -567,8 +567,7 @@ impl Worker {
         stop: &AtomicBool,
         progress: &ProgressBar,
     ) -> WorkerResult {
-        let members = self.shared.world.members.len();
-        let mine = members.saturating_sub(self.index).div_ceil(self.stride);
+        let mine = self.members_owned();
         if mine == 0 {
             return self.result;
         }
@@ -585,7 +584,7 @@ impl Worker {
                     .or_default() += 1;
                 break;
             }
-            let member = self.index + self.stride * self.rng.random_range(0..mine);
+            let member = self.draw_member(mine);
             let measured = now >= measuring_from;
             self.one(member, now, measured).await;
             if measured {
@@ -593,6 +592,16 @@ impl Worker {
             }
         }
         self.result
+    }
+
+    /// How many members this worker owns: those `i ≡ index (mod stride)`.
+    fn members_owned(&self) -> usize {
+        self.shared.world.members.len().saturating_sub(self.index).div_ceil(self.stride)
+    }
+
+    /// One of this worker's `owned` members, at random.
+    fn draw_member(&mut self, owned: usize) -> usize {
+        self.index + self.stride * self.rng.random_range(0..owned)
     }
 
     /// Sends one request for `member`; latency counts from `intended`.
@@ -879,12 +888,11 @@ impl Worker {
     /// Decides breaks for this worker's members until it holds `quota` impressions to record
     /// (or has tried four times as many breaks: listeners at their ad load get none).
     async fn fill_stash(&mut self, quota: usize) {
-        let members = self.shared.world.members.len();
-        let mine = members.saturating_sub(self.index).div_ceil(self.stride);
+        let mine = self.members_owned();
         let mut tries = 0;
         while mine > 0 && self.stash.len() < quota && tries < 4 * quota {
             tries += 1;
-            let member = self.index + self.stride * self.rng.random_range(0..mine);
+            let member = self.draw_member(mine);
             let class = self.class_of(member);
             let request = self.request(member, class);
             if let Ok(response) = self.decider().decide(request).await {
