@@ -418,7 +418,7 @@ impl Decisions {
                     .await?;
                 let applied = state
                     .write(|| {
-                        let applied = state.delivery.apply(&verified, state.suppression);
+                        let applied = state.delivery.apply(&verified, state.suppression, now);
                         if !state.persists() {
                             return Ok((applied, Vec::new()));
                         }

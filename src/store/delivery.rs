@@ -128,17 +128,17 @@ pub struct Delivery {
 struct Inner {
     histories: Histories,
     campaigns: FastMap<CampaignId, CampaignCounters>,
-    /// The events counted, by ad and kind, with the event id that counted: kept as long as a
-    /// token can be valid (an event whose token expired is rejected anyway, so an older one can
-    /// never be applied twice).
-    counted: moka::sync::Cache<(AdId, EventKind), Box<str>>,
+    /// The events counted, by ad and kind: kept as long as a token can be valid (an event
+    /// whose token expired is rejected anyway, so an older one can never be applied twice).
+    /// Written only by `apply` and `restore`, which callers serialise: never contended.
+    counted: std::sync::Mutex<Counted>,
     /// Event ids applied before ad ids existed (read back from an older store), checked for
     /// version-1 tokens only; they age out with the dedupe window.
     legacy: moka::sync::Cache<Box<str>, ()>,
     /// Erased listeners, by keyed fingerprint, with when (see `erased`).
     erased: moka::sync::Cache<[u8; 32], UnixMillis>,
     /// Plays counted, by keyed fingerprint of (listener, play id) (see `admit_play`).
-    plays: std::sync::Mutex<RecentKeys>,
+    plays: std::sync::Mutex<Generations<u128, ()>>,
     /// Whether anyone was ever erased here: until then events skip the fingerprint's HMAC.
     any_erased: std::sync::atomic::AtomicBool,
     /// Ads decided but not yet recorded, of campaigns with a budget (see `reserve`).
@@ -175,18 +175,21 @@ struct ReservationBucket {
     impressions: u64,
 }
 
-/// Keys seen within the last `window` or so (between one and two of it), in two generations:
-/// a key costs its 16 bytes in a hash set, where a moka entry cost ~350 — play ids arrive by
-/// the million (2.9M for 50k seeded listeners took 1 GB and 4 s to restore as a moka cache).
+/// Entries kept for the last `window` or so (between one and two of it), in two generations
+/// of plain hash maps: an entry costs its key and value, where a moka entry with a time to
+/// live cost ~350 bytes plus its own allocations. Play ids and counted events arrive by the
+/// million (2.9M play ids for 50k seeded listeners took 1 GB and 4 s to restore as a moka
+/// cache), and on this machine every fresh page the heap grows by costs several microseconds
+/// of the kernel's zeroing.
 #[derive(Debug)]
-struct RecentKeys {
+struct Generations<K, V> {
     window_ms: i64,
-    current: std::collections::HashSet<u128, super::FastHash>,
-    previous: std::collections::HashSet<u128, super::FastHash>,
+    current: std::collections::HashMap<K, V, super::FastHash>,
+    previous: std::collections::HashMap<K, V, super::FastHash>,
     current_since: i64,
 }
 
-impl RecentKeys {
+impl<K: std::hash::Hash + Eq, V> Generations<K, V> {
     fn new(window: Duration) -> Self {
         Self {
             window_ms: window.as_millis() as i64,
@@ -196,15 +199,57 @@ impl RecentKeys {
         }
     }
 
-    /// Whether `key` is new, remembering it. 128 bits of a keyed fingerprint: a collision
-    /// (one play dropped as a retry) is as likely as guessing the key.
-    fn insert(&mut self, key: u128, now: UnixMillis) -> bool {
+    /// Inserts `key` with `value` unless it is there; returns the value already there.
+    fn insert_new(&mut self, key: K, value: V, now: UnixMillis) -> Option<&V> {
         // The first key starts a generation too (from i64::MIN, every window has passed).
         if now.0.saturating_sub(self.current_since) >= self.window_ms {
             self.previous = std::mem::take(&mut self.current);
             self.current_since = now.0;
         }
-        !self.previous.contains(&key) && self.current.insert(key)
+        if let Some(old) = self.previous.get(&key) {
+            return Some(old);
+        }
+        match self.current.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => Some(e.into_mut()),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(value);
+                None
+            }
+        }
+    }
+
+    fn contains(&self, key: &K) -> bool {
+        self.current.contains_key(key) || self.previous.contains_key(key)
+    }
+}
+
+/// The events counted, by ad and kind, with a fingerprint of the event id that counted (it
+/// tells a retry from a replay; two event ids share one with odds of 2^-64, and either way
+/// nothing is counted twice).
+#[derive(Debug)]
+struct Counted {
+    events: Generations<(AdId, EventKind), u64>,
+    /// Seeded per process: fingerprints live in memory only, rebuilt from the store at start.
+    hasher: super::FastHash,
+}
+
+impl Counted {
+    fn new(window: Duration) -> Self {
+        Self { events: Generations::new(window), hasher: super::FastHash::default() }
+    }
+
+    fn admit(&mut self, ad: AdId, kind: EventKind, event_id: &str, now: UnixMillis) -> EventOutcome {
+        use std::hash::BuildHasher;
+        let id = self.hasher.hash_one(event_id);
+        match self.events.insert_new((ad, kind), id, now) {
+            None => EventOutcome::Accepted,
+            Some(&counted) if counted == id => EventOutcome::Retried,
+            Some(_) => EventOutcome::AlreadyCounted,
+        }
+    }
+
+    fn contains(&self, ad: AdId, kind: EventKind) -> bool {
+        self.events.contains(&(ad, kind))
     }
 }
 
@@ -319,10 +364,10 @@ impl Delivery {
             inner: Arc::new(Inner {
                 histories,
                 campaigns: FastMap::default(),
-                counted: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
+                counted: std::sync::Mutex::new(Counted::new(dedupe_window)),
                 legacy: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
                 erased: moka::sync::Cache::builder().time_to_live(dedupe_window).build(),
-                plays: std::sync::Mutex::new(RecentKeys::new(dedupe_window)),
+                plays: std::sync::Mutex::new(Generations::new(dedupe_window)),
                 any_erased: std::sync::atomic::AtomicBool::new(false),
                 reserved: FastMap::default(),
             }),
@@ -375,18 +420,27 @@ impl Delivery {
 
     /// Applies each event unless its kind was already counted for its ad. `suppression` says
     /// how long "not for me" lasts. Callers serialise batches (`AppState::write`) and pin the
-    /// histories they touch (`pin`).
-    pub fn apply(&self, events: &[VerifiedEvent], suppression: SuppressionPolicy) -> Applied {
+    /// histories they touch (`pin`). `now` ages out what was counted longer ago than the
+    /// dedupe window.
+    pub fn apply(
+        &self,
+        events: &[VerifiedEvent],
+        suppression: SuppressionPolicy,
+        now: UnixMillis,
+    ) -> Applied {
         let mut out = Applied { outcomes: Vec::with_capacity(events.len()), ..Applied::default() };
+        // Serialised by the callers, so never contended; each change to it is one whole insert,
+        // so a panic elsewhere leaves it valid.
+        let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
         for event in events {
-            let outcome = self.admit(event);
+            let outcome = self.admit(&mut counted, event, now);
             out.outcomes.push(outcome);
             if outcome != EventOutcome::Accepted {
                 out.duplicates += 1;
                 continue;
             }
             out.accepted += 1;
-            self.count(event);
+            self.count(&counted, event);
             if let Some(key) = &event.history {
                 self.remember(key, event, suppression);
             }
@@ -395,22 +449,14 @@ impl Delivery {
     }
 
     /// Records that `event` counts, unless its ad already counted its kind.
-    fn admit(&self, event: &VerifiedEvent) -> EventOutcome {
+    fn admit(&self, counted: &mut Counted, event: &VerifiedEvent, now: UnixMillis) -> EventOutcome {
         if event.legacy && self.inner.legacy.contains_key(&event.event_id) {
             return EventOutcome::Retried;
         }
-        let entry =
-            self.inner.counted.entry((event.ad, event.kind)).or_insert_with(|| event.event_id.clone());
-        if entry.is_fresh() {
-            EventOutcome::Accepted
-        } else if *entry.value() == event.event_id {
-            EventOutcome::Retried
-        } else {
-            EventOutcome::AlreadyCounted
-        }
+        counted.admit(event.ad, event.kind, &event.event_id, now)
     }
 
-    fn count(&self, event: &VerifiedEvent) {
+    fn count(&self, counted: &Counted, event: &VerifiedEvent) {
         let mut counters = self.inner.campaigns.entry(event.campaign.id.clone()).or_default();
         let zone = &event.campaign.time_zone;
         let (day, _) = zone.day_of(event.at);
@@ -424,7 +470,7 @@ impl Delivery {
         match event.kind {
             EventKind::Impression => {
                 // An ad reported not used gave its reservation back already.
-                if !self.inner.counted.contains_key(&(event.ad, EventKind::NotUsed)) {
+                if !counted.contains(event.ad, EventKind::NotUsed) {
                     self.release(&event.campaign.id, event.price_micros, event.decided_at);
                 }
                 counters.impressions += 1;
@@ -450,7 +496,7 @@ impl Delivery {
                 progress.not_used += 1;
                 // Not played: its share of the budget comes back now (an impression that
                 // still arrives is counted, and releases nothing twice).
-                if !self.inner.counted.contains_key(&(event.ad, EventKind::Impression)) {
+                if !counted.contains(event.ad, EventKind::Impression) {
                     self.release(&event.campaign.id, event.price_micros, event.decided_at);
                 }
             }
@@ -629,11 +675,13 @@ impl Delivery {
         for (id, c) in counters {
             self.inner.campaigns.insert(id, c);
         }
+        let mut counted = self.inner.counted.lock().unwrap_or_else(|e| e.into_inner());
         for e in events {
             if now.0 - e.at.0 <= window_ms {
-                self.inner.counted.insert((e.ad, e.kind), e.event_id.into());
+                counted.admit(e.ad, e.kind, &e.event_id, now);
             }
         }
+        drop(counted);
         for (id, at) in legacy_events {
             if now.0 - at.0 <= window_ms {
                 self.inner.legacy.insert(id.into(), ());
@@ -652,7 +700,7 @@ impl Delivery {
     pub fn admit_play(&self, fingerprint: [u8; 32], now: UnixMillis) -> bool {
         let key = u128::from_be_bytes(fingerprint[..16].try_into().unwrap_or_default());
         // The set is only ever inserted into whole; a panic mid-insert leaves it valid.
-        self.inner.plays.lock().unwrap_or_else(|e| e.into_inner()).insert(key, now)
+        self.inner.plays.lock().unwrap_or_else(|e| e.into_inner()).insert_new(key, (), now).is_none()
     }
 
     /// Records that the listener of keyed `fingerprint` was erased at `at`: an event of an ad
@@ -704,6 +752,29 @@ mod tests {
         assert!(!delivery.admit_play(a, later(3_600_000)), "a window later: still a retry");
         assert!(!delivery.admit_play(b, later(7_100_000)), "b is within its window");
         assert!(delivery.admit_play(a, later(7_200_000)), "two windows later the id is forgotten");
+    }
+
+    #[test]
+    fn an_event_counts_once_per_ad_and_kind_for_at_least_the_window() {
+        use EventOutcome::{Accepted, AlreadyCounted, Retried};
+        let mut counted = Counted::new(Duration::from_secs(3600));
+        let t = UnixMillis(1_795_435_200_000);
+        let later = |ms: i64| UnixMillis(t.0 + ms);
+        let (ad, other) = (AdId(7), AdId(8));
+        assert_eq!(counted.admit(ad, EventKind::Impression, "e1", t), Accepted);
+        assert_eq!(counted.admit(ad, EventKind::Impression, "e1", later(1)), Retried, "the same event id");
+        assert_eq!(counted.admit(ad, EventKind::Impression, "e2", later(2)), AlreadyCounted, "a replay");
+        assert_eq!(counted.admit(ad, EventKind::Click, "e2", later(3)), Accepted, "another kind");
+        assert_eq!(counted.admit(other, EventKind::Impression, "e1", later(4)), Accepted, "another ad");
+        assert_eq!(
+            counted.admit(ad, EventKind::Impression, "e3", later(3_600_000)),
+            AlreadyCounted,
+            "a window later: still counted"
+        );
+        assert!(counted.contains(ad, EventKind::Impression));
+        assert!(!counted.contains(ad, EventKind::NotUsed));
+        // Two windows on, its token has long expired: nothing needs it any more.
+        assert_eq!(counted.admit(ad, EventKind::Impression, "e4", later(7_200_000)), Accepted);
     }
 
     #[test]
