@@ -395,13 +395,15 @@ pub(crate) async fn run(
         }
     };
     stop.store(true, Ordering::Relaxed);
+    // A record phase whose stash ran out ended early: its rates are over the time it ran.
+    let elapsed = Instant::now().min(deadline).saturating_duration_since(measuring_from);
     let server_cpu = match (cpu, cpu_before) {
         (Some(cpu), Some(before)) => Some(cpu_window(cpu, before).await.map_err(|e| format!("{e:#}"))),
         _ => None,
     };
     let mut outcome = Outcome {
         target,
-        elapsed: duration,
+        elapsed,
         ok: 0,
         latency: new_histogram(),
         errors: HashMap::new(),
