@@ -698,6 +698,8 @@ impl Delivery {
     /// it: a retried RecordPlays stream counts each identified play once within the dedupe
     /// window.
     pub fn admit_play(&self, fingerprint: [u8; 32], now: UnixMillis) -> bool {
+        // 128 bits of a keyed fingerprint: a collision (one play dropped as a retry) is as
+        // likely as guessing the key.
         let key = u128::from_be_bytes(fingerprint[..16].try_into().unwrap_or_default());
         // The set is only ever inserted into whole; a panic mid-insert leaves it valid.
         self.inner.plays.lock().unwrap_or_else(|e| e.into_inner()).insert_new(key, (), now).is_none()
