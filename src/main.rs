@@ -22,7 +22,7 @@ const EXIT_DATAERR: u8 = 65;
 const EXIT_TEMPFAIL: u8 = 75;
 
 fn main() -> ExitCode {
-    interlude::allocator::retain_freed_pages();
+    interlude::allocator::configure();
     let config = match Config::load(Cli::parse(), &ProcessEnv) {
         Ok(config) => config,
         Err(error) => {

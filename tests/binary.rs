@@ -42,6 +42,11 @@ async fn serves_the_demo_exports_metrics_and_stops_on_sigterm() {
     assert_eq!(response.fill(), pb::Fill::Paid, "the demo catalog serves a paid ad");
     let status = client.decide(break_for("bad id")).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    // The allocator's settings reached the process (src/allocator.rs): no transparent huge pages.
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        let proc_status = std::fs::read_to_string(format!("/proc/{}/status", running.child.id())).unwrap();
+        assert!(proc_status.contains("THP_enabled:\t0"), "{proc_status}");
+    }
 
     let metrics = http_get(&running.metrics, "/metrics");
     assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");

@@ -33,7 +33,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    interlude::allocator::retain_freed_pages();
+    interlude::allocator::configure();
     let args = Args::parse();
     let runtime = if args.worker_threads == 0 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
