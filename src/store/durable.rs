@@ -11,6 +11,7 @@
 //! them on demand into their caches, through read-only connections (WAL lets them read beside
 //! the writer).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -182,6 +183,10 @@ const PRAGMAS: &str = "
     PRAGMA secure_delete = ON;
 ";
 
+/// Statements the writer keeps prepared: every one `apply` runs (19), so that none is parsed
+/// again per change (rusqlite keeps 16 by default).
+const WRITER_STATEMENTS: usize = 24;
+
 /// The schema, one migration per release that changed it, in order; the database's
 /// `user_version` says how many it has had. A store written before versioning (version 0)
 /// already holds the first one's tables, which is why that one only creates what is missing.
@@ -262,6 +267,7 @@ impl Durable {
         // The checkpoint after an erasure waits this long for a reader to finish.
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| unreadable(e.into()))?;
         conn.execute_batch(PRAGMAS).map_err(|e| unreadable(e.into()))?;
+        conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS);
         migrate(&mut conn).map_err(unreadable)?;
         let recovered = recover(&conn).map_err(unreadable)?;
         let (tx, rx) = mpsc::channel::<Batch>();
@@ -471,38 +477,48 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Batch>) {
 }
 
 fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
+    let changes = || batches.iter().flat_map(|b| &b.changes);
+    // Counters are whole totals, each read under the write order (`AppState::write`), so the
+    // newest of a campaign in this transaction holds everything the earlier ones did: a group
+    // commit of many RecordEvents calls writes each campaign's counters once, not once a call.
+    let newest_counters: HashMap<&CampaignId, usize> = changes()
+        .enumerate()
+        .filter_map(|(i, change)| match change {
+            Change::Counters(id, _) => Some((id, i)),
+            _ => None,
+        })
+        .collect();
     let tx = conn.transaction()?;
-    for change in batches.iter().flat_map(|b| &b.changes) {
+    for (i, change) in changes().enumerate() {
         match change {
             Change::Genre { id, name } => {
-                tx.execute("INSERT OR IGNORE INTO genres (id, name) VALUES (?1, ?2)", params![id, name])?;
+                tx.prepare_cached("INSERT OR IGNORE INTO genres (id, name) VALUES (?1, ?2)")?
+                    .execute(params![id, name])?;
             }
             Change::Artist { id, name } => {
-                tx.execute("INSERT OR IGNORE INTO artists (id, name) VALUES (?1, ?2)", params![id, name])?;
+                tx.prepare_cached("INSERT OR IGNORE INTO artists (id, name) VALUES (?1, ?2)")?
+                    .execute(params![id, name])?;
             }
             Change::Campaign(c) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO campaigns (id, doc) VALUES (?1, ?2)",
-                    params![c.id.as_str(), doc(c)?],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO campaigns (id, doc) VALUES (?1, ?2)")?
+                    .execute(params![c.id.as_str(), doc(c)?])?;
             }
             Change::Listener(p) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO listeners (id, doc) VALUES (?1, ?2)",
-                    params![p.id.as_str(), doc(p)?],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO listeners (id, doc) VALUES (?1, ?2)")?
+                    .execute(params![p.id.as_str(), doc(p)?])?;
             }
             Change::ForgetListener(id) => {
-                tx.execute("DELETE FROM listeners WHERE id = ?1", params![id.as_str()])?;
-                tx.execute("DELETE FROM aliases WHERE listener = ?1 OR alias = ?1", params![id.as_str()])?;
-                tx.execute("DELETE FROM histories WHERE listener = ?1", params![id.as_str()])?;
-                tx.execute("DELETE FROM history_changes WHERE listener = ?1", params![id.as_str()])?;
+                tx.prepare_cached("DELETE FROM listeners WHERE id = ?1")?.execute(params![id.as_str()])?;
+                tx.prepare_cached("DELETE FROM aliases WHERE listener = ?1 OR alias = ?1")?
+                    .execute(params![id.as_str()])?;
+                tx.prepare_cached("DELETE FROM histories WHERE listener = ?1")?
+                    .execute(params![id.as_str()])?;
+                tx.prepare_cached("DELETE FROM history_changes WHERE listener = ?1")?
+                    .execute(params![id.as_str()])?;
             }
             Change::Alias { alias, listener } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO aliases (alias, listener) VALUES (?1, ?2)",
-                    params![alias, listener.as_str()],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO aliases (alias, listener) VALUES (?1, ?2)")?
+                    .execute(params![alias, listener.as_str()])?;
             }
             Change::History(key, h) => {
                 let key = params![key.listener.as_str(), &*key.member];
@@ -517,31 +533,28 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
                 tx.prepare_cached("INSERT INTO history_changes (listener, member, doc) VALUES (?1, ?2, ?3)")?
                     .execute(params![key.listener.as_str(), &*key.member, doc(changes)?])?;
             }
+            Change::Counters(id, _) if newest_counters.get(id) != Some(&i) => {}
             Change::Counters(id, c) => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO counters (campaign, doc) VALUES (?1, ?2)",
-                    params![id.as_str(), doc(c)?],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO counters (campaign, doc) VALUES (?1, ?2)")?
+                    .execute(params![id.as_str(), doc(c)?])?;
             }
             Change::Event(e) => {
                 tx.prepare_cached("INSERT INTO ad_events (ad, kind, event_id, at) VALUES (?1, ?2, ?3, ?4)")?
                     .execute(params![&e.ad.0.to_be_bytes()[..], e.kind.code(), e.event_id, e.at.0])?;
             }
             Change::Erased { fingerprint, at } => {
-                tx.execute(
-                    "INSERT OR REPLACE INTO erased (fingerprint, at) VALUES (?1, ?2)",
-                    params![&fingerprint[..], at.0],
-                )?;
+                tx.prepare_cached("INSERT OR REPLACE INTO erased (fingerprint, at) VALUES (?1, ?2)")?
+                    .execute(params![&fingerprint[..], at.0])?;
             }
             Change::PlayCounted { fingerprint, at } => {
                 tx.prepare_cached("INSERT OR IGNORE INTO plays_counted (fingerprint, at) VALUES (?1, ?2)")?
                     .execute(params![&fingerprint[..], at.0])?;
             }
             Change::PurgeEvents { before } => {
-                tx.execute("DELETE FROM plays_counted WHERE at < ?1", params![before.0])?;
-                tx.execute("DELETE FROM events WHERE at < ?1", params![before.0])?;
-                tx.execute("DELETE FROM ad_events WHERE at < ?1", params![before.0])?;
-                tx.execute("DELETE FROM erased WHERE at < ?1", params![before.0])?;
+                tx.prepare_cached("DELETE FROM plays_counted WHERE at < ?1")?.execute(params![before.0])?;
+                tx.prepare_cached("DELETE FROM events WHERE at < ?1")?.execute(params![before.0])?;
+                tx.prepare_cached("DELETE FROM ad_events WHERE at < ?1")?.execute(params![before.0])?;
+                tx.prepare_cached("DELETE FROM erased WHERE at < ?1")?.execute(params![before.0])?;
             }
         }
     }
@@ -721,6 +734,30 @@ mod tests {
         block_on(durable.submit(vec![Change::ForgetListener("nina".into())]).unwrap().wait()).unwrap();
         assert_eq!(stored_rows(&conn), 0, "erasure deletes appended rows too");
         assert!(reader.histories("nina").unwrap().get("kid").is_none());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_group_commit_stores_each_campaigns_newest_counters() {
+        let dir = temp_dir("counters");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        migrate(&mut conn).unwrap();
+        let counters = |impressions| CampaignCounters { impressions, ..CampaignCounters::default() };
+        let batch = |changes| Batch { changes, done: oneshot::channel().0 };
+        // Three RecordEvents calls committed together, as the writer takes them from its queue.
+        let batches = [
+            batch(vec![Change::Counters("c".into(), counters(1)), Change::Counters("d".into(), counters(5))]),
+            batch(vec![Change::Event(counted(1, "a", 1)), Change::Counters("c".into(), counters(2))]),
+            batch(vec![Change::Counters("c".into(), counters(3))]),
+        ];
+        apply(&mut conn, &batches).unwrap();
+        let mut stored = recover(&conn).unwrap().counters;
+        stored.sort_by(|a, b| a.0.cmp(&b.0));
+        let impressions: Vec<(&str, u64)> =
+            stored.iter().map(|(id, c)| (id.as_str(), c.impressions)).collect();
+        assert_eq!(impressions, [("c", 3), ("d", 5)], "the newest of each campaign");
+        assert_eq!(recover(&conn).unwrap().events, vec![counted(1, "a", 1)]);
         let _ = std::fs::remove_dir_all(dir);
     }
 
