@@ -3,7 +3,8 @@
 # pinned to core 0), seeded with the world, then ROUNDS record phases from core 1, each line
 # with the store's size and the server's resident memory. With PERF=1 each phase runs under
 # `perf record` (flat, with timestamps: OUT/rN.data), for comparing rounds' profiles per event
-# (docs/PERFORMANCE.md, "Durable events as the store grows"). Bounded: ROUNDS phases, then teardown.
+# (docs/PERFORMANCE.md, "Durable events as the store grows"); PERF_ARGS replaces perf's options
+# (e.g. "-F 999 -T --call-graph dwarf" for callers). Bounded: ROUNDS phases, then teardown.
 #
 #   scripts/durable_rounds.sh BIN_DIR ROUNDS OUT_DIR [VAR=VALUE]
 #   PERF=1 scripts/durable_rounds.sh target/release 5 /tmp/rounds INTERLUDE_HISTORY_CACHE_MIB=2048
@@ -47,7 +48,7 @@ echo "round calls/s server-cpu-µs-a-call server-busy events-recorded store-MB r
 for round in $(seq "$ROUNDS"); do
   PERF_PID=
   if [ -n "${PERF:-}" ]; then
-    perf record -F 1999 -T -p "$PID" -o "$OUT/r$round.data" 2>/dev/null &
+    perf record ${PERF_ARGS:--F 1999 -T} -p "$PID" -o "$OUT/r$round.data" 2>/dev/null &
     PERF_PID=$!
   fi
   load --no-seed --warmup 1 --workload record --events-per-record 32 --duration 2 --record-stash 150000 \
