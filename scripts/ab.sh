@@ -15,6 +15,7 @@
 # environment variable to one server (e.g. ENV_B=MIMALLOC_PURGE_DELAY=1000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serving.sh
 A=${1:?usage: scripts/ab.sh BIN_DIR_A BIN_DIR_B ROUNDS [interlude-load args...]}
 B=${2:?usage: scripts/ab.sh BIN_DIR_A BIN_DIR_B ROUNDS [interlude-load args...]}
 ROUNDS=${3:?usage: scripts/ab.sh BIN_DIR_A BIN_DIR_B ROUNDS [interlude-load args...]}
@@ -29,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 # start NAME BIN_DIR ENV: one server on ports the kernel picks, waited for until it serves (as
-# its log says, the way scripts/cluster.sh waits); sets ${NAME}_GRPC, ${NAME}_METRICS, ${NAME}_PID.
+# its log says); sets ${NAME}_GRPC, ${NAME}_METRICS, ${NAME}_PID.
 start() {
   local name=$1 bin=$2 env=$3 data=off log="$DIR/$1.log"
   if [ -n "${DURABLE:-}" ]; then data="$DIR/data-$name"; fi
@@ -38,17 +39,9 @@ start() {
   PIDS+=($!)
   printf -v "${name}_PID" '%s' "$!"
   disown "$!" # no job-control notice when cleanup kills it
-  for _ in $(seq 600); do
-    if grep -q grpc_addr "$log"; then
-      printf -v "${name}_GRPC" '%s' "$(grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2)"
-      printf -v "${name}_METRICS" '%s' "$(grep -o 'metrics_addr="[0-9.:]*' "$log" | head -1 | cut -d'"' -f2)"
-      return
-    fi
-    kill -0 "${PIDS[-1]}" 2>/dev/null || break # it exited: say why at once
-    sleep 0.05
-  done
-  echo "interlude ($name) did not start: $(cat "$log")" >&2
-  exit 1
+  wait_for_interlude "$log" "${PIDS[-1]}"
+  printf -v "${name}_GRPC" '%s' "$GRPC"
+  printf -v "${name}_METRICS" '%s' "$METRICS"
 }
 
 # load BIN_DIR GRPC METRICS OUT [args...]: the harness against one server, its report in OUT

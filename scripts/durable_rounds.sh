@@ -13,6 +13,7 @@
 # variable for the server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serving.sh
 USAGE="usage: scripts/durable_rounds.sh BIN_DIR ROUNDS OUT_DIR [VAR=VALUE]"
 BIN=${1:?$USAGE}
 ROUNDS=${2:?$USAGE}
@@ -31,13 +32,7 @@ trap cleanup EXIT
 env ${SERVER_ENV:+"$SERVER_ENV"} taskset -c 0 "$BIN/interlude" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
   --http-listen off --demo false --data-dir "$DIR/data" --admin-token "$TOKEN" >"$OUT/server.log" 2>&1 &
 PID=$!
-for _ in $(seq 600); do
-  grep -q grpc_addr "$OUT/server.log" && break
-  kill -0 "$PID" 2>/dev/null || { echo "interlude did not start: $(cat "$OUT/server.log")" >&2; exit 1; }
-  sleep 0.05
-done
-GRPC=$(grep -o 'grpc_addr=[0-9.:]*' "$OUT/server.log" | head -1 | cut -d= -f2)
-METRICS=$(grep -o 'metrics_addr="[0-9.:]*' "$OUT/server.log" | head -1 | cut -d'"' -f2)
+wait_for_interlude "$OUT/server.log" "$PID"
 load() {
   taskset -c 1 "$BIN/interlude-load" --target "http://$GRPC" --server-metrics "http://$METRICS/metrics" \
     --bare-metrics off --admin-token "$TOKEN" --campaigns "${CAMPAIGNS:-10000}" \

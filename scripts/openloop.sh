@@ -15,6 +15,7 @@
 # (default "decide") picks the phases; ENV adds one environment variable to both servers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serving.sh
 USAGE="usage: scripts/openloop.sh RATE RUNS BIN_DIR [BIN_DIR...]"
 RATE=${1:?$USAGE}
 RUNS=${2:?$USAGE}
@@ -29,17 +30,6 @@ stop_servers() {
 }
 trap 'stop_servers; rm -rf "$DIR"' EXIT
 
-# wait_for LOG PATTERN: until the server's log has PATTERN, or it exits (then say why).
-wait_for() {
-  for _ in $(seq 600); do
-    grep -q "$2" "$1" && return
-    kill -0 "${PIDS[-1]}" 2>/dev/null || break
-    sleep 0.05
-  done
-  echo "server did not start: $(cat "$1")" >&2
-  exit 1
-}
-
 # start BIN_DIR: a fresh Interlude and bare server on ports the kernel picks; sets GRPC,
 # METRICS, BARE and BARE_METRICS.
 start() {
@@ -48,14 +38,12 @@ start() {
     --http-listen off --demo false --data-dir off --admin-token "$TOKEN" >"$DIR/interlude.log" 2>&1 &
   PIDS+=($!)
   disown "$!"
-  wait_for "$DIR/interlude.log" grpc_addr
-  GRPC=$(grep -o 'grpc_addr=[0-9.:]*' "$DIR/interlude.log" | head -1 | cut -d= -f2)
-  METRICS=$(grep -o 'metrics_addr="[0-9.:]*' "$DIR/interlude.log" | head -1 | cut -d'"' -f2)
+  wait_for_interlude "$DIR/interlude.log" "${PIDS[-1]}"
   env ${ENV:+"$ENV"} taskset -c 0 "$bin/interlude-bare" --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 \
     >"$DIR/bare.log" 2>&1 &
   PIDS+=($!)
   disown "$!"
-  wait_for "$DIR/bare.log" "serving grpc.health.v1 on"
+  wait_for_log "$DIR/bare.log" "serving grpc.health.v1 on" "${PIDS[-1]}"
   BARE=$(grep -o 'serving grpc.health.v1 on [0-9.:]*' "$DIR/bare.log" | awk '{print $NF}')
   BARE_METRICS=$(grep -o 'metrics on http://[0-9.:]*' "$DIR/bare.log" | cut -d/ -f3)
 }
