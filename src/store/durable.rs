@@ -559,7 +559,7 @@ fn apply(conn: &mut Connection, batches: &[Batch]) -> Result<(), DurableError> {
         }
     }
     tx.commit()?;
-    let erased = batches.iter().flat_map(|b| &b.changes).any(|c| matches!(c, Change::ForgetListener(_)));
+    let erased = changes().any(|c| matches!(c, Change::ForgetListener(_)));
     if erased {
         checkpoint(conn)?;
     }
