@@ -7,7 +7,7 @@
 # minutes hits all alike. Bounded: RUNS × builds × workloads phases, then teardown.
 #
 #   scripts/openloop.sh RATE RUNS BIN_DIR [BIN_DIR...]
-#   WORKLOADS="decide health-check bare-check" scripts/openloop.sh 20000 3 target/release
+#   WORKLOADS="decide health-check bare-check bare-decide" scripts/openloop.sh 20000 3 target/release
 #   ENV=MIMALLOC_ALLOW_THP=1 scripts/openloop.sh 20000 3 /tmp/before target/release
 #
 # A BIN_DIR holds `interlude`, `interlude-bare` and `interlude-load` of one build (e.g. a copy of
@@ -66,7 +66,7 @@ for _ in $(seq "$RUNS"); do
       load "$bin" "$DIR/seed.out" --workload decide --duration 1 --warmup 0
       load "$bin" "$DIR/phase.out" --no-seed --workload "$workload" --rate "$RATE" \
         --max-in-flight 100000 --duration 8 --warmup 2
-      grep -E '^(Decide|HealthCheck|BareCheck) ' "$DIR/phase.out" |
+      grep -E '^(Decide|HealthCheck|BareCheck|BareDecide) ' "$DIR/phase.out" |
         awk -v b="$bin" -v w="$workload" -v r="$RATE" '{print b, w, r, $3, $4, $6, $7, $8, $9, $10}'
       stop_servers
     done

@@ -81,9 +81,10 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
     assert!(stdout.contains("Decide / health Check throughput"), "{stdout}");
     assert!(stdout.contains("Interlude Check / bare tonic Check throughput"), "{stdout}");
     assert!(stdout.contains("health Check / Decide server CPU per request"), "{stdout}");
+    assert!(stdout.contains("bare tonic Check / bare canned Decide server CPU per request"), "{stdout}");
     let phases = report["phases"].as_array().unwrap();
     let targets: Vec<&str> = phases.iter().map(|p| p["target"].as_str().unwrap()).collect();
-    assert_eq!(targets, vec!["Decide", "HealthCheck", "BareCheck", "DecideAndRecord"]);
+    assert_eq!(targets, vec!["Decide", "HealthCheck", "BareCheck", "BareDecide", "DecideAndRecord"]);
     for phase in phases {
         assert!(phase["requests_ok"].as_u64().unwrap() > 0, "{phase}");
         // The server's own CPU was read from its /metrics around the measured window.
@@ -112,13 +113,14 @@ fn the_harness_seeds_drives_and_reports_against_a_fresh_server() {
         let fill = c["paid_fill"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&fill), "{c}");
     }
-    let recorded = &phases[3]["quality"];
+    let recorded = &phases[4]["quality"];
     assert_eq!(recorded["cap_violations"].as_u64(), Some(0), "{recorded}");
     assert!(recorded["impressions_recorded"].as_u64().unwrap() > 0, "{recorded}");
     assert!(report["decide_to_check_ratio"].as_f64().unwrap() > 0.0);
     assert!(report["check_to_decide_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["check_to_bare_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["bare_to_check_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
+    assert!(report["bare_check_to_bare_decide_cost_ratio"].as_f64().unwrap() > 0.0, "{report}");
     assert!(report["record_to_decide_cost_ratio"].as_f64().unwrap().is_finite(), "{report}");
     assert!(report["budgets"]["budgeted_campaigns"].as_u64().unwrap() > 0);
     assert_eq!(report["threads"].as_u64(), Some(1), "one current-thread runtime by default");

@@ -33,6 +33,9 @@ pub(crate) enum Target {
     /// The same Check on the bare reference server (`interlude-bare`, `--bare-target`): the
     /// cost of tonic itself, without Interlude's layers.
     BareCheck,
+    /// The same Decide requests to the bare reference server, which answers each with one
+    /// canned two-ad response of Interlude's size: a Decide-shaped exchange with no decision.
+    BareDecide,
     /// The same break as an ad tag, `GET /vast/4.2` on the HTTP edge, then each ad's
     /// impression pixel: what a standard audio player does.
     Vast,
@@ -41,6 +44,13 @@ pub(crate) enum Target {
     /// RecordEvents alone, `--events-per-record` impressions a call, of ads decided before the
     /// phase (`--record-stash` of them, not measured): the rate of the event write path itself.
     Record,
+}
+
+impl Target {
+    /// Whether the phase runs against the bare reference server (`--bare-target`).
+    pub(crate) fn is_bare(self) -> bool {
+        matches!(self, Target::BareCheck | Target::BareDecide)
+    }
 }
 
 /// How load is offered.
@@ -525,11 +535,8 @@ struct Worker {
 
 impl Worker {
     fn new(shared: &Shared, target: Target, index: usize, stride: usize, timeline: Arc<Timeline>) -> Self {
-        let channels = if target == Target::BareCheck && !shared.bare.is_empty() {
-            &shared.bare
-        } else {
-            &shared.channels
-        };
+        let channels =
+            if target.is_bare() && !shared.bare.is_empty() { &shared.bare } else { &shared.channels };
         let channel = channels[index % channels.len()].clone();
         Worker {
             shared: shared.clone(),
@@ -661,6 +668,12 @@ impl Worker {
                             (n - accepted) as u64;
                     }
                 }
+            }
+            Target::BareDecide => {
+                let class = self.class_of(member);
+                let request = self.request(member, class);
+                let r = self.client.decide(request).await;
+                self.account(intended, measured, r.map(drop).map_err(|s| code(&s)));
             }
             Target::Decide | Target::DecideAndRecord => {
                 let class = self.class_of(member);

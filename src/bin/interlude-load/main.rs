@@ -103,8 +103,9 @@ struct Args {
     /// (with `--workload vast`, also Decide + RecordEvents, the same work over gRPC).
     #[arg(long)]
     compare: bool,
-    /// A bare tonic health server (`interlude-bare`): with --compare, its Check runs beside
-    /// Interlude's, and the report gives Check / bare Check.
+    /// The bare tonic reference server (`interlude-bare`): with --compare, its Check and its
+    /// canned Decide run beside Interlude's, and the report gives Check / bare Check and bare
+    /// Check / bare Decide (the Check / Decide ratio of a decision that costs nothing).
     #[arg(long)]
     bare_target: Option<String>,
     /// The bare server's Prometheus endpoint, for its CPU per request ("off": don't).
@@ -239,7 +240,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The comparison runs first: Decide alone changes no state, so it sees the fresh world.
     let mut targets = if args.compare { vec![Target::Decide, Target::HealthCheck] } else { Vec::new() };
     if args.compare && args.bare_target.is_some() {
-        targets.push(Target::BareCheck);
+        targets.extend([Target::BareCheck, Target::BareDecide]);
     }
     if args.compare && args.workload == Target::Vast {
         targets.extend([Target::DecideAndRecord, Target::VastTag]);
@@ -262,7 +263,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if let (Some(after), Some(node), None) = (args.kill_redis_master_after, &args.redis_node, &fault) {
             fault = Some(tokio::spawn(kill_redis_master(node.clone(), args.warmup + after)));
         }
-        let cpu = if target == Target::BareCheck { bare_cpu.as_ref() } else { cpu.as_ref() };
+        let cpu = if target.is_bare() { bare_cpu.as_ref() } else { cpu.as_ref() };
         let progress = progress_bar(target, args.duration);
         let outcome = drive::run(
             &shared,
@@ -298,6 +299,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Bare Check's CPU over Interlude's: Interlude's Check costs 1 / this of a bare one.
     let bare_to_check_cost_ratio = match (cost(Target::HealthCheck), cost(Target::BareCheck)) {
         (Some(c), Some(b)) if c > 0.0 => Some(b / c),
+        _ => None,
+    };
+    // The bare server's Check over its canned Decide, CPU: the Decide / Check cost ratio of a
+    // server whose decision took no time at all, the ceiling of `check_to_decide_cost_ratio`.
+    let bare_check_to_bare_decide_cost_ratio = match (cost(Target::BareDecide), cost(Target::BareCheck)) {
+        (Some(d), Some(c)) if d > 0.0 => Some(c / d),
         _ => None,
     };
     // What RecordEvents (one impression per decided ad) costs over what the Decide costs.
@@ -342,6 +349,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         check_to_decide_cost_ratio,
         check_to_bare_ratio,
         bare_to_check_cost_ratio,
+        bare_check_to_bare_decide_cost_ratio,
         record_to_decide_cost_ratio,
         vast_to_decide_ratio,
         vast_to_decide_and_record_ratio,

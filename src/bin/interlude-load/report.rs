@@ -151,6 +151,9 @@ pub(crate) struct Report {
     /// Server CPU per bare Check over server CPU per Interlude Check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) bare_to_check_cost_ratio: Option<f64>,
+    /// Server CPU per bare Check over server CPU per bare canned Decide: the Check / Decide cost
+    /// ratio with no decision at all.
+    pub(crate) bare_check_to_bare_decide_cost_ratio: Option<f64>,
     /// Server CPU of the RecordEvents in a Decide + RecordEvents over that of the Decide alone.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) record_to_decide_cost_ratio: Option<f64>,
@@ -370,6 +373,11 @@ impl Report {
         }
         if let Some(r) = self.bare_to_check_cost_ratio {
             out.push_str(&format!("bare tonic Check / Interlude Check server CPU per request: {r:.2}\n"));
+        }
+        if let Some(r) = self.bare_check_to_bare_decide_cost_ratio {
+            out.push_str(&format!(
+                "bare tonic Check / bare canned Decide server CPU per request: {r:.2} (the first ratio's ceiling)\n"
+            ));
         }
         if let Some(r) = self.record_to_decide_cost_ratio {
             out.push_str(&format!("RecordEvents / Decide server CPU per request: {r:.2}\n"));
