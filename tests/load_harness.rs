@@ -172,6 +172,13 @@ fn the_harness_runs_on_several_threads_when_asked_and_refuses_none() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not a share"));
+    // A bare phase without the bare server would measure Interlude under the bare server's name.
+    let refused = Command::new(env!("CARGO_BIN_EXE_interlude-load"))
+        .args(["--workload", "bare-decide"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("give --bare-target"), "{refused:?}");
 }
 
 #[test]

@@ -163,6 +163,12 @@ fn main() -> anyhow::Result<()> {
     if args.workload == Target::Record && args.rate.is_some() {
         anyhow::bail!("--workload record runs closed loop only: drop --rate");
     }
+    if args.workload.is_bare() && args.bare_target.is_none() {
+        // Without it the phase would run against Interlude under the bare server's name.
+        anyhow::bail!(
+            "--workload bare-check and bare-decide run against the bare server: give --bare-target"
+        );
+    }
     // On one core a multi-thread runtime is two threads taking turns (the one in `block_on` and
     // its one worker), and every wake-up crosses between them: measured, it capped the generator
     // at ~60k health Checks/s where one current thread sends ~110k/s (docs/PERFORMANCE.md).

@@ -376,7 +376,7 @@ impl Report {
         }
         if let Some(r) = self.bare_check_to_bare_decide_cost_ratio {
             out.push_str(&format!(
-                "bare tonic Check / bare canned Decide server CPU per request: {r:.2} (the first ratio's ceiling)\n"
+                "bare tonic Check / bare canned Decide server CPU per request: {r:.2} (the ceiling of health Check / Decide)\n"
             ));
         }
         if let Some(r) = self.record_to_decide_cost_ratio {
