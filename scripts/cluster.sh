@@ -16,6 +16,7 @@
 # Needs redis-server and redis-cli (Debian redis-server) and a release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serving.sh
 REPLICAS=${1:?usage: scripts/cluster.sh REPLICAS [interlude-load args...]}
 shift
 TOKEN=cluster-bench-admin-token-0123456789
@@ -61,17 +62,11 @@ start_interlude() {
   local log="$DIR/interlude-$RANDOM.log"
   spawn_pinned "${REPLICA_CPUS:-}" "$BIN/interlude" --listen 127.0.0.1:0 --http-listen off \
     --metrics-listen 127.0.0.1:0 --demo false --admin-token "$TOKEN" ${REPLICA_ARGS:-} "$@" >/dev/null 2>"$log" &
-  echo $! >>"$DIR/pids"
-  for _ in $(seq 200); do
-    if grep -q grpc_addr "$log" 2>/dev/null; then
-      grep -o 'metrics_addr="[0-9.:]*' "$log" | head -1 | cut -d'"' -f2 >>"$DIR/metrics"
-      grep -o 'grpc_addr=[0-9.:]*' "$log" | head -1 | cut -d= -f2
-      return
-    fi
-    sleep 0.05
-  done
-  echo "interlude did not start: $(cat "$log")" >&2
-  exit 1
+  local pid=$!
+  echo "$pid" >>"$DIR/pids"
+  wait_for_interlude "$log" "$pid"
+  echo "$METRICS" >>"$DIR/metrics"
+  echo "$GRPC"
 }
 
 TARGETS=()

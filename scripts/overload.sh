@@ -14,6 +14,7 @@
 # Needs root (cgroup) and h2load (Debian nghttp2-client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serving.sh
 quota=${OVERLOAD_QUOTA:-15}
 secs=${OVERLOAD_SECS:-10}
 out=${OVERLOAD_OUT:-target/overload}
@@ -28,10 +29,9 @@ taskset -c 0 target/release/interlude --listen 127.0.0.1:0 --metrics-listen 127.
 server=$!
 cg=/sys/fs/cgroup/cpu/interlude-overload
 trap 'kill $server 2>/dev/null || true; wait $server 2>/dev/null || true; rmdir $cg 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q serving "$log" && break; sleep 0.1; done
-line=$(grep serving "$log" | head -1)
-grpc=$(sed -E 's/.*grpc_addr="?([^ "]+)"?.*/\1/' <<<"$line")
-metrics=$(sed -E 's/.*metrics_addr="?([^ "]+)"?.*/\1/' <<<"$line")
+wait_for_interlude "$log" "$server"
+grpc=$GRPC
+metrics=$METRICS
 
 L="taskset -c 1 target/release/interlude-load --target http://$grpc --server-metrics http://$metrics/metrics --admin-token $token"
 # Seed at full speed, then hold the server to its quota.

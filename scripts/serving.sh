@@ -1,5 +1,5 @@
-# Sourced by the benchmark scripts (ab.sh, openloop.sh, durable_rounds.sh): waiting for a server
-# started in the background until its log says where it serves.
+# Sourced by the benchmark scripts (ab.sh, openloop.sh, durable_rounds.sh, cluster.sh, overload.sh,
+# soak.sh): waiting for a server started in the background until its log says where it serves.
 
 # wait_for_log LOG PATTERN PID: returns once LOG has PATTERN; if PID exits first, or 30 s pass,
 # prints the log and exits the script.

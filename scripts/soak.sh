@@ -7,6 +7,7 @@
 #   SOAK_SECS=120 SOAK_WARMUP_SECS=60 scripts/soak.sh   # a quick look
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/serving.sh
 secs=${SOAK_SECS:-1800}
 warmup=${SOAK_WARMUP_SECS:-900}
 rate=${SOAK_RATE:-2000}
@@ -21,10 +22,9 @@ target/release/interlude --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0 --dem
   --data-dir "$data" --admin-token "$token" --token-ttl-secs 60 2>"$log" &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -rf "$data"' EXIT
-for _ in $(seq 100); do grep -q '"serving"\|serving' "$log" && break; sleep 0.1; done
-line=$(grep serving "$log" | head -1)
-grpc=$(sed -E 's/.*grpc_addr="?([^ "]+)"?.*/\1/' <<<"$line")
-metrics=$(sed -E 's/.*metrics_addr="?([^ "]+)"?.*/\1/' <<<"$line")
+wait_for_interlude "$log" "$server"
+grpc=$GRPC
+metrics=$METRICS
 
 rss_csv="$out/rss.csv"
 echo "seconds,rss_kib" >"$rss_csv"
