@@ -141,7 +141,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         // Health and reflection stay open (load balancers, grpcurl); the rest is guarded. The
-        // decision service checks its callers in its handlers (`Auth::admit_decision`): an
+        // decision service checks its callers in its handlers (`grpc::auth::admit_decision`): an
         // interceptor costs a request round trip through parts and an extension per call.
         // The hot service alone is admitted against the server-wide bound (admission.rs).
         // Unary calls end at the server's request timeout; streams at their idle timeout
@@ -160,7 +160,7 @@ pub async fn serve(
         // decision role; everything else the admin role).
         .add_service(
             deadline(deadline::unary_only).layer(
-                state.auth.guard(auth::admin_only).layer(
+                auth::guard(&state.auth, auth::admin_only).layer(
                     CampaignServiceServer::new(CampaignAdmin::new(state.clone()))
                         .max_decoding_message_size(max)
                         .max_encoding_message_size(max),
@@ -169,7 +169,7 @@ pub async fn serve(
         )
         .add_service(
             deadline(crate::grpc::listeners::streams).layer(
-                state.auth.guard(crate::grpc::listeners::roles).layer(
+                auth::guard(&state.auth, crate::grpc::listeners::roles).layer(
                     ListenerServiceServer::new(ListenerAdmin::new(state.clone(), limits.stream_idle_timeout))
                         .max_decoding_message_size(max)
                         .max_encoding_message_size(max),

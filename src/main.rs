@@ -55,7 +55,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     if config.admin_token.is_none() {
         // Secure by default, still one command (as Jupyter does): a token for this run, printed
         // once, and kept beside the data for local tools such as interlude-load.
-        let token = grpc::auth::generate_token();
+        let token = interlude::auth::generate_token();
         if let Some(dir) = &config.data_dir {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             durable::write_private(&dir.join(durable::ADMIN_TOKEN_FILE), token.as_bytes(), false)

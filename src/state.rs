@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::decision::Policy;
 use crate::domain::{ArtistId, ListenerId, UnixMillis};
-use crate::grpc::auth::{self, Auth};
 use crate::store::delivery::SuppressionPolicy;
 use crate::store::durable::{self, Change, Durable, DurableError};
 use crate::store::histories::{Histories, Pins};

@@ -200,7 +200,7 @@ async fn login(State(console): State<Console>, headers: HeaderMap, body: Bytes) 
             if let Ok(cookie) = HeaderValue::from_str(&console.0.sessions.issue(now())) {
                 response.headers_mut().insert(header::SET_COOKIE, cookie);
             }
-            tracing::info!(target: crate::grpc::auth::AUDIT, what = "console login", "admin logged in to the console");
+            tracing::info!(target: crate::auth::AUDIT, what = "console login", "admin logged in to the console");
             response
         }
         _ => html(StatusCode::UNAUTHORIZED, pages::login(true)),

@@ -12,8 +12,8 @@ use http::header::{AUTHORIZATION, COOKIE};
 use rand::RngCore as _;
 use sha2::Sha256;
 
+use crate::auth::Auth;
 use crate::domain::UnixMillis;
-use crate::grpc::auth::Auth;
 
 /// The session cookie's name.
 pub const COOKIE_NAME: &str = "interlude_console";

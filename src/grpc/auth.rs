@@ -1,83 +1,18 @@
-//! Who may call what: the role each RPC needs is a property of its service — a layer in front
-//! of the service (`Auth::guard` with the service's `RolePolicy`) refuses callers without it
-//! before any handler runs, and a method a policy does not name needs the admin role (fail
-//! closed). On the hot Decide/RecordEvents service the handler checks for itself
-//! (`Auth::admit_decision`: no per-request extension, no allocation).
-//!
-//! Admin RPCs need the admin token; the decision RPCs (Decide, RecordEvents, and RecordPlays,
-//! which the player backend sends) need the decision token, or the admin token. Explaining a
-//! decision shows every campaign's rules and scores, so it needs the admin token too. Tokens
-//! are compared as SHA-256 digests in constant time, and known in logs only by a short
-//! fingerprint of that digest (the audit log's "who").
+//! The gRPC side of authentication: the role each RPC needs is a property of its service — a
+//! layer in front of the service (`guard` with the service's `RolePolicy`) refuses callers
+//! without it before any handler runs, and a method a policy does not name needs the admin role
+//! (fail closed). On the hot Decide/RecordEvents service the handler checks for itself
+//! (`admit_decision`: no per-request extension, no allocation). Which token is whose lives in
+//! `crate::auth`; explaining a decision shows every campaign's rules and scores, so it needs the
+//! admin token too.
 
 use std::sync::Arc;
 
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
 use tonic::metadata::MetadataMap;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-/// The tracing target of the audit log: every admin write, with who (`token_id`), what, and
-/// when (the log line's time).
-pub const AUDIT: &str = "interlude::audit";
-
-/// Why a request was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("this RPC needs the admin token: send 'authorization: Bearer <admin_token>'")]
-    AdminTokenMissing,
-    #[error("the bearer token is not the admin token")]
-    NotAdminToken,
-    #[error("this RPC needs the decision token: send 'authorization: Bearer <decision_token>'")]
-    DecisionTokenMissing,
-    #[error("the bearer token is neither the decision nor the admin token")]
-    NotDecisionToken,
-    #[error("explain shows every campaign's rules and scores: it needs the admin token")]
-    ExplainNeedsAdmin,
-    #[error("authorization must be 'Bearer <token>'")]
-    Malformed,
-    /// A handler found no caller: a service was added without its guard.
-    #[error("request was not authenticated")]
-    Unguarded,
-}
-
-/// What a caller's token allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Admin,
-    Decision,
-}
-
-/// The authenticated caller, put in each request's extensions by the interceptor.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub role: Role,
-    /// Fingerprint of the token ("sha256:" + 8 hex digits), or "loopback" for the open
-    /// decision RPCs of a server with no decision token.
-    pub token_id: Arc<str>,
-}
-
-/// The configured credentials. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct Auth {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    admin: Credential,
-    /// None = the decision RPCs are open (the config allows that on loopback only).
-    decision: Option<Credential>,
-    /// The `token_id` of callers of open decision RPCs.
-    loopback: Arc<str>,
-}
-
-#[derive(Debug)]
-struct Credential {
-    digest: [u8; 32],
-    id: Arc<str>,
-}
+use crate::auth::{Auth, AuthError, Caller, Role, bearer_of};
 
 /// The role each method of one service needs, by method name (the last segment of the
 /// path); a policy answers `Role::Admin` for any name it does not know.
@@ -103,83 +38,17 @@ pub struct Guarded<S> {
     policy: RolePolicy,
 }
 
-impl Auth {
-    /// Credentials from the admin token and the optional decision token.
-    pub fn new(admin_token: &str, decision_token: Option<&str>) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                admin: Credential::new(admin_token),
-                decision: decision_token.map(Credential::new),
-                loopback: "loopback".into(),
-            }),
-        }
-    }
-
-    /// The guard of a service whose methods need the roles `policy` gives.
-    pub fn guard(&self, policy: RolePolicy) -> GuardLayer {
-        GuardLayer { auth: self.clone(), policy }
-    }
-
-    /// Whether the caller of a decision RPC may call it (decision or admin token, or none
-    /// needed): the check of `decision()`'s guard, for handlers that check for themselves.
-    pub fn admit_decision(&self, metadata: &MetadataMap) -> Result<Role, AuthError> {
-        self.identify(bearer(metadata)?, false).map(|(role, _)| role)
-    }
-
-    /// Whether `token` is the admin token (compared in constant time): the check of the other
-    /// edges that serve admins, such as the ad-ops console.
-    pub fn is_admin_token(&self, token: &[u8]) -> bool {
-        self.identify(Some(token), true).is_ok()
-    }
-
-    /// The role and token id of the caller presenting `token` (None: no token), if any.
-    fn identify(&self, token: Option<&[u8]>, admin_only: bool) -> Result<(Role, &Arc<str>), AuthError> {
-        let inner = &self.inner;
-        if token.is_none() && !admin_only && inner.decision.is_none() {
-            return Ok((Role::Decision, &inner.loopback));
-        }
-        let digest: Option<[u8; 32]> = token.map(|t| Sha256::digest(t).into());
-        let matches = |c: &Credential| digest.is_some_and(|d| bool::from(d.ct_eq(&c.digest)));
-        if matches(&inner.admin) {
-            return Ok((Role::Admin, &inner.admin.id));
-        }
-        if !admin_only {
-            match &inner.decision {
-                Some(c) if matches(c) => return Ok((Role::Decision, &c.id)),
-                None => return Ok((Role::Decision, &inner.loopback)),
-                Some(_) => {}
-            }
-        }
-        Err(match (token, admin_only) {
-            (None, true) => AuthError::AdminTokenMissing,
-            (None, false) => AuthError::DecisionTokenMissing,
-            (Some(_), true) => AuthError::NotAdminToken,
-            (Some(_), false) => AuthError::NotDecisionToken,
-        })
-    }
+/// The guard of a service whose methods need the roles `policy` gives.
+pub fn guard(auth: &Auth, policy: RolePolicy) -> GuardLayer {
+    GuardLayer { auth: auth.clone(), policy }
 }
 
-/// The bearer token of a request, if it sent an authorization header.
-fn bearer(metadata: &MetadataMap) -> Result<Option<&[u8]>, AuthError> {
-    bearer_of(metadata.get("authorization").map(|v| v.as_bytes()))
-}
-
-/// The token of an `authorization` header's value (None: no header).
-fn bearer_of(value: Option<&[u8]>) -> Result<Option<&[u8]>, AuthError> {
-    match value {
-        None => Ok(None),
-        Some(value) => {
-            let token = value.strip_prefix(b"Bearer ").filter(|t| !t.is_empty());
-            token.map(Some).ok_or(AuthError::Malformed)
-        }
-    }
-}
-
-impl Credential {
-    fn new(token: &str) -> Self {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        Self { digest, id: format!("sha256:{}", hex::encode(&digest[..4])).into() }
-    }
+/// Whether the caller of a decision RPC may call it (decision or admin token, or none needed):
+/// the check of a guard whose policy says `Role::Decision`, for handlers that check for
+/// themselves.
+pub fn admit_decision(auth: &Auth, metadata: &MetadataMap) -> Result<Role, AuthError> {
+    let token = bearer_of(metadata.get("authorization").map(|v| v.as_bytes()))?;
+    auth.identify(token, false).map(|(role, _)| role)
 }
 
 impl<S> tower::Layer<S> for GuardLayer {
@@ -272,14 +141,6 @@ impl Interceptor for Bearer {
     }
 }
 
-/// A random admin token for a server started without one (printed once in its log).
-pub fn generate_token() -> String {
-    use rand::RngCore as _;
-    let mut bytes = [0u8; 24];
-    rand::rng().fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -326,7 +187,7 @@ mod tests {
         if let Some(h) = header {
             request.headers_mut().insert("authorization", h.parse().unwrap());
         }
-        let response = auth.guard(policy).layer(Echo).call(request).await.unwrap();
+        let response = guard(auth, policy).layer(Echo).call(request).await.unwrap();
         match response.headers().get("grpc-status") {
             Some(status) => Err(status.to_str().unwrap().to_owned()),
             None => Ok(response.extensions().get::<Caller>().expect("caller set by the guard").clone()),

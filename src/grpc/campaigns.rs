@@ -2,9 +2,10 @@
 
 use tonic::{Request, Response, Status};
 
-use super::auth::{self, AUDIT, Caller};
+use super::auth;
 use super::pb::campaign_service_server::CampaignService;
 use super::{convert, now, observe, pb, rpc_metrics};
+use crate::auth::{AUDIT, Caller};
 use crate::decision::pacing::{self, PaceStatus};
 use crate::domain::CampaignStatus;
 use crate::state::AppState;

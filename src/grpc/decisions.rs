@@ -5,9 +5,9 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
-use super::auth::{AuthError, Role};
 use super::pb::ad_decision_service_server::AdDecisionService;
 use super::{code_of, convert, pb, rpc_metrics};
+use crate::auth::{AuthError, Role};
 use crate::decision::{self, Fill, Reason};
 use crate::service::Decisions;
 use crate::service::decisions::Served;
@@ -39,7 +39,7 @@ impl DecisionService {
 
     /// Refuses callers without the decision (or admin) token, when one is configured.
     fn admit<T>(&self, request: &Request<T>) -> Result<Role, Status> {
-        Ok(self.state().auth.admit_decision(request.metadata())?)
+        Ok(super::auth::admit_decision(&self.state().auth, request.metadata())?)
     }
 
     /// Explain shows every campaign's targeting and scores: admin only, and within a budget.

@@ -3,9 +3,10 @@
 use tokio::time::Instant;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::auth::{self, AUDIT};
+use super::auth;
 use super::pb::listener_service_server::ListenerService;
 use super::{code_of, convert, now, observe, pb, rpc_metrics};
+use crate::auth::{AUDIT, Role};
 use crate::domain::{ConsentState, ListenerProfile};
 use crate::state::AppState;
 use crate::store::durable::Change;
@@ -117,10 +118,10 @@ pub fn streams(method: &str) -> bool {
 
 /// The roles of ListenerService: RecordPlays comes from the player backend (the decision
 /// role); every other method, and any added later, needs the admin role.
-pub fn roles(method: &str) -> auth::Role {
+pub fn roles(method: &str) -> Role {
     match method {
-        "RecordPlays" => auth::Role::Decision,
-        _ => auth::Role::Admin,
+        "RecordPlays" => Role::Decision,
+        _ => Role::Admin,
     }
 }
 

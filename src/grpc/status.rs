@@ -6,7 +6,7 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use super::auth::AuthError;
+use crate::auth::AuthError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
 use crate::store::durable::DurableError;
