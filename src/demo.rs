@@ -1,14 +1,25 @@
 //! The built-in demo catalog: advertisers across music genres, house ads and a few listeners, so
-//! that `cargo run --release` answers a realistic Decide at once.
+//! that `cargo run --release` answers a realistic Decide at once. The catalog is data
+//! (`data/demo_catalog.toml`, compiled in); this module reads it into the stores.
+
+use serde::Deserialize;
 
 use crate::domain::{
-    AgeBracket, Budget, Campaign, CampaignStatus, CapScope, Category, ConsentState, Creative, DAY_MS,
-    Daypart, DeviceType, FrequencyCap, GeoLocation, HOUR_MS, MediaFile, Milestone, PacingMode, Signal,
-    SignalRequirement, Targeting, Tier, UnixMillis,
+    AgeBracket, Budget, Campaign, CampaignStatus, CampaignZone, CapScope, Category, ConsentState, Creative,
+    DAY_MS, Daypart, DeviceType, FrequencyCap, GenreId, GeoLocation, HOUR_MS, MediaFile, Milestone,
+    PacingMode, Signal, SignalRequirement, Targeting, Tier, UnixMillis,
 };
 use crate::state::AppState;
 use crate::store::StoreError;
 use crate::store::listeners::Play;
+
+/// The demo catalog, as shipped.
+const CATALOG: &str = include_str!("../data/demo_catalog.toml");
+
+/// How long before loading the demo its listeners' plays begin.
+const PLAYS_SPAN_MS: i64 = 60 * DAY_MS;
+/// How long each demo play lasted.
+const PLAY_SECONDS: u32 = 180;
 
 /// What was loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,613 +28,405 @@ pub struct DemoStats {
     pub listeners: usize,
 }
 
-/// A campaign row of the demo table; unset targeting fields stay default.
-struct Row {
-    id: &'static str,
-    advertiser: (&'static str, &'static str),
-    name: &'static str,
+/// Why the demo could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("data/demo_catalog.toml: {0}")]
+    Parse(#[from] toml::de::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// `data/demo_catalog.toml`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DemoFile {
+    creatives: Creatives,
+    caps: Caps,
+    campaign: Vec<CampaignRow>,
+    listener: Vec<ListenerRow>,
+}
+
+/// The creatives every demo campaign gets.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Creatives {
+    cdn: String,
+    ogg_bitrate_kbps: u32,
+    variants: Vec<Variant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Variant {
+    id: String,
+    seconds: u32,
+}
+
+/// The frequency caps of paid campaigns and of house ads.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Caps {
+    paid: Vec<CapRow>,
+    house: Vec<CapRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapRow {
+    scope: CapScope,
+    max_impressions: u32,
+    /// None = lifetime.
+    window_hours: Option<i64>,
+}
+
+/// A campaign; what it does not set stays untargeted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CampaignRow {
+    id: String,
+    /// (id, display name).
+    advertiser: (String, String),
+    name: String,
     tier: Tier,
     /// US dollars per mille.
     cpm: f64,
-    categories: &'static [&'static str],
-    affinity: &'static [&'static str],
-    track: &'static [&'static str],
-    tune: fn(&mut Campaign, &mut Resolver<'_>),
+    #[serde(default)]
+    categories: Vec<String>,
+    #[serde(default)]
+    affinity: Vec<String>,
+    #[serde(default)]
+    track: Vec<String>,
+    #[serde(default)]
+    milestones: Vec<MilestoneRow>,
+    #[serde(default)]
+    geo: Vec<Place>,
+    #[serde(default)]
+    geo_use_home: bool,
+    #[serde(default)]
+    devices: Vec<DeviceType>,
+    #[serde(default)]
+    age_brackets: Vec<AgeBracket>,
+    daypart: Option<DaypartRow>,
+    #[serde(default)]
+    signals: Vec<SignalRow>,
+    flight: Option<Flight>,
+    budget: Option<BudgetRow>,
 }
 
-struct Resolver<'a> {
-    state: &'a AppState,
-    error: Option<StoreError>,
-    /// When the demo is loaded: flights are set around it.
-    now: UnixMillis,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MilestoneRow {
+    genre: String,
+    min_plays: u64,
 }
 
-impl Resolver<'_> {
-    fn genres(&mut self, slugs: &[&str]) -> Vec<crate::domain::GenreId> {
-        slugs
-            .iter()
-            .filter_map(|s| match self.state.vocabulary.intern(s) {
-                Ok(id) => Some(id),
-                Err(e) => {
-                    self.error = Some(e);
-                    None
-                }
-            })
-            .collect()
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Place {
+    country: String,
+    #[serde(default)]
+    region: String,
+    #[serde(default)]
+    metro: String,
+}
+
+impl Place {
+    fn location(&self) -> GeoLocation {
+        GeoLocation {
+            country: self.country.as_str().into(),
+            region: self.region.as_str().into(),
+            metro: self.metro.as_str().into(),
+        }
     }
 }
 
-fn place(country: &str, region: &str, metro: &str) -> GeoLocation {
-    GeoLocation { country: country.into(), region: region.into(), metro: metro.into() }
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaypartRow {
+    days: Vec<Weekday>,
+    start_hour: u8,
+    end_hour: u8,
 }
 
-fn none(_: &mut Campaign, _: &mut Resolver<'_>) {}
+/// Monday first, as `Daypart::days` counts.
+#[derive(Clone, Copy, Deserialize)]
+enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
 
-const ROWS: &[Row] = &[
-    Row {
-        id: "staatsoper-season",
-        advertiser: ("staatsoper", "Staatsoper Unter den Linden"),
-        name: "Season 26/27 subscriptions",
-        tier: Tier::Standard,
-        cpm: 18.0,
-        categories: &["177"],
-        affinity: &["opera", "classical"],
-        track: &[],
-        tune: |c, _| c.targeting.geo_include = vec![place("DE", "", "")],
-    },
-    Row {
-        id: "philharmonie-digital",
-        advertiser: ("philharmonie", "Digital Concert Hall"),
-        name: "Every concert, streamed",
-        tier: Tier::Standard,
-        cpm: 15.0,
-        categories: &["201"],
-        affinity: &["classical"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "steinway-grand",
-        advertiser: ("steinway", "Steinway Pianos"),
-        name: "For devoted listeners",
-        tier: Tier::Sponsorship,
-        cpm: 35.0,
-        categories: &["243"],
-        affinity: &["classical"],
-        track: &[],
-        tune: |c, r| {
-            if let Some(&g) = r.genres(&["classical"]).first() {
-                c.targeting.milestones = vec![Milestone { genre: g, min_plays: 800 }];
-            }
-        },
-    },
-    Row {
-        id: "bluenote-nyc",
-        advertiser: ("bluenote", "Blue Note Jazz Club"),
-        name: "Late sets this week",
-        tier: Tier::Standard,
-        cpm: 12.0,
-        categories: &["177"],
-        affinity: &["jazz"],
-        track: &[],
-        tune: |c, _| c.targeting.geo_include = vec![place("US", "US-NY", "")],
-    },
-    Row {
-        id: "vinyl-house",
-        advertiser: ("vinylhouse", "Vinyl House Records"),
-        name: "Jazz & blues pressings",
-        tier: Tier::Standard,
-        cpm: 9.0,
-        categories: &["473"],
-        affinity: &["jazz", "blues", "soul"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "popstar-world-tour",
-        advertiser: ("starlight", "Starlight Live"),
-        name: "Nova world tour tickets",
-        tier: Tier::Standard,
-        cpm: 20.0,
-        categories: &["8VZQHL"],
-        affinity: &["pop"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "glow-cosmetics",
-        advertiser: ("glow", "Glow Cosmetics"),
-        name: "New season palette",
-        tier: Tier::Standard,
-        cpm: 14.0,
-        categories: &["552"],
-        affinity: &["pop", "k-pop"],
-        track: &[],
-        tune: |c, _| c.targeting.age_brackets = vec![AgeBracket::Age18To24, AgeBracket::Age25To34],
-    },
-    Row {
-        id: "fizz-soda",
-        advertiser: ("fizz", "Fizz Soda"),
-        name: "Summer fizz",
-        tier: Tier::Remnant,
-        cpm: 4.0,
-        categories: &["210"],
-        affinity: &[],
-        track: &["pop", "dance"],
-        tune: none,
-    },
-    Row {
-        id: "riff-guitars",
-        advertiser: ("riff", "Riff Guitars"),
-        name: "Spring guitar sale",
-        tier: Tier::Standard,
-        cpm: 11.0,
-        categories: &["243"],
-        affinity: &["rock", "metal"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "stagefest",
-        advertiser: ("stagefest", "Stagefest"),
-        name: "Festival weekend passes",
-        tier: Tier::Standard,
-        cpm: 16.0,
-        categories: &["8VZQHL"],
-        affinity: &["rock", "indie"],
-        track: &[],
-        tune: |c, _| c.targeting.geo_include = vec![place("DE", "", "")],
-    },
-    Row {
-        id: "kicks-sneakers",
-        advertiser: ("kicks", "Kicks"),
-        name: "Drop of the week",
-        tier: Tier::Standard,
-        cpm: 13.0,
-        categories: &["552"],
-        affinity: &["hip-hop"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "beatmaker-app",
-        advertiser: ("beatmaker", "Beatmaker"),
-        name: "Make beats on your phone",
-        tier: Tier::Standard,
-        cpm: 10.0,
-        categories: &["596"],
-        affinity: &["hip-hop", "electronic"],
-        track: &[],
-        tune: |c, _| c.targeting.devices = vec![DeviceType::Mobile],
-    },
-    Row {
-        id: "nightpulse-club",
-        advertiser: ("nightpulse", "Nightpulse Club"),
-        name: "This weekend's line-up",
-        tier: Tier::Standard,
-        cpm: 8.0,
-        categories: &["177"],
-        affinity: &["electronic"],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.geo_include = vec![place("DE", "DE-BE", "")];
-            // Thursday to Saturday, 18:00 to 02:00 local.
-            c.targeting.daypart =
-                Some(Daypart { days: (1 << 3) | (1 << 4) | (1 << 5), start_hour: 18, end_hour: 2 });
-        },
-    },
-    Row {
-        id: "truck-dealer",
-        advertiser: ("bigrig", "Big Rig Trucks"),
-        name: "0% financing",
-        tier: Tier::Standard,
-        cpm: 12.0,
-        categories: &["1"],
-        affinity: &["country"],
-        track: &[],
-        tune: |c, _| c.targeting.geo_include = vec![place("US", "", "")],
-    },
-    Row {
-        id: "skyways-from-ber",
-        advertiser: ("skyways", "SkyWays"),
-        name: "Deals from Berlin BER",
-        tier: Tier::Standard,
-        cpm: 22.0,
-        categories: &["672"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.geo_include = vec![place("DE", "", "BER")];
-            c.targeting.geo_use_home = true;
-        },
-    },
-    Row {
-        id: "skyways-from-muc",
-        advertiser: ("skyways", "SkyWays"),
-        name: "Deals from Munich MUC",
-        tier: Tier::Standard,
-        cpm: 22.0,
-        categories: &["672"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.geo_include = vec![place("DE", "", "MUC")];
-            c.targeting.geo_use_home = true;
-        },
-    },
-    Row {
-        id: "skyways-from-nyc",
-        advertiser: ("skyways", "SkyWays"),
-        name: "Deals from New York",
-        tier: Tier::Standard,
-        cpm: 22.0,
-        categories: &["672"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.geo_include = vec![place("US", "", "NYC")];
-            c.targeting.geo_use_home = true;
-        },
-    },
-    Row {
-        id: "tinysteps-uniforms",
-        advertiser: ("tinysteps", "Tiny Steps"),
-        name: "School uniforms",
-        tier: Tier::Standard,
-        cpm: 9.0,
-        categories: &["197"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.signals = vec![SignalRequirement {
-                signal: "parent-young-children".into(),
-                max_age_ms: Some(3 * 365 * DAY_MS),
-            }];
-        },
-    },
-    Row {
-        // Alcohol (IAB 211): only to listeners known to be over 21, never to a household's kid.
-        id: "hoppy-craft-beer",
-        advertiser: ("hoppy", "Hoppy Brewing"),
-        name: "Craft beer for the weekend",
-        tier: Tier::Standard,
-        cpm: 8.0,
-        categories: &["211"],
-        affinity: &["rock", "indie"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "singalong-app",
-        advertiser: ("singalong", "Singalong"),
-        name: "Songs for little ones",
-        tier: Tier::Remnant,
-        cpm: 6.0,
-        categories: &["196"],
-        affinity: &["kids"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "neobank-students",
-        advertiser: ("neobank", "Neobank"),
-        name: "Free student account",
-        tier: Tier::Standard,
-        cpm: 7.0,
-        categories: &["391"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| c.targeting.age_brackets = vec![AgeBracket::Age18To24],
-    },
-    Row {
-        id: "arena-console",
-        advertiser: ("arena", "Arena Games"),
-        name: "New console bundle",
-        tier: Tier::Standard,
-        cpm: 11.0,
-        categories: &["681"],
-        affinity: &["electronic", "soundtrack"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "lingua-app",
-        advertiser: ("lingua", "Lingua"),
-        name: "Learn Spanish with music",
-        tier: Tier::Remnant,
-        cpm: 6.0,
-        categories: &["147"],
-        affinity: &["latin", "reggaeton"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "runfast-shoes",
-        advertiser: ("runfast", "RunFast"),
-        name: "Run to the beat",
-        tier: Tier::Remnant,
-        cpm: 8.0,
-        categories: &["483"],
-        affinity: &[],
-        track: &["electronic", "pop", "hip-hop"],
-        tune: |c, _| c.targeting.devices = vec![DeviceType::Wearable, DeviceType::Mobile],
-    },
-    Row {
-        id: "hifi-headphones",
-        advertiser: ("hifi", "HiFi Audio"),
-        name: "Hear every detail",
-        tier: Tier::Sponsorship,
-        cpm: 30.0,
-        categories: &["596"],
-        affinity: &["classical", "jazz", "electronic"],
-        track: &[],
-        // A four-week flight three days in, its budget spread evenly: the console's pacing
-        // chart has a curve to show.
-        tune: |c, r| {
-            c.flight_start = Some(UnixMillis(r.now.0 - 3 * DAY_MS));
-            c.flight_end = Some(UnixMillis(r.now.0 + 25 * DAY_MS));
-            c.budget =
-                Budget { lifetime_micros: 20_000_000_000, pacing: PacingMode::Even, ..Budget::default() };
-        },
-    },
-    Row {
-        id: "burger-late",
-        advertiser: ("burgerbar", "Burger Bar"),
-        name: "Late-night delivery",
-        tier: Tier::Remnant,
-        cpm: 3.0,
-        categories: &["210"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.geo_include = vec![place("US", "", "")];
-            c.targeting.daypart = Some(Daypart { days: 0x7f, start_hour: 20, end_hour: 2 });
-        },
-    },
-    Row {
-        id: "morning-brew",
-        advertiser: ("morningbrew", "Morning Brew Coffee"),
-        name: "Your commute coffee",
-        tier: Tier::Remnant,
-        cpm: 5.0,
-        categories: &["210"],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| {
-            c.targeting.geo_include = vec![place("DE", "", "")];
-            c.targeting.daypart = Some(Daypart { days: 0b001_1111, start_hour: 6, end_hour: 10 });
-        },
-    },
-    Row {
-        id: "country-fest",
-        advertiser: ("countryfest", "Country Fest"),
-        name: "Nashville weekend",
-        tier: Tier::Standard,
-        cpm: 14.0,
-        categories: &["8VZQHL"],
-        affinity: &["country", "folk"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "metal-merch",
-        advertiser: ("ironmerch", "Iron Merch"),
-        name: "Tour shirts",
-        tier: Tier::Remnant,
-        cpm: 5.0,
-        categories: &["552"],
-        affinity: &["metal"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "reggae-cruise",
-        advertiser: ("islandcruise", "Island Cruises"),
-        name: "Reggae at sea",
-        tier: Tier::Standard,
-        cpm: 12.0,
-        categories: &["653"],
-        affinity: &["reggae"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "indie-label",
-        advertiser: ("smallrecords", "Small Records"),
-        name: "New indie releases",
-        tier: Tier::Remnant,
-        cpm: 4.0,
-        categories: &["338"],
-        affinity: &["indie", "folk"],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "opera-glasses",
-        advertiser: ("lorgnette", "Lorgnette Optics"),
-        name: "Opera glasses",
-        tier: Tier::Remnant,
-        cpm: 5.0,
-        categories: &["473"],
-        affinity: &[],
-        track: &["opera"],
-        tune: none,
-    },
-    Row {
-        id: "house-premium",
-        advertiser: ("interlude", "Interlude"),
-        name: "Go Premium: no ads",
-        tier: Tier::House,
-        cpm: 0.0,
-        categories: &[],
-        affinity: &[],
-        track: &[],
-        tune: none,
-    },
-    Row {
-        id: "house-opera-essentials",
-        advertiser: ("interlude", "Interlude"),
-        name: "Opera Essentials playlist",
-        tier: Tier::House,
-        cpm: 0.0,
-        categories: &[],
-        affinity: &[],
-        track: &["opera", "classical"],
-        tune: none,
-    },
-    Row {
-        id: "house-podcasts",
-        advertiser: ("interlude", "Interlude"),
-        name: "Try our podcasts",
-        tier: Tier::House,
-        cpm: 0.0,
-        categories: &[],
-        affinity: &[],
-        track: &[],
-        tune: |c, _| c.relevance_floor = None,
-    },
-];
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalRow {
+    signal: String,
+    /// None = a signal of any age.
+    max_age_days: Option<i64>,
+}
 
-/// Loads the demo campaigns and listeners into `state`.
-pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, StoreError> {
-    let mut resolver = Resolver { state, error: None, now };
-    let mut campaigns = Vec::with_capacity(ROWS.len());
-    for row in ROWS {
-        let mut campaign = Campaign {
-            time_zone: crate::domain::CampaignZone::default(),
-            id: row.id.into(),
-            advertiser_id: row.advertiser.0.into(),
-            advertiser_name: row.advertiser.1.into(),
-            name: row.name.into(),
+/// A flight around the moment the demo is loaded.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Flight {
+    started_days_ago: i64,
+    ends_in_days: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetRow {
+    lifetime_usd: f64,
+    pacing: PacingMode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListenerRow {
+    id: String,
+    consent: ConsentState,
+    age: Option<AgeBracket>,
+    home: Option<Place>,
+    language: Option<String>,
+    #[serde(default)]
+    aliases: Vec<String>,
+    #[serde(default)]
+    signals: Vec<AssertedSignal>,
+    #[serde(default)]
+    plays: Vec<Plays>,
+    /// Household members' own attributes (a member exists once it has plays).
+    #[serde(default)]
+    members: Vec<MemberRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AssertedSignal {
+    name: String,
+    asserted_days_ago: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Plays {
+    genre: String,
+    count: u32,
+    /// "" = the account holder.
+    #[serde(default)]
+    member: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberRow {
+    id: String,
+    age: AgeBracket,
+}
+
+/// Loads the demo campaigns and listeners into `state`; times in the catalog are relative to `now`.
+pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, DemoError> {
+    let file: DemoFile = toml::from_str(CATALOG)?;
+    let genres = |slugs: &[String]| -> Result<Vec<GenreId>, StoreError> {
+        slugs.iter().map(|s| state.vocabulary.intern(s)).collect()
+    };
+    let mut campaigns = Vec::with_capacity(file.campaign.len());
+    for row in &file.campaign {
+        let caps = if row.tier == Tier::House { &file.caps.house } else { &file.caps.paid };
+        let milestones = row
+            .milestones
+            .iter()
+            .map(|m| Ok(Milestone { genre: state.vocabulary.intern(&m.genre)?, min_plays: m.min_plays }))
+            .collect::<Result<_, StoreError>>()?;
+        campaigns.push(Campaign {
+            id: row.id.as_str().into(),
+            advertiser_id: row.advertiser.0.as_str().into(),
+            advertiser_name: row.advertiser.1.as_str().into(),
+            name: row.name.as_str().into(),
             tier: row.tier,
             status: CampaignStatus::Active,
-            bid_cpm_micros: (row.cpm * 1_000_000.0) as i64,
-            categories: row.categories.iter().map(|&c| Category::from(c)).collect::<Vec<_>>().into(),
+            bid_cpm_micros: usd_to_micros(row.cpm),
+            categories: row.categories.iter().map(|c| Category::from(c.as_str())).collect::<Vec<_>>().into(),
             targeting: Targeting {
-                affinity_genres: resolver.genres(row.affinity),
-                track_genres: resolver.genres(row.track),
+                affinity_genres: genres(&row.affinity)?,
+                track_genres: genres(&row.track)?,
+                milestones,
+                geo_include: row.geo.iter().map(Place::location).collect(),
+                geo_use_home: row.geo_use_home,
+                devices: row.devices.clone(),
+                age_brackets: row.age_brackets.clone(),
+                daypart: row.daypart.as_ref().map(|d| Daypart {
+                    days: d.days.iter().fold(0, |days, &day| days | (1 << day as u8)),
+                    start_hour: d.start_hour,
+                    end_hour: d.end_hour,
+                }),
+                signals: row
+                    .signals
+                    .iter()
+                    .map(|s| SignalRequirement {
+                        signal: s.signal.as_str().into(),
+                        max_age_ms: s.max_age_days.map(|d| d * DAY_MS),
+                    })
+                    .collect(),
                 ..Targeting::default()
             },
-            caps: vec![
-                FrequencyCap { scope: CapScope::Campaign, max_impressions: 3, window_ms: Some(HOUR_MS) },
-                FrequencyCap { scope: CapScope::Advertiser, max_impressions: 8, window_ms: Some(DAY_MS) },
-            ],
+            caps: caps
+                .iter()
+                .map(|c| FrequencyCap {
+                    scope: c.scope,
+                    max_impressions: c.max_impressions,
+                    window_ms: c.window_hours.map(|h| h * HOUR_MS),
+                })
+                .collect(),
             relevance_floor: None,
-            flight_start: None,
-            flight_end: None,
-            budget: Budget::default(),
-            creatives: vec![creative(row.id, "30s", 30_000), creative(row.id, "15s", 15_000)],
+            flight_start: row.flight.as_ref().map(|f| UnixMillis(now.0 - f.started_days_ago * DAY_MS)),
+            flight_end: row.flight.as_ref().map(|f| UnixMillis(now.0 + f.ends_in_days * DAY_MS)),
+            budget: row.budget.as_ref().map_or_else(Budget::default, |b| Budget {
+                lifetime_micros: usd_to_micros(b.lifetime_usd),
+                pacing: b.pacing,
+                ..Budget::default()
+            }),
+            time_zone: CampaignZone::default(),
+            creatives: file
+                .creatives
+                .variants
+                .iter()
+                .map(|v| creative(&file.creatives, &row.id, v))
+                .collect(),
             updated_at: now,
-        };
-        (row.tune)(&mut campaign, &mut resolver);
-        if row.tier == Tier::House {
-            campaign.caps = vec![FrequencyCap {
-                scope: CapScope::Campaign,
-                max_impressions: 2,
-                window_ms: Some(HOUR_MS),
-            }];
-        }
-        campaigns.push(campaign);
-    }
-    if let Some(e) = resolver.error {
-        return Err(e);
+        });
     }
     let n_campaigns = campaigns.len();
     state.catalog.upsert_all(campaigns, now)?;
-    let listeners = load_listeners(state, now)?;
+    let listeners = load_listeners(state, &file.listener, now)?;
     Ok(DemoStats { campaigns: n_campaigns, listeners })
 }
 
-fn creative(campaign: &str, variant: &str, duration_ms: u32) -> Creative {
+fn usd_to_micros(usd: f64) -> i64 {
+    (usd * 1_000_000.0).round() as i64
+}
+
+fn creative(creatives: &Creatives, campaign: &str, variant: &Variant) -> Creative {
+    let base = format!("{}/{campaign}/{}", creatives.cdn, variant.id);
     Creative {
-        id: variant.into(),
-        audio_url: format!("https://cdn.interlude.example/ads/{campaign}/{variant}.mp3").into(),
+        id: variant.id.as_str().into(),
+        audio_url: format!("{base}.mp3").into(),
         audio_mime: Some("audio/mpeg".into()),
-        duration_ms,
+        duration_ms: variant.seconds * 1000,
         companion: None,
-        // Every demo creative also comes as Ogg Vorbis, as audio CDNs serve it.
         media_files: vec![MediaFile {
-            url: format!("https://cdn.interlude.example/ads/{campaign}/{variant}.ogg").into(),
+            url: format!("{base}.ogg").into(),
             mime_type: "audio/ogg".into(),
-            bitrate_kbps: 96,
+            bitrate_kbps: creatives.ogg_bitrate_kbps,
         }],
     }
 }
 
-/// (listener id, member, [(genre, plays)]).
-type Listening = (&'static str, &'static str, &'static [(&'static str, u32)]);
-
-const LISTENING: &[Listening] = &[
-    ("listener-opera", "", &[("opera", 400), ("classical", 900)]),
-    ("listener-pop", "", &[("pop", 300), ("k-pop", 60), ("electronic", 60)]),
-    ("listener-jazz-nyc", "", &[("jazz", 200), ("blues", 60)]),
-    ("family-account", "", &[("rock", 150), ("indie", 90)]),
-    ("family-account", "kid", &[("kids", 150), ("pop", 20)]),
-    ("listener-no-consent", "", &[("hip-hop", 250)]),
-];
-
-fn load_listeners(state: &AppState, now: UnixMillis) -> Result<usize, StoreError> {
-    let profiles: [(&str, ConsentState, Option<AgeBracket>, GeoLocation); 5] = [
-        ("listener-opera", ConsentState::Granted, Some(AgeBracket::Age45To54), place("DE", "DE-BE", "BER")),
-        ("listener-pop", ConsentState::Granted, Some(AgeBracket::Age18To24), place("DE", "DE-BY", "MUC")),
-        (
-            "listener-jazz-nyc",
-            ConsentState::Granted,
-            Some(AgeBracket::Age35To44),
-            place("US", "US-NY", "NYC"),
-        ),
-        ("family-account", ConsentState::Granted, Some(AgeBracket::Age45To54), place("DE", "DE-BE", "BER")),
-        (
-            "listener-no-consent",
-            ConsentState::Denied,
-            Some(AgeBracket::Age25To34),
-            place("DE", "DE-HH", "HAM"),
-        ),
-    ];
-    for (id, consent, age, home) in profiles {
-        state.listeners.update(id, |p| {
-            p.consent = consent;
+fn load_listeners(state: &AppState, rows: &[ListenerRow], now: UnixMillis) -> Result<usize, StoreError> {
+    for row in rows {
+        state.listeners.update(&row.id, |p| {
+            p.consent = row.consent;
             let d = p.details_mut();
             d.consent_at = Some(now);
-            d.age_bracket = age;
-            d.home = Some(home);
-            d.language = Some("en".into());
+            d.age_bracket = row.age;
+            d.home = row.home.as_ref().map(Place::location);
+            d.language = row.language.as_deref().map(Into::into);
+            d.signals = row
+                .signals
+                .iter()
+                .map(|s| Signal {
+                    name: s.name.as_str().into(),
+                    asserted_at: UnixMillis(now.0 - s.asserted_days_ago * DAY_MS),
+                    valid_until: None,
+                })
+                .collect();
         })?;
+        for alias in &row.aliases {
+            state.listeners.link(&row.id, alias)?;
+        }
     }
-    // A life-stage signal from six years ago: the children have grown up.
-    state.listeners.update("family-account", |p| {
-        p.details_mut().signals = vec![Signal {
-            name: "parent-young-children".into(),
-            asserted_at: UnixMillis(now.0 - 6 * 365 * DAY_MS),
-            valid_until: None,
-        }];
-    })?;
-    state.listeners.link("listener-opera", "email-sha256:5f2b9c0e")?;
     let mut plays = Vec::new();
-    for (listener, member, genres) in LISTENING {
-        for &(genre, n) in *genres {
-            let genre = state.vocabulary.intern(genre)?;
-            for i in 0..n {
-                // Spread over the last 60 days, newest last.
-                let at = now.0 - 60 * DAY_MS + i64::from(i) * (60 * DAY_MS / i64::from(n));
+    for row in rows {
+        for p in &row.plays {
+            let genre = state.vocabulary.intern(&p.genre)?;
+            for i in 0..p.count {
+                // Spread evenly over the span, newest last.
+                let at = now.0 - PLAYS_SPAN_MS + i64::from(i) * (PLAYS_SPAN_MS / i64::from(p.count));
                 plays.push(Play {
-                    listener: (*listener).into(),
-                    member: (*member).into(),
+                    listener: row.id.as_str().into(),
+                    member: p.member.as_str().into(),
                     genres: vec![genre],
                     artist: None,
                     played_at: UnixMillis(at),
-                    seconds_played: 180,
+                    seconds_played: PLAY_SECONDS,
                 });
             }
         }
     }
     plays.sort_by_key(|p| p.played_at);
     state.listeners.record_plays(&plays, state.taste_half_life_ms)?;
-    // The kid is a teenager: age-targeted and age-restricted ads go by that, not the account's.
-    state.listeners.update("family-account", |p| {
-        if let Some(kid) = p.member_record_mut("kid") {
-            kid.age_bracket = Some(AgeBracket::Age13To17);
-        }
-    })?;
+    // Members exist once they have played something: their own attributes come last.
+    for row in rows.iter().filter(|r| !r.members.is_empty()) {
+        state.listeners.update(&row.id, |p| {
+            for m in &row.members {
+                if let Some(member) = p.member_record_mut(&m.id) {
+                    member.age_bracket = Some(m.age);
+                }
+            }
+        })?;
+    }
     Ok(state.listeners.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn loaded() -> (AppState, DemoStats) {
+        let state = AppState::new(&Config { demo: false, data_dir: None, ..Config::default() });
+        let stats = load(&state, UnixMillis(1_780_000_000_000)).unwrap();
+        (state, stats)
+    }
+
+    #[test]
+    fn the_shipped_catalog_loads_every_campaign_and_listener() {
+        let (state, stats) = loaded();
+        assert_eq!(stats, DemoStats { campaigns: 35, listeners: 5 });
+        let hifi = state.catalog.get("hifi-headphones").unwrap();
+        assert_eq!(hifi.budget.lifetime_micros, 20_000_000_000);
+        assert_eq!(hifi.budget.pacing, PacingMode::Even);
+        assert_eq!(hifi.flight_end.unwrap().0 - hifi.flight_start.unwrap().0, 28 * DAY_MS);
+        let club = state.catalog.get("nightpulse-club").unwrap();
+        assert_eq!(club.targeting.daypart, Some(Daypart { days: 0b011_1000, start_hour: 18, end_hour: 2 }));
+        let house = state.catalog.get("house-premium").unwrap();
+        assert_eq!(house.caps.len(), 1, "house ads have caps of their own");
+        assert_eq!(
+            house.creatives[1].media_files[0].url.as_ref(),
+            "https://cdn.interlude.example/ads/house-premium/15s.ogg"
+        );
+    }
+
+    #[test]
+    fn every_demo_category_is_in_the_iab_taxonomy() {
+        let file: DemoFile = toml::from_str(CATALOG).unwrap();
+        for row in &file.campaign {
+            for c in &row.categories {
+                assert!(crate::validation::iab_category_name(c).is_some(), "{}: {c}", row.id);
+            }
+        }
+    }
+
+    #[test]
+    fn the_household_keeps_its_members_apart() {
+        let (state, _) = loaded();
+        let family = state.listeners.get("family-account").unwrap().unwrap();
+        let (age, _) = family.member_attributes("kid");
+        assert_eq!(age, Some(AgeBracket::Age13To17));
+        let opera = state.listeners.get("email-sha256:5f2b9c0e").unwrap().unwrap();
+        assert_eq!(opera.consent, ConsentState::Granted, "the alias resolves to the opera listener");
+    }
 }
