@@ -430,6 +430,56 @@ impl GeoLocation {
     }
 }
 
+/// A campaign's IAB categories, with what every decision asks of them per candidate answered
+/// once: whether any is age-restricted (`AGE_RESTRICTED_CATEGORIES`). The only way in is from
+/// the list, so the answer cannot be missing or stale, whichever way the campaign arrived (the
+/// wire, the store, the demo). Stored as the plain list.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "Arc<[Category]>", into = "Arc<[Category]>")]
+pub struct Categories {
+    list: Arc<[Category]>,
+    age_restricted: bool,
+}
+
+impl Categories {
+    /// Whether ads of any of these categories reach only listeners known to be over 21.
+    pub fn age_restricted(&self) -> bool {
+        self.age_restricted
+    }
+
+    /// The list, shared (impression records keep it for separation and suppression).
+    pub fn shared(&self) -> &Arc<[Category]> {
+        &self.list
+    }
+}
+
+impl From<Arc<[Category]>> for Categories {
+    fn from(list: Arc<[Category]>) -> Self {
+        let age_restricted = list.iter().any(|c| AGE_RESTRICTED_CATEGORIES.contains(&c.as_str()));
+        Self { list, age_restricted }
+    }
+}
+
+impl From<Vec<Category>> for Categories {
+    fn from(list: Vec<Category>) -> Self {
+        Self::from(Arc::<[Category]>::from(list))
+    }
+}
+
+impl From<Categories> for Arc<[Category]> {
+    fn from(c: Categories) -> Self {
+        c.list
+    }
+}
+
+impl std::ops::Deref for Categories {
+    type Target = [Category];
+
+    fn deref(&self) -> &[Category] {
+        &self.list
+    }
+}
+
 /// A campaign: who pays, what plays, whom it is for, and how often.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Campaign {
@@ -441,7 +491,7 @@ pub struct Campaign {
     pub status: CampaignStatus,
     /// Bid per thousand impressions in micros; 0 for house ads.
     pub bid_cpm_micros: i64,
-    pub categories: Arc<[Category]>,
+    pub categories: Categories,
     pub targeting: Targeting,
     pub caps: Vec<FrequencyCap>,
     /// Overrides the server-wide relevance floor.
@@ -962,6 +1012,19 @@ pub struct AdEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn categories_know_whether_they_are_age_restricted_however_they_arrive() {
+        let beer: Categories = vec![Category::from("210"), Category::from("211")].into();
+        assert!(beer.age_restricted(), "211 is alcohol");
+        let json = serde_json::to_string(&beer).unwrap();
+        assert_eq!(json, r#"["210","211"]"#, "stored as the plain list, as before");
+        let back: Categories = serde_json::from_str(&json).unwrap();
+        assert!(back.age_restricted(), "read back from the store");
+        let soda: Categories = serde_json::from_str(r#"["210"]"#).unwrap();
+        assert!(!soda.age_restricted());
+        assert_eq!(&*soda, &[Category::from("210")][..]);
+    }
 
     #[test]
     fn fingerprinted_ids_compare_by_text() {

@@ -2,8 +2,6 @@
 //! skewed (Zipf-like) tastes, households and home cities. Used by the benchmarks and the load
 //! harness, so both measure the same realistic shape.
 
-use std::sync::Arc;
-
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -200,7 +198,7 @@ pub fn campaigns(spec: &WorldSpec, vocabulary: &Vocabulary) -> Result<Vec<Campai
             tier,
             status: CampaignStatus::Active,
             bid_cpm_micros: (bid_usd * 1_000_000.0) as i64,
-            categories: Arc::from(vec![Category::from(CATEGORIES[rng.random_range(0..CATEGORIES.len())])]),
+            categories: vec![Category::from(CATEGORIES[rng.random_range(0..CATEGORIES.len())])].into(),
             targeting,
             caps: vec![
                 FrequencyCap { scope: CapScope::Campaign, max_impressions: 3, window_ms: Some(HOUR_MS) },

@@ -580,7 +580,7 @@ impl<'a> Context<'a> {
 
 /// Whether the campaign's categories reach only listeners known to be over 21.
 fn age_restricted(c: &Campaign) -> bool {
-    c.categories.iter().any(|cat| crate::domain::AGE_RESTRICTED_CATEGORIES.contains(&cat.as_str()))
+    c.categories.age_restricted()
 }
 
 /// The fit of a rule the campaign does not set.

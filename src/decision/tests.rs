@@ -33,7 +33,7 @@ pub(crate) fn campaign(id: &str, advertiser: &str, tier: Tier, cpm_usd: i64) -> 
         tier,
         status: CampaignStatus::Active,
         bid_cpm_micros: if tier == Tier::House { 0 } else { cpm_usd * 1_000_000 },
-        categories: Arc::from(Vec::<Category>::new()),
+        categories: Vec::<Category>::new().into(),
         targeting: Targeting::default(),
         caps: Vec::new(),
         relevance_floor: None,
@@ -136,7 +136,7 @@ impl Fixture {
             campaign: c.id.clone(),
             creative: c.creatives[0].id.clone(),
             advertiser: advertiser.into(),
-            categories: c.categories.clone(),
+            categories: Arc::clone(c.categories.shared()),
         };
         self.history.record_impression(record);
         self
@@ -390,7 +390,7 @@ fn a_life_stage_signal_ages_by_itself_when_the_campaign_sets_no_bound() {
 #[test]
 fn a_household_member_has_their_own_age_and_never_gets_age_restricted_ads_unless_known_over_21() {
     let mut beer = genre_campaign("beer", "brewery", 20, &[JAZZ]);
-    beer.categories = Arc::from(vec![Category::from("211")]);
+    beer.categories = vec![Category::from("211")].into();
     let mut pension = genre_campaign("pension", "fund", 10, &[JAZZ]);
     pension.targeting.age_brackets = vec![AgeBracket::Age45To54];
     let mut f = fixture().taste(&[(JAZZ, 30)]).with(beer).with(pension);
@@ -738,9 +738,9 @@ fn a_frequency_cap_counts_an_ad_decided_ahead_of_its_impression() {
 #[test]
 fn category_separation_spans_breaks() {
     let mut airline = genre_campaign("airline", "skyways", 10, &[JAZZ]);
-    airline.categories = Arc::from(vec![Category::from("653")]);
+    airline.categories = vec![Category::from("653")].into();
     let mut cruise = genre_campaign("cruise", "island", 9, &[JAZZ]);
-    cruise.categories = Arc::from(vec![Category::from("653")]);
+    cruise.categories = vec![Category::from("653")].into();
     let f = fixture().taste(&[(JAZZ, 10)]).with(airline).with(cruise).heard("cruise", "island", 5);
     check(&f, &[], Reason::FrequencyCapped);
     let mut f = f;
@@ -873,8 +873,8 @@ fn a_break_never_repeats_an_advertiser_or_category() {
     check(&f, &["a1", "b"], Reason::Served);
 
     // a1 and b now share a category: a1 + b is out, and a2 + b is worth more than a1 alone.
-    f.campaigns[0].categories = Arc::from(vec![Category::from("653")]);
-    f.campaigns[2].categories = Arc::from(vec![Category::from("653")]);
+    f.campaigns[0].categories = vec![Category::from("653")].into();
+    f.campaigns[2].categories = vec![Category::from("653")].into();
     check(&f, &["a2", "b"], Reason::Served);
     f.request.max_ads = 1;
     check(&f, &["a1"], Reason::Served);
@@ -991,7 +991,7 @@ fn build(i: usize, s: &Spec) -> Campaign {
         c.targeting.geo_use_home = s.affinity & 0b100 != 0;
     }
     if s.category > 0 {
-        c.categories = Arc::from(vec![Category::from(["653", "210", "473"][s.category as usize - 1])]);
+        c.categories = vec![Category::from(["653", "210", "473"][s.category as usize - 1])].into();
     }
     if s.cap.0 > 0 {
         let window = [Some(30 * MINUTE_MS), Some(DAY_MS), None][s.cap.1 as usize];

@@ -37,7 +37,7 @@ impl ImpressionRecord {
             campaign: campaign.id.clone(),
             creative: campaign.creatives[creative].id.clone(),
             advertiser: campaign.advertiser_id.clone(),
-            categories: campaign.categories.clone(),
+            categories: Arc::clone(campaign.categories.shared()),
         }
     }
 }
