@@ -33,6 +33,8 @@ pub struct DemoStats {
 pub enum DemoError {
     #[error("data/demo_catalog.toml: {0}")]
     Parse(#[from] toml::de::Error),
+    #[error("data/demo_catalog.toml: {0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -230,6 +232,7 @@ struct MemberRow {
 /// Loads the demo campaigns and listeners into `state`; times in the catalog are relative to `now`.
 pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, DemoError> {
     let file: DemoFile = toml::from_str(CATALOG)?;
+    check(&file)?;
     let genres = |slugs: &[String]| -> Result<Vec<GenreId>, StoreError> {
         slugs.iter().map(|s| state.vocabulary.intern(s)).collect()
     };
@@ -305,6 +308,18 @@ pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, DemoError> {
     Ok(DemoStats { campaigns: n_campaigns, listeners })
 }
 
+/// What the file's types cannot say, checked before anything is written.
+fn check(file: &DemoFile) -> Result<(), DemoError> {
+    for row in &file.listener {
+        // A member exists once it has played something: one named without plays would get no
+        // attributes, silently.
+        if let Some(m) = row.members.iter().find(|m| !row.plays.iter().any(|p| p.member == m.id)) {
+            return Err(DemoError::Invalid(format!("listener {}: member {} has no plays", row.id, m.id)));
+        }
+    }
+    Ok(())
+}
+
 fn usd_to_micros(usd: f64) -> i64 {
     (usd * 1_000_000.0).round() as i64
 }
@@ -325,7 +340,7 @@ fn creative(creatives: &Creatives, campaign: &str, variant: &Variant) -> Creativ
     }
 }
 
-fn load_listeners(state: &AppState, rows: &[ListenerRow], now: UnixMillis) -> Result<usize, StoreError> {
+fn load_listeners(state: &AppState, rows: &[ListenerRow], now: UnixMillis) -> Result<usize, DemoError> {
     for row in rows {
         state.listeners.update(&row.id, |p| {
             p.consent = row.consent;
@@ -408,6 +423,15 @@ mod tests {
             house.creatives[1].media_files[0].url.as_ref(),
             "https://cdn.interlude.example/ads/house-premium/15s.ogg"
         );
+    }
+
+    #[test]
+    fn a_member_without_plays_is_refused_before_anything_is_written() {
+        let mut file: DemoFile = toml::from_str(CATALOG).unwrap();
+        assert!(check(&file).is_ok());
+        file.listener[0].members.push(MemberRow { id: "guest".into(), age: AgeBracket::Age25To34 });
+        let error = check(&file).unwrap_err().to_string();
+        assert!(error.contains("member guest has no plays"), "{error}");
     }
 
     #[test]
