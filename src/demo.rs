@@ -310,11 +310,26 @@ pub fn load(state: &AppState, now: UnixMillis) -> Result<DemoStats, DemoError> {
 
 /// What the file's types cannot say, checked before anything is written.
 fn check(file: &DemoFile) -> Result<(), DemoError> {
+    let invalid = |what: String| Err(DemoError::Invalid(what));
+    // The edges' own checks: what the wire would refuse, the demo must not bring in.
+    let place_problem =
+        |place: &Place| crate::validation::location_problems(&place.location()).first().copied();
+    for row in &file.campaign {
+        if let Some(c) = row.categories.iter().find(|c| crate::validation::iab_category_name(c).is_none()) {
+            return invalid(format!("campaign {}: category {c} is not in the IAB taxonomy 3.1", row.id));
+        }
+        if let Some((part, problem)) = row.geo.iter().find_map(place_problem) {
+            return invalid(format!("campaign {}: geo {part} {problem}", row.id));
+        }
+    }
     for row in &file.listener {
+        if let Some((part, problem)) = row.home.as_ref().and_then(place_problem) {
+            return invalid(format!("listener {}: home {part} {problem}", row.id));
+        }
         // A member exists once it has played something: one named without plays would get no
         // attributes, silently.
         if let Some(m) = row.members.iter().find(|m| !row.plays.iter().any(|p| p.member == m.id)) {
-            return Err(DemoError::Invalid(format!("listener {}: member {} has no plays", row.id, m.id)));
+            return invalid(format!("listener {}: member {} has no plays", row.id, m.id));
         }
     }
     Ok(())
@@ -432,6 +447,19 @@ mod tests {
         file.listener[0].members.push(MemberRow { id: "guest".into(), age: AgeBracket::Age25To34 });
         let error = check(&file).unwrap_err().to_string();
         assert!(error.contains("member guest has no plays"), "{error}");
+    }
+
+    #[test]
+    fn what_the_wire_would_refuse_the_demo_refuses_too() {
+        let mut file: DemoFile = toml::from_str(CATALOG).unwrap();
+        file.campaign[0].categories.push("999999".into());
+        let error = check(&file).unwrap_err().to_string();
+        assert!(error.contains("category 999999 is not in the IAB taxonomy"), "{error}");
+        let mut file: DemoFile = toml::from_str(CATALOG).unwrap();
+        file.listener[0].home =
+            Some(Place { country: "de".into(), region: String::new(), metro: String::new() });
+        let error = check(&file).unwrap_err().to_string();
+        assert!(error.contains("home country must be an ISO 3166-1"), "{error}");
     }
 
     #[test]
