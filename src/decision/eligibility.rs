@@ -288,7 +288,7 @@ impl<'a> Context<'a> {
         }
         // Profile-based rules.
         // An age-restricted category needs the listener's age, which is profile data.
-        if !self.personalized && (t.needs_consent() || age_restricted(c)) {
+        if !self.personalized && (t.needs_consent() || c.categories.age_restricted()) {
             return Err(Rule::Consent);
         }
         let profile = self.listener.profile;
@@ -322,7 +322,7 @@ impl<'a> Context<'a> {
             return Err(Rule::Age);
         }
         // Alcohol and gambling: never to a member whose age is unknown or under 21.
-        if age_restricted(c) && !self.age.is_some_and(AgeBracket::is_over_21) {
+        if c.categories.age_restricted() && !self.age.is_some_and(AgeBracket::is_over_21) {
             return Err(Rule::Age);
         }
         let holds = |req: &SignalRequirement| self.signal_standing(req).is_ok();
@@ -556,7 +556,7 @@ impl<'a> Context<'a> {
                 )
             }
             Rule::Milestone => "listening milestone not reached".into(),
-            Rule::Age if age_restricted(c) && !self.age.is_some_and(AgeBracket::is_over_21) => {
+            Rule::Age if c.categories.age_restricted() && !self.age.is_some_and(AgeBracket::is_over_21) => {
                 "age-restricted category (alcohol, gambling): the member's age is unknown or under 21".into()
             }
             Rule::Age => "age bracket not targeted".into(),
@@ -576,11 +576,6 @@ impl<'a> Context<'a> {
             Rule::Outranked => "outranked".into(),
         }
     }
-}
-
-/// Whether the campaign's categories reach only listeners known to be over 21.
-fn age_restricted(c: &Campaign) -> bool {
-    c.categories.age_restricted()
 }
 
 /// The fit of a rule the campaign does not set.
