@@ -153,6 +153,7 @@ pub(crate) struct Report {
     pub(crate) bare_to_check_cost_ratio: Option<f64>,
     /// Server CPU per bare Check over server CPU per bare canned Decide: the Check / Decide cost
     /// ratio with no decision at all.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) bare_check_to_bare_decide_cost_ratio: Option<f64>,
     /// Server CPU of the RecordEvents in a Decide + RecordEvents over that of the Decide alone.
     #[serde(skip_serializing_if = "Option::is_none")]
